@@ -1,0 +1,53 @@
+// Algorithms: functions of (Comm, buffers, options) that run on the Comm's op
+// thread and move data with its isend/irecv.  Internal to the library.
+#pragma once
+
+#include <vector>
+
+#include "ringflow/comm.h"
+#include "ringflow/types.h"
+
+namespace ringflow::algo {
+
+// Large messages travel as pieces so that reducing (or forwarding) one piece
+// overlaps receiving the next.  RINGFLOW_PIECE_BYTES overrides.
+size_t pieceBytes();
+
+// Message slot within a call: which phase, which step, which piece.
+inline uint64_t slotOf(uint64_t phase, uint64_t step, uint64_t piece) {
+  return (phase << 56) | (step << 32) | piece;
+}
+
+// Splits `count` elements into `parts` nearly equal blocks.
+struct Blocks {
+  Blocks(size_t count, int parts);
+  Blocks(std::vector<size_t> counts);
+  size_t offset(int b) const { return offsets[b]; }
+  size_t count(int b) const { return offsets[b + 1] - offsets[b]; }
+  size_t maxCount() const;
+  std::vector<size_t> offsets;  // parts + 1 entries
+};
+
+void ringAllreduce(Comm& c, Buffer data, ReduceOp op);
+// in: size() blocks of out.count; rank r ends with block r reduced.
+void ringReduceScatter(Comm& c, Buffer in, Buffer out, ReduceOp op);
+// out: size() blocks of in.count, in rank order.
+void ringAllgather(Comm& c, Buffer in, Buffer out);
+
+void chainBroadcast(Comm& c, Buffer data, int root);
+// Leaves non-root buffers untouched.
+void chainReduce(Comm& c, Buffer data, int root, ReduceOp op);
+void directGather(Comm& c, Buffer in, Buffer out, int root);
+void directScatter(Comm& c, Buffer in, Buffer out, int root);
+// Counts in elements, one per rank.
+void pairwiseAlltoall(Comm& c, Buffer in, Buffer out, const std::vector<size_t>& inCounts,
+                      const std::vector<size_t>& outCounts);
+void disseminationBarrier(Comm& c);
+
+// Piece-by-piece send/receive of one contiguous region.
+void sendPieces(Comm& c, int peer, uint64_t phase, uint64_t step, const char* data, size_t bytes,
+                std::vector<RequestPtr>& out);
+void recvPieces(Comm& c, int peer, uint64_t phase, uint64_t step, char* data, size_t bytes,
+                std::vector<RequestPtr>& out);
+
+}  // namespace ringflow::algo

@@ -1,0 +1,152 @@
+// The ring: reduce-scatter then allgather, each a pipeline of pieces.  Rank r
+// sends to r+1 and receives from r-1; after n-1 reduce-scatter steps rank r
+// holds block r fully reduced, and n-1 allgather steps hand every block round.
+#include <cstdlib>
+#include <cstring>
+
+#include "algorithms.h"
+#include "ringflow/kernels.h"
+
+namespace ringflow::algo {
+namespace {
+
+constexpr uint64_t kPhaseReduceScatter = 1;
+constexpr uint64_t kPhaseAllgather = 2;
+
+int mod(int a, int n) { return ((a % n) + n) % n; }
+
+// Pieces of block b: [first element, element count) pairs.
+std::vector<std::pair<size_t, size_t>> piecesOf(const Blocks& blocks, int b, size_t pieceElems) {
+  std::vector<std::pair<size_t, size_t>> out;
+  size_t start = blocks.offset(b), n = blocks.count(b);
+  for (size_t done = 0; done < n; done += pieceElems)
+    out.push_back({start + done, std::min(pieceElems, n - done)});
+  return out;
+}
+
+size_t pieceElemsFor(DType t) { return std::max<size_t>(1, pieceBytes() / elementSize(t)); }
+
+// In place on `work`; afterwards rank r's block r holds the reduction.
+void reduceScatterInPlace(Comm& c, const Buffer& work, const Blocks& blocks, ReduceOp op) {
+  const int n = c.size(), r = c.rank(), next = mod(r + 1, n), prev = mod(r - 1, n);
+  const size_t es = elementSize(work.dtype), pe = pieceElemsFor(work.dtype);
+  // Kept across calls: fresh pages cost far more to touch than to reuse.
+  static thread_local std::vector<char> scratch[2];
+  for (auto& s : scratch)
+    if (s.size() < blocks.maxCount() * es) s.resize(blocks.maxCount() * es);
+  std::vector<RequestPtr> recvs[2], sends;
+
+  auto postRecvs = [&](int s) {
+    int b = mod(r - s - 2, n);
+    size_t base = blocks.offset(b);
+    for (auto [first, cnt] : piecesOf(blocks, b, pe))
+      recvs[s % 2].push_back(c.irecv(prev, slotOf(kPhaseReduceScatter, s, (first - base) / pe),
+                                     scratch[s % 2].data() + (first - base) * es, cnt * es));
+  };
+  int b0 = mod(r - 1, n);
+  for (auto [first, cnt] : piecesOf(blocks, b0, pe))
+    sends.push_back(c.isend(next, slotOf(kPhaseReduceScatter, 0, (first - blocks.offset(b0)) / pe),
+                            work.at(first), cnt * es));
+  postRecvs(0);
+  if (n > 2) postRecvs(1);
+  for (int s = 0; s < n - 1; ++s) {
+    int b = mod(r - s - 2, n);
+    size_t base = blocks.offset(b);
+    auto pieces = piecesOf(blocks, b, pe);
+    for (size_t p = 0; p < pieces.size(); ++p) {
+      auto [first, cnt] = pieces[p];
+      c.wait(recvs[s % 2][p]);
+      kernels::reduce(work.at(first), work.at(first), scratch[s % 2].data() + (first - base) * es,
+                      cnt, work.dtype, op);
+      if (s < n - 2) sends.push_back(c.isend(next, slotOf(kPhaseReduceScatter, s + 1, p),
+                                             work.at(first), cnt * es));
+    }
+    recvs[s % 2].clear();
+    if (s + 2 < n - 1) postRecvs(s + 2);
+  }
+  c.waitAll(sends);
+}
+
+// In place on `work`, whose block r is this rank's contribution.
+void allgatherInPlace(Comm& c, const Buffer& work, const Blocks& blocks) {
+  const int n = c.size(), r = c.rank(), next = mod(r + 1, n), prev = mod(r - 1, n);
+  const size_t es = elementSize(work.dtype), pe = pieceElemsFor(work.dtype);
+  std::vector<std::vector<RequestPtr>> recvs(n);
+  std::vector<RequestPtr> sends;
+  for (int s = 0; s < n - 1; ++s) {
+    int b = mod(r - s - 1, n);
+    size_t base = blocks.offset(b);
+    for (auto [first, cnt] : piecesOf(blocks, b, pe))
+      recvs[s].push_back(c.irecv(prev, slotOf(kPhaseAllgather, s, (first - base) / pe),
+                                 work.at(first), cnt * es));
+  }
+  for (auto [first, cnt] : piecesOf(blocks, r, pe))
+    sends.push_back(c.isend(next, slotOf(kPhaseAllgather, 0, (first - blocks.offset(r)) / pe),
+                            work.at(first), cnt * es));
+  for (int s = 0; s < n - 1; ++s) {
+    int b = mod(r - s - 1, n);
+    auto pieces = piecesOf(blocks, b, pe);
+    for (size_t p = 0; p < pieces.size(); ++p) {
+      c.wait(recvs[s][p]);
+      if (s < n - 2)
+        sends.push_back(c.isend(next, slotOf(kPhaseAllgather, s + 1, p), work.at(pieces[p].first),
+                                pieces[p].second * es));
+    }
+  }
+  c.waitAll(sends);
+}
+
+}  // namespace
+
+size_t pieceBytes() {
+  static const size_t bytes = [] {
+    const char* env = std::getenv("RINGFLOW_PIECE_BYTES");
+    long v = env ? std::atol(env) : 0;
+    return v >= 64 ? size_t(v) : size_t(256 << 10);
+  }();
+  return bytes;
+}
+
+Blocks::Blocks(size_t count, int parts) : offsets(parts + 1, 0) {
+  for (int b = 0; b < parts; ++b)
+    offsets[b + 1] = offsets[b] + count / parts + (size_t(b) < count % parts ? 1 : 0);
+}
+
+Blocks::Blocks(std::vector<size_t> counts) : offsets(counts.size() + 1, 0) {
+  for (size_t b = 0; b < counts.size(); ++b) offsets[b + 1] = offsets[b] + counts[b];
+}
+
+size_t Blocks::maxCount() const {
+  size_t m = 0;
+  for (size_t b = 0; b + 1 < offsets.size(); ++b) m = std::max(m, offsets[b + 1] - offsets[b]);
+  return m;
+}
+
+void ringAllreduce(Comm& c, Buffer data, ReduceOp op) {
+  Blocks blocks(data.count, c.size());
+  if (c.size() > 1) reduceScatterInPlace(c, data, blocks, op);
+  if (op == ReduceOp::Avg)
+    kernels::divide(data.at(blocks.offset(c.rank())), blocks.count(c.rank()), data.dtype,
+                    double(c.size()));
+  if (c.size() > 1) allgatherInPlace(c, data, blocks);
+}
+
+void ringReduceScatter(Comm& c, Buffer in, Buffer out, ReduceOp op) {
+  Blocks blocks(std::vector<size_t>(c.size(), out.count));
+  static thread_local std::vector<char> work;
+  if (work.size() < in.bytes()) work.resize(in.bytes());
+  if (!work.empty()) std::memcpy(work.data(), in.ptr, in.bytes());
+  Buffer w{work.data(), in.count, in.dtype};
+  if (c.size() > 1) reduceScatterInPlace(c, w, blocks, op);
+  if (out.count) std::memcpy(out.ptr, w.at(blocks.offset(c.rank())), out.bytes());
+  if (op == ReduceOp::Avg) kernels::divide(out.ptr, out.count, out.dtype, double(c.size()));
+}
+
+void ringAllgather(Comm& c, Buffer in, Buffer out) {
+  Blocks blocks(std::vector<size_t>(c.size(), in.count));
+  if (in.count && out.at(blocks.offset(c.rank())) != in.ptr)
+    std::memmove(out.at(blocks.offset(c.rank())), in.ptr, in.bytes());
+  if (c.size() > 1) allgatherInPlace(c, out, blocks);
+}
+
+}  // namespace ringflow::algo

@@ -1,0 +1,24 @@
+#include <pybind11/stl.h>
+
+#include "bind.h"
+#include "ringflow/config.h"
+#include "ringflow/kernels.h"
+#include "ringflow/types.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "ringflow's C++ core: transports, collectives and kernels";
+  m.attr("__version__") = RINGFLOW_VERSION;
+  m.def("build_info", [] {
+    py::dict d;
+    d["version"] = RINGFLOW_VERSION;
+    d["cuda"] = bool(RINGFLOW_HAVE_CUDA);
+    d["simd"] = ringflow::kernels::simdLevel();
+    d["transports"] = std::vector<std::string>{"tcp"};
+    return d;
+  });
+  ringflow::bind::bindErrors(m);
+  ringflow::bind::bindComm(m);
+  ringflow::bind::bindKernels(m);
+}

@@ -1,0 +1,171 @@
+#include "ringflow/comm.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "algo/algorithms.h"
+
+namespace ringflow {
+namespace {
+
+uint64_t mix(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+std::string secondsText(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.1fs", s);
+  return buf;
+}
+
+}  // namespace
+
+Comm::Comm(std::shared_ptr<Transport> transport, uint64_t id, std::vector<int> members,
+           double timeoutSec)
+    : transport_(std::move(transport)), id_(id), members_(std::move(members)),
+      timeoutSec_(timeoutSec) {
+  if (timeoutSec_ <= 0) throw InvalidArgument("timeout must be positive");
+  for (size_t i = 0; i < members_.size(); ++i)
+    if (members_[i] == transport_->rank()) rank_ = int(i);
+  if (rank_ < 0) throw InvalidArgument("this process is not a member of the communicator");
+  transport_->registerComm(id_, members_);
+  thread_ = std::thread([this] { opLoop(); });
+  p2pThread_ = std::thread([this] { watchP2P(); });
+}
+
+Comm::~Comm() { shutdown(false); }
+
+void Comm::shutdown(bool closeTransport) {
+  std::deque<Task> dropped;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  p2pCv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  if (p2pThread_.joinable()) p2pThread_.join();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    dropped.swap(queue_);
+  }
+  for (auto& t : dropped)
+    t.work->fail(std::make_exception_ptr(Error(t.desc.str() + " dropped: communicator shut down")));
+  if (closeTransport) transport_->close();
+}
+
+WorkPtr Comm::submit(OpDesc desc, std::function<void()> body) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_) throw Error("communicator has been shut down");
+  desc.seq = nextSeq_++;
+  auto work = std::make_shared<Work>(desc.str());
+  queue_.push_back(Task{desc, std::move(body), work});
+  cv_.notify_one();
+  return work;
+}
+
+void Comm::opLoop() {
+  for (;;) {
+    Task task;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // stopping, and nothing left to run
+      task = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    runTask(task);
+  }
+}
+
+void Comm::runTask(Task& task) {
+  op_ = task.desc;
+  task.work->markStarted();
+  deadline_ = Clock::now() + std::chrono::microseconds(int64_t(timeoutSec_ * 1e6));
+  try {
+    transport_->beginOp(id_, op_);
+    task.body();
+    transport_->endOp(id_);
+    inflight_.clear();
+    task.work->finish();
+  } catch (const std::exception& e) {
+    // Nothing may touch the caller's buffers once the work reports failure.
+    for (auto& r : inflight_) transport_->cancel(r);
+    inflight_.clear();
+    transport_->endOp(id_);
+    std::string why = "rank " + std::to_string(rank_) + " failed: " + e.what();
+    transport_->abort(id_, why);
+    task.work->fail(std::current_exception());
+  }
+}
+
+RequestPtr Comm::isend(int to, uint64_t slot, const void* data, size_t bytes) {
+  auto r = transport_->send(members_[to], MsgKey{id_, op_.seq, slot, Channel::Collective}, op_,
+                            data, bytes);
+  inflight_.push_back(r);
+  return r;
+}
+
+RequestPtr Comm::irecv(int from, uint64_t slot, void* data, size_t bytes) {
+  auto r = transport_->recv(members_[from], MsgKey{id_, op_.seq, slot, Channel::Collective}, op_,
+                            data, bytes);
+  inflight_.push_back(r);
+  return r;
+}
+
+void Comm::wait(const RequestPtr& req) {
+  int peer = -1;
+  for (size_t i = 0; i < members_.size(); ++i)
+    if (members_[i] == req->peer()) peer = int(i);
+  req->wait(deadline_, op_.str() + " on rank " + std::to_string(rank_) + " timed out after " +
+                           secondsText(timeoutSec_) + " waiting " +
+                           (req->isSend() ? "to send to" : "for") + " rank " +
+                           std::to_string(peer));
+}
+
+void Comm::waitAll(std::vector<RequestPtr>& reqs) {
+  for (auto& r : reqs) wait(r);
+  reqs.clear();
+}
+
+std::shared_ptr<Comm> Comm::split(int color, int key) {
+  std::vector<int64_t> mine = {color, key};
+  std::vector<int64_t> all(2 * size_t(size()));
+  OpDesc desc;
+  desc.kind = OpKind::Split;
+  desc.dtype = DType::Int64;
+  desc.count = 2;
+  Buffer in{mine.data(), 2, DType::Int64}, out{all.data(), all.size(), DType::Int64};
+  submit(desc, [this, in, out] { algo::ringAllgather(*this, in, out); })->wait();
+  uint64_t tag = mix(++splits_) ^ mix(uint64_t(int64_t(color)) + 0x5157);
+  if (color < 0) return nullptr;
+  std::vector<std::pair<int64_t, int>> order;
+  for (int r = 0; r < size(); ++r)
+    if (all[2 * r] == color) order.push_back({all[2 * r + 1], r});
+  std::sort(order.begin(), order.end());
+  std::vector<int> ranks;
+  for (auto& kv : order) ranks.push_back(kv.second);
+  return subgroup(ranks, tag);
+}
+
+std::shared_ptr<Comm> Comm::subgroup(const std::vector<int>& ranks, uint64_t tag) {
+  std::vector<int> globals;
+  uint64_t id = mix(id_ ^ mix(tag));
+  bool member = false;
+  for (int r : ranks) {
+    if (r < 0 || r >= size())
+      throw InvalidArgument("rank " + std::to_string(r) + " is not in a communicator of size " +
+                            std::to_string(size()));
+    globals.push_back(members_[r]);
+    id = mix(id ^ uint64_t(r));
+    member |= r == rank_;
+  }
+  if (!member) return nullptr;
+  return std::make_shared<Comm>(transport_, id, globals, timeoutSec_);
+}
+
+}  // namespace ringflow

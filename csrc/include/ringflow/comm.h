@@ -1,0 +1,106 @@
+// A communicator: a group of ranks over a transport, with its own ordered
+// queue of calls run by one op thread.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "ringflow/transport.h"
+#include "ringflow/types.h"
+#include "ringflow/work.h"
+
+namespace ringflow {
+
+class Comm : public std::enable_shared_from_this<Comm> {
+ public:
+  // `members[i]` is the transport rank of communicator rank i.
+  Comm(std::shared_ptr<Transport> transport, uint64_t id, std::vector<int> members,
+       double timeoutSec);
+  ~Comm();
+
+  int rank() const { return rank_; }
+  int size() const { return int(members_.size()); }
+  uint64_t id() const { return id_; }
+  double timeout() const { return timeoutSec_; }
+  const std::vector<int>& members() const { return members_; }
+  Transport& transport() { return *transport_; }
+
+  // Collective: ranks passing the same color form a communicator, ordered by
+  // (key, rank); a negative color opts out (returns null).
+  std::shared_ptr<Comm> split(int color, int key);
+  // Local, no messages: `ranks` of this communicator form a new one.  Every
+  // member must pass the same ranks and tag.  Null if this rank is not in it.
+  std::shared_ptr<Comm> subgroup(const std::vector<int>& ranks, uint64_t tag);
+
+  // Queues `body` to run on the op thread after every earlier call, with
+  // `desc` (its seq filled in here) announced to the peers' frames.
+  WorkPtr submit(OpDesc desc, std::function<void()> body);
+
+  // Point-to-point calls are posted at once, outside the queue, so a receive
+  // never holds up a send queued after it.  Matched by (peer, tag, order).
+  WorkPtr send(int peer, uint64_t tag, const Buffer& buf);
+  WorkPtr recv(int peer, uint64_t tag, const Buffer& buf);
+
+  // For algorithms, on the op thread, while `body` runs.
+  const OpDesc& op() const { return op_; }
+  RequestPtr isend(int to, uint64_t slot, const void* data, size_t bytes);
+  RequestPtr irecv(int from, uint64_t slot, void* data, size_t bytes);
+  void wait(const RequestPtr& req);
+  void waitAll(std::vector<RequestPtr>& reqs);
+
+  // Fails queued calls and stops the op thread; with closeTransport, also
+  // says goodbye to the peers.
+  void shutdown(bool closeTransport);
+
+ private:
+  struct Task {
+    OpDesc desc;
+    std::function<void()> body;
+    WorkPtr work;
+  };
+  void opLoop();
+  void runTask(Task& task);
+  void watchP2P();
+  WorkPtr trackP2P(RequestPtr req, const OpDesc& desc, int peer, const char* verb);
+
+  std::shared_ptr<Transport> transport_;
+  uint64_t id_;
+  std::vector<int> members_;
+  int rank_ = -1;
+  double timeoutSec_;
+  uint64_t splits_ = 0;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Task> queue_;
+  uint64_t nextSeq_ = 0;
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+
+  // Op-thread state of the running call.
+  OpDesc op_;
+  Deadline deadline_;
+  std::vector<RequestPtr> inflight_;
+
+  // Point-to-point: per (peer, tag) counters, and pending calls to time out.
+  struct P2P {
+    RequestPtr req;
+    WorkPtr work;
+    Deadline deadline;
+  };
+  std::mutex p2pMu_;
+  std::condition_variable p2pCv_;
+  std::map<std::pair<int, uint64_t>, uint64_t> sendCount_, recvCount_;
+  std::vector<P2P> p2pPending_;
+  std::thread p2pThread_;
+};
+
+}  // namespace ringflow

@@ -1,0 +1,31 @@
+// Stateless kernels over untyped pointers.  Every fast path has a scalar
+// reference beside it that the tests compare against.
+#pragma once
+
+#include <cstddef>
+
+#include "ringflow/types.h"
+
+namespace ringflow::kernels {
+
+// dst[i] = op(a[i], b[i]).  dst may alias a or b.  Avg reduces as Sum: the
+// caller divides once at the end (see divide), as torch's backends do.
+// float16/bfloat16 are computed in float32 and rounded to nearest-even.
+void reduce(void* dst, const void* a, const void* b, size_t n, DType dtype, ReduceOp op);
+
+// dst[i] = op(srcs[0][i], ..., srcs[k-1][i]), folded left to right so the
+// result is deterministic; dst may alias srcs[0].
+void reduceN(void* dst, const void* const* srcs, size_t k, size_t n, DType dtype, ReduceOp op);
+
+// data[i] = data[i] / divisor, the last step of an average.
+void divide(void* data, size_t n, DType dtype, double divisor);
+
+// The plain loops the fast paths must agree with.
+void reduceScalar(void* dst, const void* a, const void* b, size_t n, DType dtype, ReduceOp op);
+void reduceNScalar(void* dst, const void* const* srcs, size_t k, size_t n, DType dtype,
+                   ReduceOp op);
+
+// The instruction set the CPU reduce kernels dispatch to on this machine.
+const char* simdLevel();
+
+}  // namespace ringflow::kernels

@@ -1,0 +1,142 @@
+// Transports move framed, tagged messages between ranks; algorithms see only
+// asynchronous send/recv requests.  Every message carries the descriptor of
+// the call that sent it (op kind, sequence number, count, dtype, reduce op,
+// root), so a receiver whose own call differs raises a MismatchError naming
+// both calls instead of hanging or producing a wrong result.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "ringflow/types.h"
+
+namespace ringflow {
+
+using Clock = std::chrono::steady_clock;
+using Deadline = Clock::time_point;
+
+// Values are part of the wire format: append only.
+enum class OpKind : uint8_t {
+  None = 0,
+  AllReduce,
+  Broadcast,
+  AllGather,
+  ReduceScatter,
+  Reduce,
+  Gather,
+  Scatter,
+  AllToAll,
+  Barrier,
+  Send,
+  Split,
+};
+const char* opKindName(OpKind kind);
+
+// What one call is.  Two ranks in the same collective must agree on all of it.
+struct OpDesc {
+  uint64_t seq = 0;  // position of the call in its communicator's order
+  uint64_t count = 0;
+  OpKind kind = OpKind::None;
+  DType dtype = DType::UInt8;
+  ReduceOp op = ReduceOp::Sum;
+  uint32_t root = 0;
+
+  bool operator==(const OpDesc& o) const {
+    return seq == o.seq && count == o.count && kind == o.kind && dtype == o.dtype &&
+           op == o.op && root == o.root;
+  }
+  bool operator!=(const OpDesc& o) const { return !(*this == o); }
+  std::string str() const;  // e.g. "allreduce #5 (count=100, float32, sum)"
+};
+
+// Collective messages are matched by (comm, seq, slot); point-to-point ones
+// by (comm, per-peer-and-tag counter, tag) on their own channel.
+enum class Channel : uint8_t { Collective = 0, P2P = 1 };
+
+struct MsgKey {
+  uint64_t comm = 0;
+  uint64_t seq = 0;
+  uint64_t slot = 0;
+  Channel channel = Channel::Collective;
+  bool operator==(const MsgKey& o) const {
+    return comm == o.comm && seq == o.seq && slot == o.slot && channel == o.channel;
+  }
+};
+struct MsgKeyHash {
+  size_t operator()(const MsgKey& k) const {
+    uint64_t h = k.comm * 0x9e3779b97f4a7c15ull ^ (k.seq + 0x632be59bd9b4e019ull);
+    h = (h ^ (h >> 29)) * 0xbf58476d1ce4e5b9ull ^ k.slot ^ (uint64_t(k.channel) << 62);
+    return size_t(h ^ (h >> 32));
+  }
+};
+
+// One asynchronous send or receive.
+class Request {
+ public:
+  Request(int peer, bool isSend) : peer_(peer), isSend_(isSend) {}
+  int peer() const { return peer_; }
+  bool isSend() const { return isSend_; }
+
+  // Returns once done; rethrows the failure; throws TimeoutError at `deadline`
+  // with `context` in the message.
+  void wait(Deadline deadline, const std::string& context);
+  bool done();
+
+  void complete();
+  void fail(std::exception_ptr error);
+  // Runs `cb` with the failure (or null) once done; at once if already done.
+  void onDone(std::function<void(std::exception_ptr)> cb);
+
+ private:
+  int peer_;
+  bool isSend_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::exception_ptr error_;
+  std::function<void(std::exception_ptr)> callback_;
+};
+using RequestPtr = std::shared_ptr<Request>;
+
+// All links of one process to the ranks of one group (global ranks 0..size-1),
+// whatever carries them.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual const char* name() const = 0;
+
+  virtual RequestPtr send(int peer, const MsgKey& key, const OpDesc& desc, const void* data,
+                          size_t bytes) = 0;
+  virtual RequestPtr recv(int peer, const MsgKey& key, const OpDesc& desc, void* data,
+                          size_t bytes) = 0;
+
+  // Detaches an unfinished request from the caller's buffer: after this
+  // returns, nothing reads or writes that buffer on the request's behalf.
+  virtual void cancel(const RequestPtr& req) = 0;
+
+  // Communicators on this transport: members are global ranks.
+  virtual void registerComm(uint64_t comm, const std::vector<int>& members) = 0;
+  // Declares that `comm` now runs `desc`; throws if a peer already sent
+  // frames for this sequence number with a different descriptor.
+  virtual void beginOp(uint64_t comm, const OpDesc& desc) = 0;
+  virtual void endOp(uint64_t comm) = 0;
+  // Marks `comm` failed here and tells its other members why, so their waits
+  // end too.  Later calls on `comm` fail at once with `why`.
+  virtual void abort(uint64_t comm, const std::string& why) = 0;
+  // Why `comm` was aborted, or "" if it was not.
+  virtual std::string abortReason(uint64_t comm) = 0;
+
+  // Says goodbye to every peer and stops the progress thread.
+  virtual void close() = 0;
+};
+
+}  // namespace ringflow

@@ -1,0 +1,313 @@
+#include "mailbox.h"
+
+#include <cstring>
+
+namespace ringflow {
+namespace {
+
+// Abort reasons travel as text with a one-letter kind in front, so every
+// rank raises the same class of error as the rank that failed first.
+constexpr char kKindMismatch = 'M';
+constexpr char kKindTimeout = 'T';
+constexpr char kKindPeer = 'P';
+
+std::string describeMismatch(int me, const OpDesc& mine, int peer, const OpDesc& theirs) {
+  return "mismatched calls: rank " + std::to_string(me) + " called " + mine.str() + " but rank " +
+         std::to_string(peer) + " called " + theirs.str();
+}
+
+}  // namespace
+
+Mailbox::Mailbox(int rank, int size, AbortNotifier notify) : rank_(rank), notify_(std::move(notify)) {
+  for (int i = 0; i < size; ++i) peers_.push_back(std::make_unique<PeerState>());
+}
+
+std::exception_ptr Mailbox::commError(const CommState& c) const {
+  const std::string& why = c.aborted;
+  std::string text = why.substr(1);
+  switch (why[0]) {
+    case kKindMismatch: return std::make_exception_ptr(MismatchError(text));
+    case kKindTimeout: return std::make_exception_ptr(TimeoutError(text));
+    default: return std::make_exception_ptr(PeerError(text));
+  }
+}
+
+RequestPtr Mailbox::postRecv(int peer, const MsgKey& key, const OpDesc& desc, void* buf,
+                             size_t bytes) {
+  auto req = std::make_shared<Request>(peer, false);
+  Unexpected early;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (key.channel == Channel::Collective) {
+      auto c = comms_.find(key.comm);
+      if (c != comms_.end() && !c->second.aborted.empty()) {
+        req->fail(commError(c->second));
+        return req;
+      }
+    }
+    PeerState& p = *peers_[peer];
+    auto u = p.unexpected.find(key);
+    if (u != p.unexpected.end()) {
+      early = std::move(u->second);
+      p.unexpected.erase(u);
+    } else if (!p.gone.empty()) {
+      req->fail(std::make_exception_ptr(PeerError(p.gone)));
+      return req;
+    } else {
+      p.posted.emplace(key, Posted{req, buf, bytes, desc});
+      return req;
+    }
+  }
+  // The message came first: check it is the one this call expects, copy it
+  // out of the unexpected queue (outside the lock: it may be large).
+  OpDesc theirs = early.header.desc();
+  if (theirs != desc || early.data.size() != bytes) {
+    std::string why = theirs != desc ? describeMismatch(rank_, desc, peer, theirs)
+                                     : "rank " + std::to_string(peer) + " sent " +
+                                           std::to_string(early.data.size()) + " bytes for " +
+                                           theirs.str() + " but rank " + std::to_string(rank_) +
+                                           " expected " + std::to_string(bytes);
+    req->fail(std::make_exception_ptr(MismatchError(why)));
+    if (key.channel == Channel::Collective) abort(key.comm, why, true);
+    return req;
+  }
+  if (bytes) std::memcpy(buf, early.data.data(), bytes);
+  req->complete();
+  return req;
+}
+
+void Mailbox::cancelRecv(const RequestPtr& req) {
+  PeerState& p = *peers_[req->peer()];
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = p.posted.begin(); it != p.posted.end(); ++it) {
+      if (it->second.req == req) {
+        p.posted.erase(it);
+        return;
+      }
+    }
+    if (p.active && p.active->posted == req) p.active->cancelled = true;
+  }
+  // A payload write into the buffer may be in progress: wait it out.
+  std::lock_guard<std::mutex> wait(p.payloadMu);
+}
+
+std::string Mailbox::checkAgainstCurrent(int peer, const FrameHeader& h) {
+  auto c = comms_.find(h.comm);
+  if (c == comms_.end()) return "";  // a sub-communicator this rank has not created yet
+  CommState& s = c->second;
+  OpDesc theirs = h.desc();
+  if (s.running && h.seq == s.current.seq && theirs != s.current)
+    return describeMismatch(rank_, s.current, peer, theirs);
+  if (h.seq < s.nextSeq && !(s.running && h.seq == s.current.seq))
+    return "mismatched calls: rank " + std::to_string(peer) + " sent data for " + theirs.str() +
+           ", a call rank " + std::to_string(rank_) + " had already finished as a different call";
+  return "";
+}
+
+std::unique_ptr<Mailbox::Sink> Mailbox::onHeader(int peer, const FrameHeader& h) {
+  auto sink = std::make_unique<Sink>();
+  sink->header = h;
+  std::string mismatch;
+  std::vector<RequestPtr> failed;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    PeerState& p = *peers_[peer];
+    MsgKey key = h.key();
+    bool collective = h.channel == Channel::Collective;
+    auto c = comms_.find(h.comm);
+    if (collective && c != comms_.end() && !c->second.aborted.empty()) {
+      p.active = sink.get();
+      return sink;  // discard: nobody waits for it any more
+    }
+    if (collective) mismatch = checkAgainstCurrent(peer, h);
+    auto posted = p.posted.find(key);
+    if (mismatch.empty() && posted != p.posted.end()) {
+      Posted& want = posted->second;
+      if (want.desc != h.desc() || want.bytes != h.bytes) {
+        mismatch = want.desc != h.desc()
+                       ? describeMismatch(rank_, want.desc, peer, h.desc())
+                       : "rank " + std::to_string(peer) + " sent " + std::to_string(h.bytes) +
+                             " bytes for " + h.desc().str() + " but rank " +
+                             std::to_string(rank_) + " expected " + std::to_string(want.bytes);
+        if (!collective) want.req->fail(std::make_exception_ptr(MismatchError(mismatch)));
+      } else {
+        sink->posted = want.req;
+        sink->dst = static_cast<char*>(want.buf);
+      }
+      if (!collective || sink->posted) p.posted.erase(posted);
+      if (!collective) mismatch.clear();  // only the receive fails
+    } else if (mismatch.empty()) {
+      sink->unexpected.resize(h.bytes);
+      sink->dst = sink->unexpected.data();
+    }
+    p.active = sink.get();
+  }
+  if (!mismatch.empty()) abort(h.comm, mismatch, true);
+  return sink;
+}
+
+void Mailbox::onPayload(int peer, std::unique_ptr<Sink> sink) {
+  RequestPtr done;
+  Posted late;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    PeerState& p = *peers_[peer];
+    p.active = nullptr;
+    if (sink->posted) {
+      if (!sink->cancelled) done = sink->posted;
+    } else if (sink->dst) {
+      MsgKey key = sink->header.key();
+      auto posted = p.posted.find(key);
+      if (posted == p.posted.end()) {
+        p.unexpected[key] = Unexpected{sink->header, std::move(sink->unexpected)};
+        return;
+      }
+      late = posted->second;
+      p.posted.erase(posted);
+    }
+  }
+  if (done) {
+    done->complete();
+  } else if (late.req) {
+    // Posted while the payload was arriving: hand it over through the same
+    // checks as any early message.
+    OpDesc theirs = sink->header.desc();
+    if (theirs != late.desc || sink->unexpected.size() != late.bytes) {
+      std::string why = describeMismatch(rank_, late.desc, peer, theirs);
+      late.req->fail(std::make_exception_ptr(MismatchError(why)));
+      if (sink->header.channel == Channel::Collective) abort(sink->header.comm, why, true);
+    } else {
+      if (late.bytes) std::memcpy(late.buf, sink->unexpected.data(), late.bytes);
+      late.req->complete();
+    }
+  }
+}
+
+void Mailbox::failLocked(uint64_t comm, const std::string& why, bool mismatch,
+                         std::vector<RequestPtr>& failed) {
+  CommState& c = comms_[comm];
+  if (!c.aborted.empty()) return;
+  c.aborted = why;
+  c.mismatch = mismatch;
+  for (auto& p : peers_) {
+    for (auto it = p->posted.begin(); it != p->posted.end();) {
+      if (it->first.comm == comm && it->first.channel == Channel::Collective) {
+        failed.push_back(it->second.req);
+        it = p->posted.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+}
+
+std::vector<int> Mailbox::othersLocked(uint64_t comm) {
+  std::vector<int> out;
+  for (int m : comms_[comm].members)
+    if (m != rank_ && peers_[m]->gone.empty()) out.push_back(m);
+  return out;
+}
+
+void Mailbox::abort(uint64_t comm, const std::string& why, bool mismatch) {
+  char kind = mismatch ? kKindMismatch
+              : why.find("timed out") != std::string::npos ? kKindTimeout
+                                                           : kKindPeer;
+  std::string coded = kind + why;
+  std::vector<RequestPtr> failed;
+  std::vector<int> notify;
+  std::exception_ptr error;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!comms_[comm].aborted.empty()) return;
+    failLocked(comm, coded, mismatch, failed);
+    notify = othersLocked(comm);
+    error = commError(comms_[comm]);
+  }
+  for (auto& r : failed) r->fail(error);
+  for (int peer : notify) notify_(peer, comm, coded);
+}
+
+void Mailbox::onAbortFrame(int peer, uint64_t comm, const std::string& coded) {
+  if (coded.empty()) return;
+  std::vector<RequestPtr> failed;
+  std::exception_ptr error;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!comms_[comm].aborted.empty()) return;
+    std::string text = coded.substr(1);
+    std::string prefix = "rank " + std::to_string(peer) + " failed: ";
+    if (text.rfind("rank ", 0) == 0 && text.find(" failed: ") != std::string::npos) prefix.clear();
+    failLocked(comm, coded.substr(0, 1) + prefix + text, coded[0] == kKindMismatch, failed);
+    error = commError(comms_[comm]);
+  }
+  for (auto& r : failed) r->fail(error);
+}
+
+void Mailbox::peerGone(int peer, const std::string& why) {
+  std::vector<RequestPtr> failed;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    PeerState& p = *peers_[peer];
+    if (!p.gone.empty()) return;
+    p.gone = why;
+    for (auto& kv : p.posted) failed.push_back(kv.second.req);
+    p.posted.clear();
+  }
+  auto error = std::make_exception_ptr(PeerError(why));
+  for (auto& r : failed) r->fail(error);
+}
+
+std::string Mailbox::peerGoneReason(int peer) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return peers_[peer]->gone;
+}
+
+void Mailbox::registerComm(uint64_t comm, const std::vector<int>& members) {
+  std::lock_guard<std::mutex> lock(mu_);
+  comms_[comm].members = members;
+}
+
+void Mailbox::beginOp(uint64_t comm, const OpDesc& desc) {
+  std::string mismatch;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    CommState& c = comms_[comm];
+    if (!c.aborted.empty()) std::rethrow_exception(commError(c));
+    c.running = true;
+    c.current = desc;
+    // Frames may have come before this call began: check them now.
+    for (int m : c.members) {
+      if (m == rank_) continue;
+      for (auto& kv : peers_[m]->unexpected) {
+        const FrameHeader& h = kv.second.header;
+        if (h.comm == comm && h.channel == Channel::Collective && h.seq == desc.seq &&
+            h.desc() != desc) {
+          mismatch = describeMismatch(rank_, desc, m, h.desc());
+          break;
+        }
+      }
+      if (!mismatch.empty()) break;
+    }
+  }
+  if (!mismatch.empty()) {
+    abort(comm, mismatch, true);
+    throw MismatchError(mismatch);
+  }
+}
+
+void Mailbox::endOp(uint64_t comm) {
+  std::lock_guard<std::mutex> lock(mu_);
+  CommState& c = comms_[comm];
+  c.running = false;
+  c.nextSeq = c.current.seq + 1;
+}
+
+std::string Mailbox::abortReason(uint64_t comm) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto c = comms_.find(comm);
+  if (c == comms_.end() || c->second.aborted.empty()) return "";
+  return c->second.aborted.substr(1);
+}
+
+}  // namespace ringflow

@@ -1,0 +1,75 @@
+#include <sstream>
+
+#include "ringflow/transport.h"
+
+namespace ringflow {
+
+const char* opKindName(OpKind kind) {
+  switch (kind) {
+    case OpKind::None: return "none";
+    case OpKind::AllReduce: return "allreduce";
+    case OpKind::Broadcast: return "broadcast";
+    case OpKind::AllGather: return "allgather";
+    case OpKind::ReduceScatter: return "reduce_scatter";
+    case OpKind::Reduce: return "reduce";
+    case OpKind::Gather: return "gather";
+    case OpKind::Scatter: return "scatter";
+    case OpKind::AllToAll: return "alltoall";
+    case OpKind::Barrier: return "barrier";
+    case OpKind::Send: return "send";
+    case OpKind::Split: return "split";
+  }
+  return "unknown-op";
+}
+
+std::string OpDesc::str() const {
+  std::ostringstream s;
+  s << opKindName(kind) << " #" << seq << " (count=" << count << ", " << dtypeName(dtype);
+  if (kind == OpKind::AllReduce || kind == OpKind::Reduce || kind == OpKind::ReduceScatter)
+    s << ", " << reduceOpName(op);
+  if (kind == OpKind::Broadcast || kind == OpKind::Reduce || kind == OpKind::Gather ||
+      kind == OpKind::Scatter)
+    s << ", root=" << root;
+  s << ")";
+  return s.str();
+}
+
+void Request::wait(Deadline deadline, const std::string& context) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!cv_.wait_until(lock, deadline, [this] { return done_; }))
+    throw TimeoutError(context);
+  if (error_) std::rethrow_exception(error_);
+}
+
+bool Request::done() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return done_;
+}
+
+void Request::complete() { fail(nullptr); }
+
+void Request::fail(std::exception_ptr error) {
+  std::function<void(std::exception_ptr)> cb;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (done_) return;
+    done_ = true;
+    error_ = error;
+    cb.swap(callback_);
+  }
+  cv_.notify_all();
+  if (cb) cb(error);
+}
+
+void Request::onDone(std::function<void(std::exception_ptr)> cb) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!done_) {
+      callback_ = std::move(cb);
+      return;
+    }
+  }
+  cb(error_);
+}
+
+}  // namespace ringflow

@@ -1,0 +1,54 @@
+// Pieces of the TCP transport shared by its setup and data-path files.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "frame.h"
+#include "mailbox.h"
+#include "ringflow/tcp.h"
+
+namespace ringflow {
+
+struct TcpTransport::SendItem {
+  FrameHeader header;
+  const char* data = nullptr;
+  size_t bytes = 0;
+  size_t sent = 0;  // header and payload bytes already written
+  std::vector<char> owned;  // payload we own (control frames, cancelled sends)
+  RequestPtr req;
+};
+
+struct TcpTransport::Conn {
+  int fd = -1;
+  int peer = -1;
+  std::mutex sendMu;
+  std::deque<std::shared_ptr<SendItem>> queue;
+  bool wantWrite = false;
+  bool dead = false;  // guarded by sendMu
+  // Read state, touched only by the progress thread.
+  FrameHeader header;
+  size_t headerGot = 0;
+  std::unique_ptr<Mailbox::Sink> sink;
+  size_t payloadGot = 0;
+  bool readDone = false;
+};
+
+namespace tcp {
+// "host:port" or "[v6]:port" -> connected, blocking socket, retried until
+// `deadline`.  Throws TimeoutError naming `what`.
+int connectWithRetry(const std::string& addr, Deadline deadline, const std::string& what);
+// Reads/writes exactly n bytes on a blocking socket before `deadline`.
+void readFull(int fd, void* buf, size_t n, Deadline deadline);
+void writeFull(int fd, const void* buf, size_t n, Deadline deadline);
+int listenOn(const std::string& host, int* port);
+void setNonBlocking(int fd);
+void setNoDelay(int fd);
+}  // namespace tcp
+
+}  // namespace ringflow
