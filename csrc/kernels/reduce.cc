@@ -20,7 +20,8 @@ void divide(void* data, size_t n, DType dtype, double divisor) {
   switch (dtype) {
     case DType::Float32: {
       auto* p = static_cast<float*>(data);
-      for (size_t i = 0; i < n; ++i) p[i] = float(p[i] / divisor);
+      const float d = float(divisor);  // float division, as torch does it
+      for (size_t i = 0; i < n; ++i) p[i] = p[i] / d;
       return;
     }
     case DType::Float64: {
@@ -30,12 +31,12 @@ void divide(void* data, size_t n, DType dtype, double divisor) {
     }
     case DType::Float16: {
       auto* p = static_cast<uint16_t*>(data);
-      for (size_t i = 0; i < n; ++i) p[i] = floatToHalf(float(halfToFloat(p[i]) / divisor));
+      for (size_t i = 0; i < n; ++i) p[i] = floatToHalf(halfToFloat(p[i]) / float(divisor));
       return;
     }
     case DType::BFloat16: {
       auto* p = static_cast<uint16_t*>(data);
-      for (size_t i = 0; i < n; ++i) p[i] = floatToBf16(float(bf16ToFloat(p[i]) / divisor));
+      for (size_t i = 0; i < n; ++i) p[i] = floatToBf16(bf16ToFloat(p[i]) / float(divisor));
       return;
     }
     default:

@@ -108,7 +108,7 @@ std::string Mailbox::checkAgainstCurrent(int peer, const FrameHeader& h) {
 std::unique_ptr<Mailbox::Sink> Mailbox::onHeader(int peer, const FrameHeader& h) {
   auto sink = std::make_unique<Sink>();
   sink->header = h;
-  std::string mismatch;
+  std::string mismatch, failedWhy;
   std::vector<RequestPtr> failed;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -117,32 +117,40 @@ std::unique_ptr<Mailbox::Sink> Mailbox::onHeader(int peer, const FrameHeader& h)
     bool collective = h.channel == Channel::Collective;
     auto c = comms_.find(h.comm);
     if (collective && c != comms_.end() && !c->second.aborted.empty()) {
+      sink->discard = true;  // nobody waits for it any more
       p.active = sink.get();
-      return sink;  // discard: nobody waits for it any more
+      return sink;
     }
     if (collective) mismatch = checkAgainstCurrent(peer, h);
-    auto posted = p.posted.find(key);
-    if (mismatch.empty() && posted != p.posted.end()) {
-      Posted& want = posted->second;
-      if (want.desc != h.desc() || want.bytes != h.bytes) {
-        mismatch = want.desc != h.desc()
-                       ? describeMismatch(rank_, want.desc, peer, h.desc())
-                       : "rank " + std::to_string(peer) + " sent " + std::to_string(h.bytes) +
-                             " bytes for " + h.desc().str() + " but rank " +
-                             std::to_string(rank_) + " expected " + std::to_string(want.bytes);
-        if (!collective) want.req->fail(std::make_exception_ptr(MismatchError(mismatch)));
-      } else {
+    auto posted = mismatch.empty() ? p.posted.find(key) : p.posted.end();
+    if (posted != p.posted.end()) {
+      Posted want = posted->second;
+      p.posted.erase(posted);
+      if (want.desc == h.desc() && want.bytes == h.bytes) {
         sink->posted = want.req;
         sink->dst = static_cast<char*>(want.buf);
+      } else {
+        std::string why = want.desc != h.desc()
+                              ? describeMismatch(rank_, want.desc, peer, h.desc())
+                              : "rank " + std::to_string(peer) + " sent " +
+                                    std::to_string(h.bytes) + " bytes for " + h.desc().str() +
+                                    " but rank " + std::to_string(rank_) + " expected " +
+                                    std::to_string(want.bytes);
+        failed.push_back(want.req);
+        failedWhy = why;
+        // A collective cannot go on; a point-to-point receive fails alone.
+        if (collective) mismatch = why;
+        sink->discard = true;
       }
-      if (!collective || sink->posted) p.posted.erase(posted);
-      if (!collective) mismatch.clear();  // only the receive fails
     } else if (mismatch.empty()) {
       sink->unexpected.resize(h.bytes);
       sink->dst = sink->unexpected.data();
+    } else {
+      sink->discard = true;
     }
     p.active = sink.get();
   }
+  for (auto& r : failed) r->fail(std::make_exception_ptr(MismatchError(failedWhy)));
   if (!mismatch.empty()) abort(h.comm, mismatch, true);
   return sink;
 }
@@ -156,7 +164,7 @@ void Mailbox::onPayload(int peer, std::unique_ptr<Sink> sink) {
     p.active = nullptr;
     if (sink->posted) {
       if (!sink->cancelled) done = sink->posted;
-    } else if (sink->dst) {
+    } else if (!sink->discard) {
       MsgKey key = sink->header.key();
       auto posted = p.posted.find(key);
       if (posted == p.posted.end()) {

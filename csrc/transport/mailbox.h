@@ -33,7 +33,8 @@ class Mailbox {
   // Where the payload of an arriving frame goes, decided from its header.
   struct Sink {
     FrameHeader header;
-    char* dst = nullptr;  // posted buffer, unexpected buffer, or null: discard
+    char* dst = nullptr;  // posted buffer or unexpected buffer
+    bool discard = false;  // nobody wants this payload: read and drop it
     RequestPtr posted;
     std::vector<char> unexpected;
     std::atomic<bool> cancelled{false};

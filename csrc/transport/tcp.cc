@@ -147,7 +147,7 @@ void TcpTransport::readSome(Conn& c) {
       // cancelled receive can wait for this write to end.
       std::unique_lock<std::mutex> lock(mailbox_->payloadMutex(c.peer), std::defer_lock);
       if (c.sink->posted) lock.lock();
-      char* dst = c.sink->dst && !c.sink->cancelled ? c.sink->dst + c.payloadGot : nullptr;
+      char* dst = c.sink->discard || c.sink->cancelled ? nullptr : c.sink->dst + c.payloadGot;
       if (!dst) left = std::min(left, discard.size());
       got = ::recv(c.fd, dst ? dst : discard.data(), left, MSG_DONTWAIT);
       if (lock.owns_lock()) lock.unlock();

@@ -1,5 +1,425 @@
-"""torch.distributed adapter (being written in the foundation work)."""
+"""The torch.distributed adapter: a Python ProcessGroup named "ringflow".
+
+The only module that touches torch's distributed internals.  Tensors cross
+into the C++ core as (address, element count, dtype code); a tensor that is
+not a contiguous CPU tensor is staged through one, and copied back when the
+work finishes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import queue
+import threading
+import weakref
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from . import _C
+from ._dtypes import REDUCE_OP_CODE, torch_dtype_code
+from .rendezvous import Communicator, close_all
+
+_REDUCE_OPS = {
+    dist.ReduceOp.SUM: "sum",
+    dist.ReduceOp.PRODUCT: "product",
+    dist.ReduceOp.MIN: "min",
+    dist.ReduceOp.MAX: "max",
+    dist.ReduceOp.AVG: "avg",
+    dist.ReduceOp.BAND: "band",
+    dist.ReduceOp.BOR: "bor",
+    dist.ReduceOp.BXOR: "bxor",
+}
+
+
+def _op_code(op) -> int:
+    for known, name in _REDUCE_OPS.items():
+        if op == known:
+            return REDUCE_OP_CODE[name]
+    raise ValueError(f"ringflow does not support reduce op {op} (PREMUL_SUM is not implemented)")
+
+
+class _Staged:
+    """A contiguous CPU view of a tensor, copied back after the op if needed."""
+
+    __slots__ = ("tensor", "buf", "write_back")
+
+    def __init__(self, tensor: torch.Tensor, write_back: bool):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"expected a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.is_sparse:
+            raise ValueError("ringflow does not support sparse tensors")
+        self.tensor = tensor
+        direct = tensor.device.type == "cpu" and tensor.is_contiguous()
+        self.buf = tensor if direct else tensor.detach().to("cpu", memory_format=torch.contiguous_format)
+        self.write_back = write_back and not direct
+
+    @property
+    def ptr(self) -> int:
+        return self.buf.data_ptr()
+
+    @property
+    def count(self) -> int:
+        return self.buf.numel()
+
+    @property
+    def code(self) -> int:
+        return torch_dtype_code(self.buf.dtype)
+
+    def finish(self) -> None:
+        if self.write_back:
+            self.tensor.copy_(self.buf)
+
+
+def _one(tensors, what: str) -> torch.Tensor:
+    if len(tensors) != 1:
+        raise ValueError(f"ringflow {what} takes exactly one tensor per call, got {len(tensors)}")
+    return tensors[0]
+
+
+class Work(dist.Work):
+    """Wraps the core's Work; runs the copy-back once, on wait or completion."""
+
+    def __init__(self, pg: "ProcessGroup", core_works, result, finish=None, keep=()):
+        super().__init__()
+        self._pg = pg
+        self._core = list(core_works)
+        self._result = result
+        self._finish = finish
+        self._keep = keep  # tensors the core reads or writes until done
+        self._lock = threading.Lock()
+        self._done = False
+        self._error: BaseException | None = None
+
+    def _complete(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            try:
+                for w in self._core:
+                    w.wait()
+                if self._finish is not None:
+                    self._finish()
+            except BaseException as e:  # noqa: BLE001 - handed to the caller
+                self._error = e
+            self._done = True
+            self._keep = None
+
+    def wait(self, timeout: timedelta | None = None) -> bool:
+        if timeout is not None and timeout.total_seconds() > 0:
+            for w in self._core:
+                if not w.wait(timeout.total_seconds()):
+                    raise _C.TimeoutError(f"{w.what}: wait() gave up after {timeout}")
+        self._complete()
+        if self._error is not None:
+            raise self._error
+        return True
+
+    def is_completed(self) -> bool:
+        if not self._done and all(w.is_completed() for w in self._core):
+            self._complete()
+        return self._done
+
+    def is_success(self) -> bool:
+        return self.is_completed() and self._error is None
+
+    def exception(self):
+        return self._error
+
+    def result(self):
+        self.wait()
+        return self._result
+
+    def get_future(self) -> torch.futures.Future:
+        # Torch crashes when DDP's future carries an exception, so the raw
+        # future carries the error as its value and a then() re-raises it.
+        raw = torch.futures.Future()
+        if self.is_completed():
+            raw.set_result(self._error if self._error is not None else self._result)
+        else:
+            self._pg._completer.put((self, raw))
+        return raw.then(_unwrap)
+
+    def synchronize(self) -> None:
+        self.wait()
+
+
+def _unwrap(fut):
+    value = fut.value()
+    if isinstance(value, BaseException):
+        raise value
+    return value
+
+
+class ProcessGroup(dist.ProcessGroup):
+    """ringflow as a torch.distributed process group (CPU tensors; CUDA
+    tensors are staged through host memory)."""
+
+    def __init__(self, store, rank: int, size: int, timeout: timedelta):
+        super().__init__(rank, size)
+        self._comm_owner = Communicator(store, rank, size, timeout.total_seconds())
+        self._comm = self._comm_owner.comm
+        self._group_name = ""
+        self._group_desc = ""
+        self._completer: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=_complete_futures, args=(self._completer,), daemon=True,
+                         name="ringflow-futures").start()
+        weakref.finalize(self, _shutdown, self._comm_owner, self._completer)
+
+    # -- identity ------------------------------------------------------------
+    def name(self) -> str:
+        return "ringflow"
+
+    def getBackendName(self) -> str:  # noqa: N802 - torch's spelling
+        return "ringflow"
+
+    def _set_group_name(self, name: str) -> None:
+        self._group_name = name
+
+    def _set_group_desc(self, desc: str) -> None:
+        self._group_desc = desc
+
+    @property
+    def group_name(self) -> str:
+        return self._group_name
+
+    @property
+    def group_desc(self) -> str:
+        return self._group_desc
+
+    def shutdown(self) -> None:
+        _shutdown(self._comm_owner, self._completer)
+
+    # -- helpers -------------------------------------------------------------
+    def _work(self, core_works, result, staged=(), finish=None, keep=()):
+        def done():
+            for s in staged:
+                s.finish()
+            if finish is not None:
+                finish()
+
+        return Work(self, core_works, result, done, (tuple(staged), keep))
+
+    # -- collectives -----------------------------------------------------------
+    def allreduce(self, tensors, opts=None):
+        t = _Staged(_one(tensors, "allreduce"), write_back=True)
+        op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
+        return self._work([self._comm.allreduce(t.ptr, t.count, t.code, op)], tensors, [t])
+
+    def allreduce_coalesced(self, tensors, opts=None):
+        op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
+        works, staged = [], []
+        for t in tensors:
+            s = _Staged(t, write_back=True)
+            staged.append(s)
+            works.append(self._comm.allreduce(s.ptr, s.count, s.code, op))
+        return self._work(works, tensors, staged)
+
+    def broadcast(self, tensors, opts):
+        t = _Staged(_one(tensors, "broadcast"), write_back=True)
+        return self._work([self._comm.broadcast(t.ptr, t.count, t.code, opts.rootRank)], tensors, [t])
+
+    def reduce(self, tensors, opts):
+        t = _Staged(_one(tensors, "reduce"), write_back=True)
+        w = self._comm.reduce(t.ptr, t.count, t.code, opts.rootRank, _op_code(opts.reduceOp))
+        return self._work([w], tensors, [t])
+
+    def allgather(self, output_lists, input_tensors, opts=None):
+        inp = _Staged(_one(input_tensors, "allgather"), write_back=False)
+        outs = _one(output_lists, "allgather")
+        self._check_list(outs, inp.tensor, "allgather output")
+        flat = torch.empty(self.size() * inp.count, dtype=inp.buf.dtype)
+        w = self._comm.allgather(inp.ptr, inp.count, flat.data_ptr(), inp.code)
+
+        def scatter_out():
+            for i, o in enumerate(outs):
+                o.copy_(flat[i * inp.count:(i + 1) * inp.count].view(o.shape))
+
+        return self._work([w], output_lists, [inp], scatter_out, keep=flat)
+
+    def all_gather_single(self, output, input, opts=None):  # noqa: A002 - torch's name
+        inp = _Staged(input, write_back=False)
+        out = _Staged(output, write_back=True)
+        self._check_numel(out.count, self.size() * inp.count, "all_gather_into_tensor output")
+        self._check_dtype(out, inp, "all_gather_into_tensor")
+        w = self._comm.allgather(inp.ptr, inp.count, out.ptr, inp.code)
+        return self._work([w], [output], [inp, out])
+
+    _allgather_base = all_gather_single
+
+    def allgather_into_tensor_coalesced(self, outputs, inputs, opts=None):
+        works = [self.all_gather_single(o, i, opts) for o, i in zip(outputs, inputs)]
+        return self._work([], outputs, finish=lambda: [w.wait() for w in works], keep=works)
+
+    all_gather_single_coalesced = allgather_into_tensor_coalesced
+
+    def reduce_scatter(self, outputs, input_lists, opts=None):
+        out = _Staged(_one(outputs, "reduce_scatter"), write_back=True)
+        ins = _one(input_lists, "reduce_scatter")
+        self._check_list(ins, out.tensor, "reduce_scatter input")
+        flat = torch.cat([t.detach().reshape(-1).to("cpu") for t in ins])
+        op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
+        w = self._comm.reduce_scatter(flat.data_ptr(), out.ptr, out.count, out.code, op)
+        return self._work([w], outputs, [out], keep=flat)
+
+    def reduce_scatter_single(self, output, input, opts=None):  # noqa: A002
+        out = _Staged(output, write_back=True)
+        inp = _Staged(input, write_back=False)
+        self._check_numel(inp.count, self.size() * out.count, "reduce_scatter_tensor input")
+        self._check_dtype(out, inp, "reduce_scatter_tensor")
+        op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
+        w = self._comm.reduce_scatter(inp.ptr, out.ptr, out.count, out.code, op)
+        return self._work([w], [output], [out, inp])
+
+    _reduce_scatter_base = reduce_scatter_single
+
+    def reduce_scatter_tensor_coalesced(self, outputs, inputs, opts=None):
+        works = [self.reduce_scatter_single(o, i, opts) for o, i in zip(outputs, inputs)]
+        return self._work([], outputs, finish=lambda: [w.wait() for w in works], keep=works)
+
+    reduce_scatter_single_coalesced = reduce_scatter_tensor_coalesced
+
+    def gather(self, output_lists, input_tensors, opts):
+        inp = _Staged(_one(input_tensors, "gather"), write_back=False)
+        root = opts.rootRank
+        if self.rank() != root:
+            w = self._comm.gather(inp.ptr, inp.count, 0, inp.code, root)
+            return self._work([w], output_lists, [inp])
+        outs = _one(output_lists, "gather")
+        self._check_list(outs, inp.tensor, "gather output")
+        flat = torch.empty(self.size() * inp.count, dtype=inp.buf.dtype)
+        w = self._comm.gather(inp.ptr, inp.count, flat.data_ptr(), inp.code, root)
+
+        def scatter_out():
+            for i, o in enumerate(outs):
+                o.copy_(flat[i * inp.count:(i + 1) * inp.count].view(o.shape))
+
+        return self._work([w], output_lists, [inp], scatter_out, keep=flat)
+
+    def scatter(self, output_tensors, input_lists, opts):
+        out = _Staged(_one(output_tensors, "scatter"), write_back=True)
+        root = opts.rootRank
+        flat = None
+        if self.rank() == root:
+            ins = _one(input_lists, "scatter")
+            self._check_list(ins, out.tensor, "scatter input")
+            flat = torch.cat([t.detach().reshape(-1).to("cpu") for t in ins])
+        ptr = flat.data_ptr() if flat is not None else 0
+        w = self._comm.scatter(ptr, out.ptr, out.count, out.code, root)
+        return self._work([w], output_tensors, [out], keep=flat)
+
+    def all_to_all_single(self, output, input, output_split_sizes, input_split_sizes, opts=None):  # noqa: A002
+        out = _Staged(output, write_back=True)
+        inp = _Staged(input, write_back=False)
+        self._check_dtype(out, inp, "all_to_all_single")
+        in_counts = self._split_counts(input, input_split_sizes, "input")
+        out_counts = self._split_counts(output, output_split_sizes, "output")
+        w = self._comm.alltoall(inp.ptr, out.ptr, inp.code, in_counts, out_counts)
+        return self._work([w], [output], [out, inp])
+
+    alltoall_base = all_to_all_single
+
+    def alltoall(self, output_tensors, input_tensors, opts=None):
+        if len(output_tensors) != self.size() or len(input_tensors) != self.size():
+            raise ValueError(f"all_to_all needs {self.size()} input and output tensors, got "
+                             f"{len(input_tensors)} and {len(output_tensors)}")
+        dtypes = {t.dtype for t in list(input_tensors) + list(output_tensors)}
+        if len(dtypes) != 1:
+            raise ValueError(f"all_to_all tensors must share one dtype, got {sorted(map(str, dtypes))}")
+        flat_in = torch.cat([t.detach().reshape(-1).to("cpu") for t in input_tensors])
+        flat_out = torch.empty(sum(t.numel() for t in output_tensors), dtype=flat_in.dtype)
+        w = self._comm.alltoall(flat_in.data_ptr(), flat_out.data_ptr(), torch_dtype_code(flat_in.dtype),
+                                [t.numel() for t in input_tensors], [t.numel() for t in output_tensors])
+
+        def scatter_out():
+            offset = 0
+            for o in output_tensors:
+                o.copy_(flat_out[offset:offset + o.numel()].view(o.shape))
+                offset += o.numel()
+
+        return self._work([w], output_tensors, (), scatter_out, keep=(flat_in, flat_out))
+
+    def barrier(self, opts=None):
+        return self._work([self._comm.barrier()], [])
+
+    def monitored_barrier(self, opts=None, wait_all_ranks=False):
+        return self.barrier(opts)
+
+    # -- point to point --------------------------------------------------------
+    def send(self, tensors, dst_rank, tag=0):
+        t = _Staged(_one(tensors, "send"), write_back=False)
+        return self._work([self._comm.send(t.ptr, t.count, t.code, dst_rank, tag)], tensors, [t])
+
+    def recv(self, tensors, src_rank, tag=0):
+        t = _Staged(_one(tensors, "recv"), write_back=True)
+        return self._work([self._comm.recv(t.ptr, t.count, t.code, src_rank, tag)], tensors, [t])
+
+    def recv_anysource(self, tensors, tag=0):
+        raise NotImplementedError("ringflow needs the source rank for recv (recv from any source is not supported)")
+
+    # -- checks ----------------------------------------------------------------
+    def _check_list(self, tensors, like, what):
+        if len(tensors) != self.size():
+            raise ValueError(f"{what} needs {self.size()} tensors, got {len(tensors)}")
+        for t in tensors:
+            if t.numel() != like.numel() or t.dtype != like.dtype:
+                raise ValueError(f"{what} tensors must match the input ({like.numel()} x {like.dtype}), "
+                                 f"got {t.numel()} x {t.dtype}")
+
+    @staticmethod
+    def _check_numel(got, want, what):
+        if got != want:
+            raise ValueError(f"{what} has {got} elements, expected {want}")
+
+    @staticmethod
+    def _check_dtype(a: _Staged, b: _Staged, what):
+        if a.buf.dtype != b.buf.dtype:
+            raise ValueError(f"{what}: input is {b.buf.dtype} but output is {a.buf.dtype}")
+
+    def _split_counts(self, tensor, splits, what):
+        rows = tensor.shape[0] if tensor.dim() > 0 else 1
+        row = tensor.numel() // rows if rows else 0
+        if not splits:
+            if rows % self.size():
+                raise ValueError(f"all_to_all_single {what} has {rows} rows, not divisible by {self.size()} ranks")
+            return [rows // self.size() * row] * self.size()
+        if len(splits) != self.size() or sum(splits) != rows:
+            raise ValueError(f"all_to_all_single {what} splits {list(splits)} do not cover {rows} rows "
+                             f"over {self.size()} ranks")
+        return [s * row for s in splits]
+
+
+def _complete_futures(q: "queue.SimpleQueue") -> None:
+    while True:
+        item = q.get()
+        if item is None:
+            return
+        work, raw = item
+        work._complete()
+        raw.set_result(work._error if work._error is not None else work._result)
+
+
+def _shutdown(owner: Communicator, completer: "queue.SimpleQueue") -> None:
+    completer.put(None)
+    owner.close()
+
+
+def create(store, rank: int, size: int, timeout: timedelta) -> ProcessGroup:
+    return ProcessGroup(store, rank, size, timeout)
+
+
+_registered = False
 
 
 def register() -> None:
-    return None
+    """Makes `backend="ringflow"` work in init_process_group / new_group."""
+    global _registered
+    if _registered:
+        return
+    if "ringflow" not in dist.Backend.backend_list:
+        dist.Backend.register_backend("ringflow", create, devices=["cpu", "cuda"])
+    _registered = True
+
+
+atexit.register(close_all)
