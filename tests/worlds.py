@@ -42,6 +42,12 @@ def _child(fn, rank, size, port, env, args, results):
         results.put((rank, True, fn(rank, size, *args)))
     except BaseException:  # noqa: BLE001 - reported to the parent
         results.put((rank, False, traceback.format_exc()))
+    finally:
+        # A forked child ends in os._exit, skipping atexit; close like a
+        # normal interpreter exit would, so peers see a goodbye.
+        from ringflow.rendezvous import close_all
+
+        close_all()
 
 
 def run_world(size: int, fn, *args, timeout: float = 120, env: dict | None = None,

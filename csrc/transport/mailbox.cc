@@ -207,7 +207,22 @@ void Mailbox::failLocked(uint64_t comm, const std::string& why, bool mismatch,
         ++it;
       }
     }
+    Sink* a = p->active;
+    if (a && a->posted && !a->cancelled && a->header.comm == comm &&
+        a->header.channel == Channel::Collective)
+      stopActiveLocked(*p, failed);
   }
+}
+
+void Mailbox::stopActiveLocked(PeerState& p, std::vector<RequestPtr>& failed) {
+  // Its payload is arriving now: divert the rest to the bin; the caller
+  // waits out a write in progress (waitOutWrites) before failing it.
+  p.active->cancelled = true;
+  failed.push_back(p.active->posted);
+}
+
+void Mailbox::waitOutWrites() {
+  for (auto& p : peers_) std::lock_guard<std::mutex> wait(p->payloadMu);
 }
 
 std::vector<int> Mailbox::othersLocked(uint64_t comm) {
@@ -232,6 +247,7 @@ void Mailbox::abort(uint64_t comm, const std::string& why, bool mismatch) {
     notify = othersLocked(comm);
     error = commError(comms_[comm]);
   }
+  waitOutWrites();
   for (auto& r : failed) r->fail(error);
   for (int peer : notify) notify_(peer, comm, coded);
 }
@@ -249,6 +265,7 @@ void Mailbox::onAbortFrame(int peer, uint64_t comm, const std::string& coded) {
     failLocked(comm, coded.substr(0, 1) + prefix + text, coded[0] == kKindMismatch, failed);
     error = commError(comms_[comm]);
   }
+  waitOutWrites();
   for (auto& r : failed) r->fail(error);
 }
 
@@ -261,7 +278,9 @@ void Mailbox::peerGone(int peer, const std::string& why) {
     p.gone = why;
     for (auto& kv : p.posted) failed.push_back(kv.second.req);
     p.posted.clear();
+    if (p.active && p.active->posted && !p.active->cancelled) stopActiveLocked(p, failed);
   }
+  waitOutWrites();
   auto error = std::make_exception_ptr(PeerError(why));
   for (auto& r : failed) r->fail(error);
 }

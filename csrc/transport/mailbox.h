@@ -89,6 +89,9 @@ class Mailbox {
   void failLocked(uint64_t comm, const std::string& why, bool mismatch,
                   std::vector<RequestPtr>& failed);
   std::exception_ptr commError(const CommState& c) const;
+  void stopActiveLocked(PeerState& p, std::vector<RequestPtr>& failed);
+  // Returns once no transport is writing a payload into a caller's buffer.
+  void waitOutWrites();
   std::vector<int> othersLocked(uint64_t comm);
 
   int rank_;

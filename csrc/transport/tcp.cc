@@ -8,8 +8,10 @@
 
 #include <cerrno>
 #include <cstring>
+#include <thread>
 
 #include "tcp_internal.h"
+#include "trace.h"
 
 namespace ringflow {
 
@@ -173,10 +175,13 @@ void TcpTransport::finishFrame(Conn& c) {
   switch (c.header.type) {
     case FrameType::Data: mailbox_->onPayload(c.peer, std::move(sink)); break;
     case FrameType::Abort:
+      trace(rank_, "abort from rank " + std::to_string(c.peer) + ": " +
+                       std::string(sink->unexpected.begin(), sink->unexpected.end()));
       mailbox_->onAbortFrame(c.peer, c.header.comm,
                              std::string(sink->unexpected.begin(), sink->unexpected.end()));
       break;
     case FrameType::Bye:
+      trace(rank_, "goodbye from rank " + std::to_string(c.peer));
       mailbox_->peerGone(c.peer, "rank " + std::to_string(c.peer) +
                                      " has shut down its communicator (destroyed its process "
                                      "group or exited)");
@@ -185,6 +190,7 @@ void TcpTransport::finishFrame(Conn& c) {
 }
 
 void TcpTransport::connGone(Conn& c, const std::string& why) {
+  trace(rank_, "lost rank " + std::to_string(c.peer) + ": " + why);
   std::deque<std::shared_ptr<SendItem>> lost;
   {
     std::lock_guard<std::mutex> lock(c.sendMu);
@@ -224,8 +230,9 @@ RequestPtr TcpTransport::recv(int peer, const MsgKey& key, const OpDesc& desc, v
 }
 
 void TcpTransport::cancel(const RequestPtr& req) {
-  if (req->done()) return;
+  // A failed receive may still be the one whose payload is arriving.
   if (!req->isSend()) return mailbox_->cancelRecv(req);
+  if (req->done()) return;
   Conn& c = *conns_[req->peer()];
   std::lock_guard<std::mutex> lock(c.sendMu);
   for (auto it = c.queue.begin(); it != c.queue.end(); ++it) {
@@ -246,7 +253,24 @@ void TcpTransport::registerComm(uint64_t comm, const std::vector<int>& members) 
 }
 void TcpTransport::beginOp(uint64_t comm, const OpDesc& desc) { mailbox_->beginOp(comm, desc); }
 void TcpTransport::endOp(uint64_t comm) { mailbox_->endOp(comm); }
-void TcpTransport::abort(uint64_t comm, const std::string& why) { mailbox_->abort(comm, why); }
+void TcpTransport::abort(uint64_t comm, const std::string& why) {
+  trace(rank_, "aborting: " + why);
+  mailbox_->abort(comm, why);
+  // Wait (briefly) until the Abort frames are in the kernel's hands: a rank
+  // that fails often exits next, and frames still queued here would be lost,
+  // leaving its peers to blame it instead of the peer that really failed.
+  Deadline until = Clock::now() + std::chrono::seconds(1);
+  for (auto& c : conns_) {
+    for (;;) {
+      {
+        std::lock_guard<std::mutex> lock(c->sendMu);
+        if (c->queue.empty() || c->dead || c->fd < 0) break;
+      }
+      if (Clock::now() > until) return;
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
+}
 std::string TcpTransport::abortReason(uint64_t comm) { return mailbox_->abortReason(comm); }
 
 }  // namespace ringflow

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "tcp_internal.h"
+#include "trace.h"
 
 namespace ringflow {
 namespace {
@@ -32,11 +33,12 @@ TcpTransport::TcpTransport(int rank, int size, const std::string& bindHost)
   }
   mailbox_ = std::make_unique<Mailbox>(rank, size, [this](int peer, uint64_t comm,
                                                           const std::string& why) {
+    trace(rank_, "sending abort to rank " + std::to_string(peer));
     auto item = std::make_shared<SendItem>();
     item->header.type = FrameType::Abort;
     item->header.comm = comm;
     item->owned.assign(why.begin(), why.end());
-    item->header.bytes = item->owned.size();
+    item->bytes = item->header.bytes = item->owned.size();
     enqueue(peer, item);
   });
 }
@@ -116,6 +118,7 @@ void TcpTransport::connect(const std::vector<std::string>& addrs, uint64_t token
 
 void TcpTransport::close() {
   if (closed_.exchange(true)) return;
+  trace(rank_, "closing: saying goodbye to every peer");
   if (thread_.joinable()) {
     // Tell peers this is a clean exit, not a crash, then let the frames drain.
     for (auto& c : conns_) {
