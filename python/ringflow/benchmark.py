@@ -1,0 +1,246 @@
+"""Allreduce benchmark: ringflow against gloo, in the same run, nccl-tests style.
+
+    python bench/allreduce.py --world 2 [--sizes 4K,64K,1M,16M,64M] [--json]
+
+Spawns --world real processes on this host.  Each initialises the default
+group with ringflow and a gloo group over the same ranks, then, per size and
+backend, runs warm-ups and timed allreduces, each after a barrier (always on
+the gloo group, so both backends are timed behind the same synchroniser).
+Every result is checked: inputs are small integers, so sums are exact.
+The parent prints the header and the table (rank 0's view: the slowest rank
+per iteration, then the median), and with --json a last line of JSON.
+
+Exit status: 0 ok; 1 a wrong result, or a rank raised, died or hung.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from . import _bench_util as bu
+
+BACKENDS = ("ringflow", "gloo")
+# name -> (torch dtype attribute, nccl-tests' name for the `type` column)
+DTYPES = {
+    "float32": ("float32", "float"),
+    "float64": ("float64", "double"),
+    "float16": ("float16", "half"),
+    "bfloat16": ("bfloat16", "bfloat16"),
+    "int32": ("int32", "int32"),
+    "int64": ("int64", "int64"),
+    "int8": ("int8", "int8"),
+    "uint8": ("uint8", "uint8"),
+}
+OPS = ("sum", "prod", "min", "max")
+DEFAULT_SIZES = "4K,64K,1M,16M,64M"
+
+
+def default_iters(nbytes: int) -> int:
+    """Enough samples for a median; fewer where one iteration costs ~0.1 s."""
+    if nbytes >= 256 << 20:
+        return 5
+    if nbytes >= 16 << 20:
+        return 10
+    return 20
+
+
+# ---------------------------------------------------------------- one rank
+
+
+def _inputs(torch, op: str, count: int, rank: int, world: int, dtype):
+    """(this rank's input, the exact expected result) for small-integer data."""
+    i = torch.arange(count, dtype=torch.int64)
+    if op == "prod":
+        # One rank contributes a 2 at each position, the rest 1: the product
+        # is exactly 2 in every dtype, however many ranks there are.
+        def mine(r):
+            return torch.where(i % world == r, 2, 1)
+
+        expected = torch.full((count,), 2, dtype=torch.int64)
+    else:
+        def mine(r):
+            return (i + r) % 3 + 1  # 1..3; a sum over 8 ranks is <= 24
+
+        combine = {"sum": torch.add, "min": torch.minimum, "max": torch.maximum}[op]
+        expected = mine(0)
+        for r in range(1, world):  # one rank at a time: 8 x 64M int64 would be 4 GiB
+            expected = combine(expected, mine(r))
+    return mine(rank).to(dtype), expected.to(dtype)
+
+
+def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    import ringflow  # noqa: F401 - registers the backend
+
+    # One intra-op thread: on a small host, OpenMP threads left spinning by
+    # the result check would steal CPU from the next timed allreduce.
+    torch.set_num_threads(1)
+    timeout = timedelta(seconds=cfg["timeout"])
+    dist.init_process_group("ringflow", rank=rank, world_size=world, timeout=timeout)
+    gloo = dist.new_group(backend="gloo", timeout=timeout)
+    groups = {"ringflow": None, "gloo": gloo}
+    op = {"sum": dist.ReduceOp.SUM, "prod": dist.ReduceOp.PRODUCT,
+          "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[cfg["op"]]
+    dtype = getattr(torch, DTYPES[cfg["dtype"]][0])
+    itemsize = torch.empty((), dtype=dtype).element_size()
+
+    out = []
+    total = len(cfg["sizes"]) * len(cfg["backends"])
+    step = 0
+    for nbytes in cfg["sizes"]:
+        count = max(1, nbytes // itemsize)
+        src, expected = _inputs(torch, cfg["op"], count, rank, world, dtype)
+        buf = torch.empty_like(src)
+        iters = cfg["iters"] or default_iters(nbytes)
+        for backend in cfg["backends"]:
+            step += 1
+            report(step, total, f"{bu.format_size(nbytes)} {backend}")
+            times, bad_iters, wrong = [], 0, 0
+            for it in range(cfg["warmup"] + iters):
+                buf.copy_(src)
+                dist.barrier(group=gloo)
+                t0 = time.perf_counter()
+                dist.all_reduce(buf, op=op, group=groups[backend])
+                elapsed = time.perf_counter() - t0
+                wrong = int(torch.count_nonzero(buf != expected))
+                bad_iters += wrong > 0
+                if it >= cfg["warmup"]:
+                    times.append(elapsed)
+            out.append({"backend": backend, "bytes": count * itemsize, "count": count,
+                        "times": times, "wrong": wrong, "wrong_iters": bad_iters})
+        del src, expected, buf
+    dist.barrier(group=gloo)
+    dist.destroy_process_group()
+    return {"rows": out}
+
+
+# ---------------------------------------------------------------- the parent
+
+
+def _rows(per_rank: list[dict], cfg: dict, world: int) -> list[dict]:
+    """Per (size, backend): the slowest rank per iteration, then p50 and p99."""
+    rows = []
+    for k, first in enumerate(per_rank[0]["rows"]):
+        mine = [r["rows"][k] for r in per_rank]
+        times = bu.max_over_ranks([m["times"] for m in mine])
+        p50 = bu.percentile(times, 50)
+        algbw, busbw = bu.bandwidths("allreduce", world, first["bytes"], p50)
+        rows.append({
+            "backend": first["backend"], "world": world, "bytes": first["bytes"],
+            "count": first["count"], "type": DTYPES[cfg["dtype"]][1], "dtype": cfg["dtype"],
+            "op": cfg["op"], "p50_us": p50 * 1e6, "p99_us": bu.percentile(times, 99) * 1e6,
+            "min_us": min(times) * 1e6, "algbw": algbw, "busbw": busbw,
+            # nccl-tests sums wrong elements over ranks; so do we.
+            "wrong": sum(m["wrong"] for m in mine),
+            "wrong_iters": max(m["wrong_iters"] for m in mine),
+            "iters": len(times), "warmup": cfg["warmup"],
+        })
+    gloo_p50 = {r["bytes"]: r["p50_us"] for r in rows if r["backend"] == "gloo"}
+    for r in rows:
+        if r["backend"] != "gloo" and r["bytes"] in gloo_p50:
+            r["ratio_vs_gloo"] = gloo_p50[r["bytes"]] / r["p50_us"]
+    return rows
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ringflow bench allreduce",
+        description="Allreduce latency and bandwidth, ringflow vs gloo (nccl-tests columns).")
+    p.add_argument("--world", type=int, default=2, help="processes to spawn, 1..8 (default 2)")
+    p.add_argument("--sizes", default=DEFAULT_SIZES,
+                   help=f"comma-separated sizes in bytes, K/M/G suffixes (default {DEFAULT_SIZES})")
+    p.add_argument("--backends", default=",".join(BACKENDS),
+                   help="comma-separated, from: ringflow, gloo (default ringflow,gloo)")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--op", default="sum", choices=OPS)
+    p.add_argument("--warmup", type=int, default=3, help="untimed iterations per row (default 3)")
+    p.add_argument("--iters", type=int, default=0,
+                   help="timed iterations per row (default: 20 below 16M, 10 below 256M, else 5)")
+    p.add_argument("--timeout", type=float, default=300,
+                   help="seconds for the whole run; a hung rank kills the world (default 300)")
+    p.add_argument("--json", action="store_true", help="end stdout with one line of JSON rows")
+    p.add_argument("--plot", metavar="PATH", help="write a PNG of busbw vs size (needs matplotlib)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    return p
+
+
+def _config(args, p) -> dict:
+    if not 1 <= args.world <= 8:
+        p.error("--world must be 1..8")
+    try:
+        sizes = bu.parse_sizes(args.sizes)
+    except ValueError as e:
+        p.error(str(e))
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        p.error(f"--backends: unknown {unknown}; choose from {', '.join(BACKENDS)}")
+    if not sizes:
+        p.error("--sizes is empty")
+    if args.warmup < 0 or args.iters < 0 or args.timeout <= 0:
+        p.error("--warmup and --iters must be >= 0, --timeout > 0")
+    return {"sizes": sizes, "backends": backends, "dtype": args.dtype, "op": args.op,
+            "warmup": args.warmup, "iters": args.iters, "timeout": args.timeout}
+
+
+def main(argv=None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    cfg = _config(args, p)
+
+    header = [("world", f"{args.world} processes on this host, MASTER_ADDR=127.0.0.1"),
+              ("backends", ",".join(cfg["backends"]) + " (the barrier before each iteration is gloo's)")]
+    header += bu.environment()
+    iters = str(cfg["iters"]) if cfg["iters"] else "adaptive " + ", ".join(
+        f"{bu.format_size(s)}:{default_iters(s)}" for s in cfg["sizes"])
+    header += [("run", f"allreduce {cfg['dtype']} {cfg['op']}, warm-up {cfg['warmup']}, "
+                       f"timed iterations {iters}"),
+               ("time", "perf_counter around each blocking all_reduce; max over ranks per "
+                        "iteration, then p50/p99 over iterations"),
+               ("busbw", "algbw * 2(n-1)/n; 'x gloo' = gloo p50 / ringflow p50 (>1: ringflow faster)")]
+
+    started, load_before = time.monotonic(), bu.load_average()
+    progress = bu.Progress(enabled=not args.quiet)
+    try:
+        per_rank = bu.run_world(_rank_main, args.world, (cfg,), timeout=args.timeout, progress=progress)
+    except bu.BenchError as e:
+        print(f"ringflow bench: {e}", file=sys.stderr)
+        if bu.binary_fingerprint() != dict(header)["binary"]:
+            print("ringflow bench: note: ringflow's _C extension was replaced during the run "
+                  "(a rebuild overwriting a loaded .so crashes the processes using it)", file=sys.stderr)
+        return 1
+    rows = _rows(per_rank, cfg, args.world)
+    if bu.binary_fingerprint() != dict(header)["binary"]:
+        note = "ringflow's _C extension was rebuilt DURING this run: the results mix builds"
+        header.append(("WARNING", note))
+        print(f"ringflow bench: warning: {note}", file=sys.stderr)
+    header.append(("load", f"1/5/15-min load average {load_before} before, {bu.load_average()} after "
+                           f"(on {os.cpu_count()} CPUs; the run itself adds {args.world})"))
+
+    bu.print_header("ringflow allreduce benchmark", header)
+    bu.print_table(rows)
+    wrong = [r for r in rows if r["wrong"] or r["wrong_iters"]]
+    print(f"# {len(rows)} rows in {time.monotonic() - started:.1f} s; "
+          f"{'WRONG RESULTS in ' + str(len(wrong)) + ' rows' if wrong else 'all results correct'}")
+    if args.plot:
+        bu.plot_busbw(rows, args.plot, f"allreduce {cfg['dtype']}, world {args.world}")
+    if args.json:
+        print(json.dumps(rows))
+    if wrong:
+        for r in wrong:
+            print(f"ringflow bench: {r['backend']} {r['bytes']} B: {r['wrong']} wrong elements "
+                  f"in the last result, {r['wrong_iters']} iterations wrong", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
