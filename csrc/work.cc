@@ -1,5 +1,7 @@
 #include "ringflow/work.h"
 
+#include "ringflow/spin.h"
+
 #include <chrono>
 
 namespace ringflow {
@@ -11,6 +13,7 @@ double now() {
 }  // namespace
 
 bool Work::wait(double timeoutSec) {
+  spinUntil(doneFlag_, std::chrono::microseconds(timeoutSec < 0 || timeoutSec > 1e-4 ? 50 : 0));
   std::unique_lock<std::mutex> lock(mu_);
   auto ready = [this] { return done_; };
   if (timeoutSec < 0) {
@@ -52,6 +55,7 @@ void Work::finish() {
     std::lock_guard<std::mutex> lock(mu_);
     done_ = true;
     ended_ = now();
+    doneFlag_.store(true, std::memory_order_release);
   }
   cv_.notify_all();
 }
@@ -62,6 +66,7 @@ void Work::fail(std::exception_ptr error) {
     done_ = true;
     error_ = error;
     ended_ = now();
+    doneFlag_.store(true, std::memory_order_release);
   }
   cv_.notify_all();
 }

@@ -1,5 +1,6 @@
 #include <sstream>
 
+#include "ringflow/spin.h"
 #include "ringflow/transport.h"
 
 namespace ringflow {
@@ -35,6 +36,7 @@ std::string OpDesc::str() const {
 }
 
 void Request::wait(Deadline deadline, const std::string& context) {
+  spinUntil(doneFlag_, std::chrono::microseconds(50));
   std::unique_lock<std::mutex> lock(mu_);
   if (!cv_.wait_until(lock, deadline, [this] { return done_; }))
     throw TimeoutError(context);
@@ -56,6 +58,7 @@ void Request::fail(std::exception_ptr error) {
     done_ = true;
     error_ = error;
     cb.swap(callback_);
+    doneFlag_.store(true, std::memory_order_release);
   }
   cv_.notify_all();
   if (cb) cb(error);

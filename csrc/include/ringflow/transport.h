@@ -5,6 +5,7 @@
 // both calls instead of hanging or producing a wrong result.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -100,6 +101,7 @@ class Request {
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
+  std::atomic<bool> doneFlag_{false};  // done_, readable without the lock
   std::exception_ptr error_;
   std::function<void(std::exception_ptr)> callback_;
 };

@@ -1,6 +1,7 @@
 // The handle an asynchronous call returns.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <exception>
 #include <memory>
@@ -33,6 +34,7 @@ class Work {
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
+  std::atomic<bool> doneFlag_{false};  // done_, readable without the lock
   std::exception_ptr error_;
   double started_ = 0, ended_ = 0;
 };
