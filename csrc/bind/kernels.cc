@@ -15,6 +15,9 @@ using Release = py::call_guard<py::gil_scoped_release>;
 void bindKernels(py::module_& m) {
   py::module_ k = m.def_submodule("kernels", "stateless kernels over raw addresses");
   k.def("simd_level", &kernels::simdLevel);
+  k.def("set_simd_level", &kernels::setSimdLevel, py::arg("level"),
+        "lower (or restore) the SIMD level the CPU kernels use; returns the level in force");
+  k.def("detected_simd_level", &kernels::detectedSimdLevel);
   k.def("reduce", [](uintptr_t dst, uintptr_t a, uintptr_t b, size_t n, int dt, int op) {
         kernels::reduce(ptr(dst), ptr(a), ptr(b), n, dtypeFromInt(dt), reduceOpFromInt(op));
       }, Release());

@@ -2,4 +2,17 @@
 set(RINGFLOW_KERNEL_SOURCES
   csrc/kernels/reduce_scalar.cc
   csrc/kernels/reduce.cc
+  csrc/kernels/reduce_avx2.cc
+  csrc/kernels/reduce_avx512.cc
 )
+
+# Only these files get wide-vector flags; reduce.cc picks one at run time
+# with __builtin_cpu_supports, so the library still runs on baseline x86-64.
+# -ffp-contract=off keeps a*b+c from fusing, so the SIMD paths round exactly
+# as the scalar reference does.
+if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64")
+  set_source_files_properties(csrc/kernels/reduce_avx2.cc PROPERTIES
+    COMPILE_OPTIONS "-O3;-mavx2;-mfma;-mf16c;-ffp-contract=off")
+  set_source_files_properties(csrc/kernels/reduce_avx512.cc PROPERTIES
+    COMPILE_OPTIONS "-O3;-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mfma;-mf16c;-mprefer-vector-width=512;-ffp-contract=off")
+endif()
