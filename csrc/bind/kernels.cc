@@ -7,6 +7,11 @@
 namespace py = pybind11;
 
 namespace ringflow::bind {
+// The other kernel families register into the same submodule (one file each).
+void bindKernelsQuant(py::module_& k);
+void bindKernelsLut(py::module_& k);
+void bindKernelsCuda(py::module_& k);
+
 namespace {
 void* ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
 using Release = py::call_guard<py::gil_scoped_release>;
@@ -37,6 +42,9 @@ void bindKernels(py::module_& m) {
   k.def("divide", [](uintptr_t data, size_t n, int dt, double divisor) {
         kernels::divide(ptr(data), n, dtypeFromInt(dt), divisor);
       }, Release());
+  bindKernelsQuant(k);
+  bindKernelsLut(k);
+  bindKernelsCuda(k);
 }
 
 }  // namespace ringflow::bind
