@@ -19,21 +19,22 @@ inline __m256 lookup16(__m256 tlo, __m256 thi, __m256i idx) {
 }
 
 // Codes of 8 consecutive elements (starting at a multiple of 8) as 8 lanes.
-inline __m256i codes8(const uint8_t* p, int bits, __m256i shifts, __m256i mask) {
-  if (bits == 8) return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+// BITS is a template argument so the load below is one fixed-size move.
+template <int BITS>
+inline __m256i codes8(const uint8_t* p, __m256i shifts, __m256i mask) {
+  if constexpr (BITS == 8) return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
   uint32_t word = 0;
-  std::memcpy(&word, p, size_t(bits));  // 8 codes of `bits` bits = `bits` bytes
+  std::memcpy(&word, p, size_t(BITS));  // 8 codes of BITS bits = BITS bytes
   return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(word)), shifts), mask);
 }
-
-}  // namespace
 
 // acc[i] += sum_j 2^j * table[idx_j(i)] for i < len (a multiple of 8), where
 // idx_j gathers bit j of the four workers' codes: workers' codes are packed
 // into the bytes of one lane, and a multiply by 0x204081 moves bits 0, 8, 16
 // and 24 to bits 21..24 at once.
-void lutWsumGroup(float* acc, const uint8_t* const* codes, size_t first, size_t len, int bits,
-                  const float* table) {
+template <int BITS>
+void wsumGroup(float* acc, const uint8_t* const* codes, size_t first, size_t len, const float* table) {
+  constexpr int bits = BITS;
   const __m256 tlo = _mm256_loadu_ps(table), thi = _mm256_loadu_ps(table + 8);
   const __m256i shifts = _mm256_setr_epi32(0, bits, 2 * bits, 3 * bits, 4 * bits, 5 * bits,
                                            6 * bits, 7 * bits);
@@ -42,17 +43,30 @@ void lutWsumGroup(float* acc, const uint8_t* const* codes, size_t first, size_t 
   const __m256i gather = _mm256_set1_epi32(0x204081);
   for (size_t i = 0; i < len; i += 8) {
     size_t byte = (first + i) * size_t(bits) / 8;
-    __m256i w = codes8(codes[0] + byte, bits, shifts, mask);
-    w = _mm256_or_si256(w, _mm256_slli_epi32(codes8(codes[1] + byte, bits, shifts, mask), 8));
-    w = _mm256_or_si256(w, _mm256_slli_epi32(codes8(codes[2] + byte, bits, shifts, mask), 16));
-    w = _mm256_or_si256(w, _mm256_slli_epi32(codes8(codes[3] + byte, bits, shifts, mask), 24));
+    __m256i w = codes8<BITS>(codes[0] + byte, shifts, mask);
+    w = _mm256_or_si256(w, _mm256_slli_epi32(codes8<BITS>(codes[1] + byte, shifts, mask), 8));
+    w = _mm256_or_si256(w, _mm256_slli_epi32(codes8<BITS>(codes[2] + byte, shifts, mask), 16));
+    w = _mm256_or_si256(w, _mm256_slli_epi32(codes8<BITS>(codes[3] + byte, shifts, mask), 24));
     __m256 a = _mm256_loadu_ps(acc + i);
+#pragma GCC unroll 8
     for (int j = 0; j < bits; ++j) {
       __m256i t = _mm256_and_si256(_mm256_srl_epi32(w, _mm_cvtsi32_si128(j)), ones);
       __m256i idx = _mm256_srli_epi32(_mm256_mullo_epi32(t, gather), 21);
       a = _mm256_fmadd_ps(lookup16(tlo, thi, idx), _mm256_set1_ps(float(1 << j)), a);
     }
     _mm256_storeu_ps(acc + i, a);
+  }
+}
+
+}  // namespace
+
+void lutWsumGroup(float* acc, const uint8_t* const* codes, size_t first, size_t len, int bits,
+                  const float* table) {
+  switch (bits) {
+    case 1: return wsumGroup<1>(acc, codes, first, len, table);
+    case 2: return wsumGroup<2>(acc, codes, first, len, table);
+    case 4: return wsumGroup<4>(acc, codes, first, len, table);
+    default: return wsumGroup<8>(acc, codes, first, len, table);
   }
 }
 
