@@ -13,6 +13,15 @@ namespace {
 
 constexpr double kInt32Max = 2147483647.0;
 
+// Round half to even for |t| < 2^51 in the default rounding mode: adding and
+// subtracting 1.5 * 2^52 drops the fraction exactly as rint would.  Unlike
+// nearbyint it compiles to plain adds, so the loops vectorise on baseline
+// x86-64 (no SSE4.1 roundpd there).  Needs no -ffast-math (we never use it).
+inline double rintSmall(double t) {
+  constexpr double kMagic = 6755399441055744.0;
+  return (t + kMagic) - kMagic;
+}
+
 void checkWorkers(int workers) {
   if (workers < 1) throw InvalidArgument("workers must be >= 1, got " + std::to_string(workers));
 }
@@ -53,9 +62,11 @@ void quantizeFixed(int32_t* q, const float* x, size_t n, int exponent, int worke
   const double scale = fixedScale(exponent, workers);
   const double limit = double(2147483647 / workers);  // floor: N * limit <= INT32_MAX
   for (size_t i = 0; i < n; ++i) {
-    double v = std::nearbyint(double(x[i]) * scale);  // default mode: ties to even
+    // Clamping before rounding is the same as after: the limits are integers.
+    double v = double(x[i]) * scale;
     v = v > limit ? limit : (v < -limit ? -limit : v);
-    q[i] = v == v ? int32_t(v) : 0;  // NaN quantises to 0 rather than UB
+    v = v == v ? rintSmall(v) : 0.0;  // NaN quantises to 0 rather than UB
+    q[i] = int32_t(v);
   }
 }
 
