@@ -169,6 +169,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not figures to quote)")
     ap.add_argument("--json", action="store_true", help="print the rows as one JSON list on the last line")
+    ap.add_argument("--only", choices=["reduce", "quantize", "lut"], help="run one group of kernels")
     args = ap.parse_args()
     repeat = 3 if args.quick else 9
     big = (1 << 18) if args.quick else (16 << 20)  # 64 MiB per float32 input: twice L3 (32 MiB)
@@ -185,9 +186,13 @@ def main() -> None:
     print(f"{'kernel':<22} {'dtype':<9} {'bits':>4} {'n':>10} {'ms':>9} {'GB/s':>8} {'/copy':>6}  "
           f"{'baseline':<30} {'base GB/s':>8} {'ratio':>8}")
     t = Table(copy_gbps)
-    bench_reduce(t, big, repeat)
-    bench_quantize(t, (1 << 16) if args.quick else (4 << 20), repeat)
+    if args.only in (None, "reduce"):
+        bench_reduce(t, big, repeat)
+    if args.only in (None, "quantize"):
+        bench_quantize(t, (1 << 16) if args.quick else (4 << 20), repeat)
     try:
+        if args.only not in (None, "lut"):
+            raise LookupError
         import torch  # noqa: F401
 
         if args.quick:
@@ -196,6 +201,8 @@ def main() -> None:
             bench_lut(t, 4096, 4096, 8, 1 << 22, repeat)
     except ImportError:
         print("# torch not installed: LUT baselines skipped")
+    except LookupError:
+        pass
     if args.json:
         print(json.dumps(t.rows))
 
