@@ -148,8 +148,13 @@ def bench_lut(t: Table, rows: int, cols: int, workers: int, m: int, repeat: int)
         tb = median_time(lambda: torch_dequant(torch, pt, st, rows, cols, bits, block) @ xt, repeat)
         nbytes = packed.nbytes + scales.nbytes + x.nbytes + 4 * rows
         t.add("lut_gemv", "float32", bits, rows * cols, tl, nbytes, "torch dequant+matmul (1 thr)", tb)
+        p8 = ops.lut_prepare(packed, scales, (rows, cols), bits, block, tables="int8")
+        t8 = median_time(lambda: ops.lut_gemv(p8, x), repeat)
+        t.add("lut_gemv_int8tables", "float32", bits, rows * cols, t8, nbytes, "torch dequant+matmul (1 thr)", tb)
         if bits == 2:
             Wd = torch_dequant(torch, pt, st, rows, cols, bits, block)
+            t.add("lut_gemv_int8tables", "float32", bits, rows * cols, t8, nbytes, "torch fp32 mv, W pre-dequantised",
+                  median_time(lambda: Wd @ xt, repeat))
             t.add("lut_gemv", "float32", bits, rows * cols, tl, nbytes, "torch fp32 mv, W pre-dequantised",
                   median_time(lambda: Wd @ xt, repeat))
     g = rng.standard_normal((workers, m)).astype(np.float32)

@@ -104,3 +104,40 @@ def test_bad_input():
         ops.lut_gemv(prepared, np.ones(15, np.float32))
     with pytest.raises(ValueError, match="uint8"):
         ops.lut_weighted_sum(packed.astype(np.int32), np.ones(3, np.float32), scales, 2, m=16, block=8)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("rows,cols,block", [(1, 4, 4), (37, 200, 64), (300, 1024, 128), (17, 4096, 4096)])
+def test_lut_gemv_int8_tables(bits, rows, cols, block):
+    """T-MAC-style int8 tables: within 1% of |W| @ |x| of the exact product,
+    and the vpshufb path's integer sums equal the portable loop's."""
+    rng = np.random.default_rng(bits + rows)
+    W = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = rng.standard_normal(cols).astype(np.float32)
+    packed, scales, deq = quantize_rows(W, bits, block)
+    prepared = ops.lut_prepare(packed, scales, (rows, cols), bits, block, tables="int8")
+    assert prepared.int8_tables
+    got = ops.lut_gemv(prepared, x)
+    want = deq.astype(np.float64) @ x
+    magnitude = np.abs(deq) @ np.abs(x) + 1e-30
+    # Rounding each int8 table entry costs at most half a step (max |entry| of
+    # the block / 127) per look-up; a row adds 2 * (2^bits - 1) * that per group.
+    nblk = -(-cols // block)
+    bound = np.zeros(rows)
+    for b in range(nblk):
+        xb = np.abs(x[b * block:(b + 1) * block])
+        groups = -(-xb.size // 4)
+        max_entry = max(np.sum(xb[4 * g:4 * g + 4]) for g in range(groups))
+        bound += scales[:, b] * (2**bits - 1) * (max_entry / 127) * groups
+    assert np.all(np.abs(got - want) <= bound * 1.001 + 1e-5 * magnitude)
+    if cols >= 200:  # in practice the errors average out to well under 1%
+        assert np.max(np.abs(got - want) / magnitude) <= 0.01
+    detected = K.detected_simd_level()
+    try:
+        ops.set_simd_level("scalar")
+        portable = ops.lut_gemv(prepared, x)
+    finally:
+        ops.set_simd_level(detected)
+    assert np.max(np.abs(portable - got) / magnitude) <= 1e-6
+    with pytest.raises(ValueError, match="tables must be"):
+        ops.lut_prepare(packed, scales, (rows, cols), bits, block, tables="int4")

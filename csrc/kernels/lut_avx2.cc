@@ -99,4 +99,55 @@ void lutGemvTile(float* y16, const uint8_t* planes, const float* tscales, const 
   _mm256_storeu_ps(y16 + 8, yhi);
 }
 
+// The int8-table tile (LutMatrix::idx8 layout).  Per (group, plane pair):
+// one vpshufb looks up 16 rows x 2 planes in the group's table (broadcast to
+// both 128-bit halves), one vpmaddubsw multiplies by (2^2q, 2^2q+1) and adds
+// the pair into 16 int16 row sums.  int16 sums are widened to int32 before
+// they can overflow: every `flushEvery` groups.
+void lutGemvTileInt8(float* y16, const uint8_t* idx8, const float* tscales, const int8_t* tables8,
+                     const float* tscale8, const float* xsum, size_t groups, size_t nblk,
+                     size_t groups_per_block, int bits) {
+  const int pairs = (bits + 1) / 2;
+  const float levels = float((1 << bits) - 1);
+  // |one group's int16 contribution| <= 127 * (2^bits - 1).
+  const int flushEvery = 32767 / (127 * ((1 << bits) - 1));
+  __m256i weights[4];
+  for (int q = 0; q < pairs; ++q) {
+    int even = 1 << (2 * q), odd = 2 * q + 1 < bits ? 1 << (2 * q + 1) : 0;
+    weights[q] = _mm256_set1_epi16(short(even | (odd << 8)));
+  }
+  const __m256 two = _mm256_set1_ps(2.0f);
+  __m256 ylo = _mm256_setzero_ps(), yhi = _mm256_setzero_ps();
+  const uint8_t* p = idx8;
+  for (size_t b = 0; b < nblk; ++b) {
+    __m256i a32lo = _mm256_setzero_si256(), a32hi = _mm256_setzero_si256();
+    __m256i a16 = _mm256_setzero_si256();
+    int pending = 0;
+    size_t gend = (b + 1) * groups_per_block < groups ? (b + 1) * groups_per_block : groups;
+    for (size_t g = b * groups_per_block; g < gend; ++g) {
+      const __m256i table = _mm256_broadcastsi128_si256(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(tables8 + 16 * g)));
+      for (int q = 0; q < pairs; ++q, p += 32) {
+        __m256i idx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+        a16 = _mm256_add_epi16(a16, _mm256_maddubs_epi16(weights[q], _mm256_shuffle_epi8(table, idx)));
+      }
+      if (++pending == flushEvery) {
+        a32lo = _mm256_add_epi32(a32lo, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(a16)));
+        a32hi = _mm256_add_epi32(a32hi, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(a16, 1)));
+        a16 = _mm256_setzero_si256();
+        pending = 0;
+      }
+    }
+    a32lo = _mm256_add_epi32(a32lo, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(a16)));
+    a32hi = _mm256_add_epi32(a32hi, _mm256_cvtepi16_epi32(_mm256_extracti128_si256(a16, 1)));
+    const __m256 ts = _mm256_set1_ps(tscale8[b]);
+    const __m256 corr = _mm256_set1_ps(levels * xsum[b]);
+    __m256 plo = _mm256_mul_ps(_mm256_cvtepi32_ps(a32lo), ts), phi = _mm256_mul_ps(_mm256_cvtepi32_ps(a32hi), ts);
+    ylo = _mm256_fmadd_ps(_mm256_loadu_ps(tscales + 16 * b), _mm256_fmsub_ps(two, plo, corr), ylo);
+    yhi = _mm256_fmadd_ps(_mm256_loadu_ps(tscales + 16 * b + 8), _mm256_fmsub_ps(two, phi, corr), yhi);
+  }
+  _mm256_storeu_ps(y16, ylo);
+  _mm256_storeu_ps(y16 + 8, yhi);
+}
+
 }  // namespace ringflow::kernels::avx2

@@ -29,18 +29,27 @@ void lutWeightedSumScalar(float* y, const uint8_t* codes, const float* scales,
 // block of `block` columns, block a multiple of 4) rearranged once for the
 // T-MAC-style GEMV: tiles of 16 rows, for each group of 4 columns and each
 // bit plane 8 bytes holding the 4-bit table indices of the 16 rows.
+//
+// With int8 tables (T-MAC's trade: fewer instructions, ~1% error) the index
+// layout is idx8 instead of planes: [tiles][groups][bit-plane pairs][32],
+// byte 2i / 2i+1 = row i's index in the pair's even / odd plane, so that one
+// vpshufb looks up both planes of 16 rows and one vpmaddubsw weights them by
+// their powers of two and widens to int16 in the same step.
 struct LutMatrix {
   size_t rows = 0, cols = 0, block = 0;
   int bits = 0;
-  std::vector<uint8_t> planes;  // [tiles][groups][bits][8]
+  bool int8Tables = false;
+  std::vector<uint8_t> planes;  // [tiles][groups][bits][8]          (float tables)
+  std::vector<uint8_t> idx8;    // [tiles][groups][(bits+1)/2][32]   (int8 tables)
   std::vector<float> scales;    // [tiles][blocks][16]
 };
 constexpr size_t kLutTileRows = 16;
 
 LutMatrix lutPrepare(const uint8_t* packed, const float* scales, size_t rows, size_t cols,
-                     int bits, size_t block);
+                     int bits, size_t block, bool int8Tables = false);
 
-// y = dequantize(W) @ x, tables built from x (16 sums per 4 columns).
+// y = dequantize(W) @ x, tables built from x (16 sums per 4 columns); with
+// w.int8Tables each block's tables are quantised to int8 with one scale.
 void lutGemv(float* y, const LutMatrix& w, const float* x);
 // The same product straight from the row-major packed codes, one plain loop
 // per look-up: the reference the prepared path is tested against.
