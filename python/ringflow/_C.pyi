@@ -21,6 +21,7 @@ class kernels:  # submodule _C.kernels
         cols: int
         bits: int
         block: int
+        int8_tables: bool
         nbytes: int
         planes: Any  # numpy uint8 copy
         tile_scales: Any  # numpy float32 copy
@@ -69,7 +70,8 @@ class kernels:  # submodule _C.kernels
     def lut_weighted_sum_scalar(y: int, codes: int, scales: int, coeffs: int, workers: int, m: int, bits: int,
                                 block: int) -> None: ...
     @staticmethod
-    def lut_prepare(packed: int, scales: int, rows: int, cols: int, bits: int, block: int) -> kernels.LutMatrix: ...
+    def lut_prepare(packed: int, scales: int, rows: int, cols: int, bits: int, block: int,
+                    int8_tables: bool = False) -> kernels.LutMatrix: ...
     @staticmethod
     def lut_gemv(y: int, w: kernels.LutMatrix, x: int) -> None: ...
     @staticmethod
