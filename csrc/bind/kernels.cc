@@ -7,6 +7,11 @@
 namespace py = pybind11;
 
 namespace ringflow::bind {
+// The other kernel families register into the same submodule (one file each).
+void bindKernelsQuant(py::module_& k);
+void bindKernelsLut(py::module_& k);
+void bindKernelsCuda(py::module_& k);
+
 namespace {
 void* ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
 using Release = py::call_guard<py::gil_scoped_release>;
@@ -15,6 +20,9 @@ using Release = py::call_guard<py::gil_scoped_release>;
 void bindKernels(py::module_& m) {
   py::module_ k = m.def_submodule("kernels", "stateless kernels over raw addresses");
   k.def("simd_level", &kernels::simdLevel);
+  k.def("set_simd_level", &kernels::setSimdLevel, py::arg("level"),
+        "lower (or restore) the SIMD level the CPU kernels use; returns the level in force");
+  k.def("detected_simd_level", &kernels::detectedSimdLevel);
   k.def("reduce", [](uintptr_t dst, uintptr_t a, uintptr_t b, size_t n, int dt, int op) {
         kernels::reduce(ptr(dst), ptr(a), ptr(b), n, dtypeFromInt(dt), reduceOpFromInt(op));
       }, Release());
@@ -34,6 +42,9 @@ void bindKernels(py::module_& m) {
   k.def("divide", [](uintptr_t data, size_t n, int dt, double divisor) {
         kernels::divide(ptr(data), n, dtypeFromInt(dt), divisor);
       }, Release());
+  bindKernelsQuant(k);
+  bindKernelsLut(k);
+  bindKernelsCuda(k);
 }
 
 }  // namespace ringflow::bind

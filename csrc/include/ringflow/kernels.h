@@ -25,7 +25,15 @@ void reduceScalar(void* dst, const void* a, const void* b, size_t n, DType dtype
 void reduceNScalar(void* dst, const void* const* srcs, size_t k, size_t n, DType dtype,
                    ReduceOp op);
 
-// The instruction set the CPU reduce kernels dispatch to on this machine.
+// The instruction set the CPU kernels dispatch to on this machine: "avx512",
+// "avx2" or "scalar".  RINGFLOW_SIMD=<level> in the environment lowers it.
 const char* simdLevel();
+
+// Lowers (or restores, up to what the CPU has) the level the kernels use, so
+// tests and benchmarks can compare paths; returns the level now in force.
+const char* setSimdLevel(const char* name);
+
+// The widest level this CPU supports, whatever setSimdLevel chose.
+const char* detectedSimdLevel();
 
 }  // namespace ringflow::kernels

@@ -1,0 +1,216 @@
+"""Throughput of ringflow's CPU kernels beside this machine's copy bandwidth
+and beside the obvious numpy / torch way of doing the same work, measured in
+the same run.
+
+    PYTHONPATH=python python bench/kernels.py [--quick] [--json]
+
+GB/s counts the bytes a kernel must move at least once (k inputs read + the
+output written for a reduce; packed codes + activations + output for the LUT
+kernels).  fraction_of_copy = gbps / (numpy copy GB/s, read + write).  ratio =
+ringflow's speed / the baseline's.  torch runs single-threaded
+(torch.set_num_threads(1)), as ringflow's kernels do except the large N-way
+reduce, which may use a few threads (RINGFLOW_KERNEL_THREADS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
+from ringflow import _C, ops  # noqa: E402
+
+
+def median_time(fn, repeat: int) -> float:
+    fn()  # warm-up: page faults, caches, lazy init
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return sorted(ts)[len(ts) // 2]
+
+
+def header() -> dict:
+    try:
+        sha = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(__file__),
+                                      text=True, stderr=subprocess.DEVNULL).strip()
+    except Exception:
+        sha = "unknown"
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except Exception:
+        pass
+    try:
+        import torch
+
+        tv = torch.__version__
+    except ImportError:
+        tv = "not installed"
+    return {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(), "git": sha, "torch": tv,
+            "simd": ops.simd_level(), "kernel_threads": os.environ.get("RINGFLOW_KERNEL_THREADS", "auto"),
+            "cuda_build": bool(_C.build_info()["cuda"])}
+
+
+class Table:
+    def __init__(self, copy_gbps: float):
+        self.copy = copy_gbps
+        self.rows = []
+
+    def add(self, kernel, dtype, bits, n, seconds, nbytes, baseline=None, baseline_seconds=None):
+        gbps = nbytes / seconds / 1e9
+        bgbps = nbytes / baseline_seconds / 1e9 if baseline_seconds else None
+        row = {"kernel": kernel, "dtype": dtype, "bits": bits, "n": n, "gbps": round(gbps, 3),
+               "baseline": baseline, "baseline_gbps": None if bgbps is None else round(bgbps, 3),
+               "ratio": None if bgbps is None else round(gbps / bgbps, 3),
+               "fraction_of_copy": round(gbps / self.copy, 3)}
+        self.rows.append(row)
+        b = "-" if bgbps is None else f"{bgbps:8.2f}"
+        r = "-" if bgbps is None else f"{gbps / bgbps:6.2f}x"
+        print(f"{kernel:<22} {dtype:<9} {str(bits or '-'):>4} {n:>10} {seconds * 1e3:9.3f} {gbps:8.2f} "
+              f"{row['fraction_of_copy']:6.2f}  {str(baseline or '-'):<30} {b:>8} {r:>8}", flush=True)
+
+
+def bench_reduce(t: Table, big: int, repeat: int):
+    rng = np.random.default_rng(0)
+    for dtype, k, n in [("float32", 2, big), ("float32", 4, big), ("float32", 8, big // 2),
+                        ("float32", 4, 1 << 18), ("float16", 4, big), ("int32", 4, big), ("float64", 4, big // 2)]:
+        xs = [rng.standard_normal(n).astype(dtype) for _ in range(k)]
+        out = np.empty_like(xs[0])
+
+        def numpy_fold():
+            np.add(xs[0], xs[1], out=out)
+            for x in xs[2:]:
+                np.add(out, x, out=out)
+
+        nbytes = (k + 1) * xs[0].nbytes
+        tk = median_time(lambda: ops.reduce(xs, "sum", out=out), repeat)
+        tb = median_time(numpy_fold, repeat)
+        t.add(f"reduce_sum_k{k}", dtype, None, n, tk, nbytes, "numpy add fold", tb)
+        del xs, out
+
+
+def bench_quantize(t: Table, n: int, repeat: int):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(n).astype(np.float32)
+    exps = ops.fixed_exponents(x, 256)
+    scale = np.repeat(np.ldexp(np.float64(2**31 - 1) / 8, -exps.astype(np.int64)), 256)[:n]
+
+    def numpy_fixed():
+        return np.clip(np.rint(x * scale), -(2**31 - 1) // 8, (2**31 - 1) // 8).astype(np.int32)
+
+    tq = median_time(lambda: ops.quantize_fixed(x, 8, exps, 256), repeat)
+    t.add("quantize_fixed", "float32", None, n, tq, 8 * n, "numpy rint*scale", median_time(numpy_fixed, repeat))
+    q, _ = ops.quantize_fixed(x, 8, exps, 256)
+    t.add("dequantize_fixed", "int32", None, n, median_time(lambda: ops.dequantize_fixed(q, 8, exps, 256), repeat), 8 * n)
+    for bits in (1, 2, 4, 8):
+        err = np.zeros(n, np.float32)
+        tl = median_time(lambda: ops.quantize_lowbit(x, bits, 64, error=err), repeat)
+        t.add("quantize_lowbit+ef", "float32", bits, n, tl, 12 * n + n * bits // 8)
+        p, s, _ = ops.quantize_lowbit(x, bits, 64)
+        t.add("dequantize_lowbit", "float32", bits, n,
+              median_time(lambda: ops.dequantize_lowbit(p, s, n, bits, 64), repeat), 4 * n + n * bits // 8)
+
+
+def torch_dequant(torch, packed, scales, rows, cols, bits, block):
+    """Unpack codes with shifts and masks, map to s * (2c - L): the plain way."""
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8)
+    codes = ((packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).reshape(rows, -1)[:, :cols]
+    vals = codes.to(torch.float32).mul_(2).sub_((1 << bits) - 1)
+    return vals.mul_(scales.repeat_interleave(block, dim=1)[:, :cols])
+
+
+def bench_lut(t: Table, rows: int, cols: int, workers: int, m: int, repeat: int):
+    import torch
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(2)
+    block = 64
+    W = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = rng.standard_normal(cols).astype(np.float32)
+    xt = torch.from_numpy(x)
+    for bits in (1, 2, 4, 8):
+        q = [ops.quantize_lowbit(r, bits, block) for r in W]
+        packed, scales = np.stack([a[0] for a in q]), np.stack([a[1] for a in q])
+        prepared = ops.lut_prepare(packed, scales, (rows, cols), bits, block)
+        pt, st = torch.from_numpy(packed), torch.from_numpy(scales)
+        tl = median_time(lambda: ops.lut_gemv(prepared, x), repeat)
+        tb = median_time(lambda: torch_dequant(torch, pt, st, rows, cols, bits, block) @ xt, repeat)
+        nbytes = packed.nbytes + scales.nbytes + x.nbytes + 4 * rows
+        t.add("lut_gemv", "float32", bits, rows * cols, tl, nbytes, "torch dequant+matmul (1 thr)", tb)
+        p8 = ops.lut_prepare(packed, scales, (rows, cols), bits, block, tables="int8")
+        t8 = median_time(lambda: ops.lut_gemv(p8, x), repeat)
+        t.add("lut_gemv_int8tables", "float32", bits, rows * cols, t8, nbytes, "torch dequant+matmul (1 thr)", tb)
+        if bits == 2:
+            Wd = torch_dequant(torch, pt, st, rows, cols, bits, block)
+            t.add("lut_gemv_int8tables", "float32", bits, rows * cols, t8, nbytes, "torch fp32 mv, W pre-dequantised",
+                  median_time(lambda: Wd @ xt, repeat))
+            t.add("lut_gemv", "float32", bits, rows * cols, tl, nbytes, "torch fp32 mv, W pre-dequantised",
+                  median_time(lambda: Wd @ xt, repeat))
+    g = rng.standard_normal((workers, m)).astype(np.float32)
+    coeffs = rng.uniform(size=workers).astype(np.float32)
+    ct = torch.from_numpy(coeffs)
+    for bits in (1, 2, 4, 8):
+        q = [ops.quantize_lowbit(r, bits, block) for r in g]
+        packed, scales = np.stack([a[0] for a in q]), np.stack([a[1] for a in q])
+        pt, st = torch.from_numpy(packed), torch.from_numpy(scales)
+        tl = median_time(lambda: ops.lut_weighted_sum(packed, coeffs, scales, bits, m=m, block=block), repeat)
+        tb = median_time(lambda: ct @ torch_dequant(torch, pt, st, workers, m, bits, block), repeat)
+        nbytes = packed.nbytes + scales.nbytes + 4 * m
+        t.add(f"lut_weighted_sum_N{workers}", "float32", bits, m, tl, nbytes, "torch dequant+matmul (1 thr)", tb)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not figures to quote)")
+    ap.add_argument("--json", action="store_true", help="print the rows as one JSON list on the last line")
+    ap.add_argument("--only", choices=["reduce", "quantize", "lut"], help="run one group of kernels")
+    args = ap.parse_args()
+    repeat = 3 if args.quick else 9
+    big = (1 << 18) if args.quick else (16 << 20)  # 64 MiB per float32 input: twice L3 (32 MiB)
+
+    h = header()
+    print("# ringflow kernels benchmark")
+    for key, val in h.items():
+        print(f"# {key}: {val}")
+    src = np.ones(32 << 20 if not args.quick else 1 << 18, np.float32)
+    dst = np.empty_like(src)
+    copy_gbps = 2 * src.nbytes / median_time(lambda: np.copyto(dst, src), repeat) / 1e9
+    del src, dst
+    print(f"# numpy copy ({'128 MiB' if not args.quick else '1 MiB'}, read + write): {copy_gbps:.2f} GB/s")
+    print(f"{'kernel':<22} {'dtype':<9} {'bits':>4} {'n':>10} {'ms':>9} {'GB/s':>8} {'/copy':>6}  "
+          f"{'baseline':<30} {'base GB/s':>8} {'ratio':>8}")
+    t = Table(copy_gbps)
+    if args.only in (None, "reduce"):
+        bench_reduce(t, big, repeat)
+    if args.only in (None, "quantize"):
+        bench_quantize(t, (1 << 16) if args.quick else (4 << 20), repeat)
+    try:
+        if args.only not in (None, "lut"):
+            raise LookupError
+        import torch  # noqa: F401
+
+        if args.quick:
+            bench_lut(t, 256, 512, 4, 1 << 14, repeat)
+        else:
+            bench_lut(t, 4096, 4096, 8, 1 << 22, repeat)
+    except ImportError:
+        print("# torch not installed: LUT baselines skipped")
+    except LookupError:
+        pass
+    if args.json:
+        print(json.dumps(t.rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Fixed-point and low-bit quantisation against numpy re-derivations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ringflow import _C, ops
+
+INT32_MAX = 2**31 - 1
+
+
+def np_exponents(x: np.ndarray, block: int) -> np.ndarray:
+    out = []
+    for i in range(0, x.size, block):
+        m = float(np.max(np.abs(x[i:i + block]))) if x[i:i + block].size else 0.0
+        if m == 0.0:
+            out.append(_C.kernels.FIXED_ZERO_EXPONENT)
+            continue
+        mant, e = np.frexp(np.float32(m))
+        out.append(int(e) - 1 if mant == 0.5 else int(e))
+    return np.array(out, np.int32)
+
+
+def np_quantize_fixed(x, exps, workers, block):
+    q = np.empty(x.size, np.int32)
+    lim = INT32_MAX // workers
+    for b, e in enumerate(exps):
+        sl = slice(b * block, (b + 1) * block)
+        scale = np.ldexp(INT32_MAX / workers, -int(e))
+        q[sl] = np.clip(np.rint(x[sl].astype(np.float64) * scale), -lim, lim).astype(np.int32)
+    return q
+
+
+def np_dequantize_fixed(q, exps, workers, block):
+    out = np.empty(q.size, np.float32)
+    for b, e in enumerate(exps):
+        sl = slice(b * block, (b + 1) * block)
+        out[sl] = (q[sl].astype(np.float64) / np.ldexp(INT32_MAX / workers, -int(e))).astype(np.float32)
+    return out
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 256, 1000, 4099])
+@pytest.mark.parametrize("workers", [1, 2, 3, 8])
+def test_fixed_point_bit_exact(n, workers):
+    rng = np.random.default_rng(n * 31 + workers)
+    block = 256
+    xs = [(rng.standard_normal(n) * 10 ** rng.uniform(-6, 3)).astype(np.float32) for _ in range(workers)]
+    if n > 10:
+        xs[0][3] = 2.0 ** -140  # subnormal
+        xs[0][4] = 4.0  # exact power of two: exponent 2, not 3
+        xs[0][256 % n] = 0.0
+    # Workers agree on the max of their exponents, as the aggregator protocol does.
+    exps = np.max([ops.fixed_exponents(x, block) for x in xs], axis=0) if n else np.zeros(0, np.int32)
+    for x in xs:
+        assert np.array_equal(ops.fixed_exponents(x, block), np_exponents(x, block))
+    qs = [ops.quantize_fixed(x, workers, exps, block)[0] for x in xs]
+    for x, q in zip(xs, qs):
+        assert np.array_equal(q, np_quantize_fixed(x, exps, workers, block))
+    total = np.sum(np.stack(qs).astype(np.int64), axis=0) if n else np.zeros(0, np.int64)
+    assert np.all(np.abs(total) <= INT32_MAX), "the sum of N workers must fit in int32"
+    summed = ops.reduce([q for q in qs], "sum") if workers > 1 else qs[0]
+    assert np.array_equal(summed, total.astype(np.int32))  # exact integer aggregation
+    back = ops.dequantize_fixed(summed, workers, exps, block)
+    assert np.array_equal(back, np_dequantize_fixed(summed, exps, workers, block))
+    # Within one quantisation step per worker of the float sum.
+    if n:
+        step = np.repeat(np.ldexp(1.0, exps.astype(np.int64)) * workers / INT32_MAX, block)[:n]
+        assert np.all(np.abs(back - np.sum(xs, axis=0, dtype=np.float64)) <= step * workers + 1e-30 + np.abs(back) * 1e-7)
+
+
+def test_fixed_point_saturates_and_rejects_nonfinite():
+    x = np.array([1.0, -3.0, 0.5], np.float32)
+    q, _ = ops.quantize_fixed(x, 2, np.array([0], np.int32), block=4)  # 2^0 < 3: saturates
+    assert q.tolist() == [INT32_MAX // 2, -(INT32_MAX // 2), round(0.5 * INT32_MAX / 2)]
+    with pytest.raises(ValueError, match="finite"):
+        ops.fixed_exponents(np.array([1.0, np.nan], np.float32))
+    with pytest.raises(ValueError, match="finite"):
+        ops.fixed_exponents(np.array([np.inf], np.float32))
+    with pytest.raises(ValueError, match="exponents"):
+        ops.quantize_fixed(np.zeros(10, np.float32), 2, np.zeros(2, np.int32), block=4)
+    with pytest.raises(ValueError, match="workers"):
+        ops.quantize_fixed(np.zeros(10, np.float32), 0)
+    with pytest.raises(ValueError, match="int32"):
+        ops.dequantize_fixed(np.zeros(4, np.int64), 2, np.zeros(1, np.int32))
+
+
+def np_quantize_lowbit(x, bits, block, error=None):
+    v = x + error if error is not None else x.copy()
+    L = 2**bits - 1
+    codes = np.empty(x.size, np.int64)
+    scales = np.empty(-(-x.size // block), np.float32)
+    for b in range(scales.size):
+        sl = slice(b * block, (b + 1) * block)
+        s = np.float32(np.max(np.abs(v[sl]))) / np.float32(L)
+        scales[b] = s
+        if s > 0:
+            c = np.rint((v[sl].astype(np.float64) / np.float64(s) + L) * 0.5)
+        else:
+            c = np.full(v[sl].size, (L + 1) // 2, np.float64)
+        codes[sl] = np.clip(c, 0, L)
+    deq = np.repeat(scales, block)[: x.size] * (2 * codes - L).astype(np.float32)
+    return codes, scales, deq, v - deq
+
+
+def unpack(packed, n, bits):
+    bitsarr = np.unpackbits(packed, bitorder="little")[: n * bits].reshape(n, bits)
+    return (bitsarr.astype(np.int64) << np.arange(bits)).sum(axis=1)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("n,block", [(0, 64), (1, 64), (7, 4), (1000, 64), (4097, 256), (333, 10)])
+def test_lowbit_matches_numpy(bits, n, block):
+    rng = np.random.default_rng(bits * 1000 + n)
+    x = rng.standard_normal(n).astype(np.float32)
+    err = (rng.standard_normal(n) * 0.1).astype(np.float32)
+    if n > 20:
+        x[5:5 + min(block, 8)] = 0.0
+        x[-1] = 1e-40  # denormal
+    packed, scales, residual = ops.quantize_lowbit(x, bits, block, error=err)
+    codes, s_ref, deq, r_ref = np_quantize_lowbit(x, bits, block, err)
+    assert packed.size == (n * bits + 7) // 8
+    assert np.array_equal(unpack(packed, n, bits), codes), "codes differ"
+    assert np.array_equal(scales, s_ref)
+    assert np.array_equal(ops.dequantize_lowbit(packed, scales, n, bits, block), deq)
+    assert np.array_equal(residual, r_ref)
+    # Error within half a level (the scale is the spacing between codes / 2).
+    if n:
+        assert np.all(np.abs(residual) <= np.repeat(scales, block)[:n] * 1.0001 + 1e-30)
+
+
+def test_error_feedback_drives_mean_error_down():
+    """Error feedback: the running sum of what was sent tracks the running sum
+    of the true gradients (residual stays bounded instead of accumulating)."""
+    rng = np.random.default_rng(5)
+    err = np.zeros(512, np.float32)
+    sent = np.zeros(512, np.float64)
+    true = np.zeros(512, np.float64)
+    for _ in range(50):
+        g = rng.standard_normal(512).astype(np.float32)
+        p, s, err = ops.quantize_lowbit(g, 1, 64, error=err)
+        sent += ops.dequantize_lowbit(p, s, 512, 1, 64)
+        true += g
+    assert np.max(np.abs(sent - true - 0)) <= np.max(np.abs(err)) + 1e-3
+    assert np.allclose(sent + err, true, atol=1e-3)
+
+
+def test_lowbit_torch_roundtrip():
+    torch = pytest.importorskip("torch")
+    x = torch.randn(300)
+    p, s, r = ops.quantize_lowbit(x, 4, 32)
+    assert isinstance(p, torch.Tensor) and p.dtype == torch.uint8
+    d = ops.dequantize_lowbit(p, s, 300, 4, 32)
+    assert torch.allclose(d + r, x, atol=1e-6)
+
+
+def test_lowbit_bad_input():
+    x = np.zeros(16, np.float32)
+    for bits in (0, 3, 16):
+        with pytest.raises(ValueError, match="bits must be 1, 2, 4 or 8"):
+            ops.quantize_lowbit(x, bits)
+    with pytest.raises(ValueError, match="bits must be 1, 2, 4 or 8"):
+        _C.kernels.check_lowbit_bits(5)  # the C++ check itself
+    with pytest.raises(ValueError, match="floating"):
+        ops.quantize_lowbit(np.zeros(4, np.int32), 2)
+    with pytest.raises(ValueError, match="error has"):
+        ops.quantize_lowbit(x, 2, error=np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="scales"):
+        ops.dequantize_lowbit(np.zeros(4, np.uint8), np.zeros(5, np.float32), 16, 2, 4)
