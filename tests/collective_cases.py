@@ -222,3 +222,45 @@ def check_subgroups(ck: Checker, rank, size):
     dist.all_reduce(ours)
     dist.all_reduce(ref, group=ck.gloo)
     ck.expect("default group after subgroup", ours, ref)
+
+
+def check_large(ck: Checker, rank, size, n=4 * 1024 * 1024):
+    """One >= 4 Mi-element case of every collective (allreduce has its own)."""
+    dtype = torch.int32
+    x = make_input(rank, n, dtype)
+    root = size - 1
+    ours, ref = x.clone(), x.clone()
+    dist.broadcast(ours, root)
+    dist.broadcast(ref, root, group=ck.gloo)
+    ck.expect("broadcast 4Mi", ours, ref)
+    ours, ref = x.clone(), x.clone()
+    dist.reduce(ours, root, op=R.MAX)
+    dist.reduce(ref, root, op=R.MAX, group=ck.gloo)
+    ck.expect("reduce 4Mi", ours if rank == root else x, ref if rank == root else x)
+    per = n // size
+    part = x[:per].clone()
+    outs = [torch.empty(per, dtype=dtype) for _ in range(size)] if rank == root else None
+    refs = [torch.empty(per, dtype=dtype) for _ in range(size)] if rank == root else None
+    dist.gather(part, outs, dst=root)
+    dist.gather(part, refs, dst=root, group=ck.gloo)
+    if rank == root:
+        ck.expect("gather 4Mi total", outs, refs)
+    chunks = list(x[:per * size].chunk(size)) if rank == root else None
+    ours, ref = torch.empty(per, dtype=dtype), torch.empty(per, dtype=dtype)
+    dist.scatter(ours, chunks, src=root)
+    dist.scatter(ref, chunks, src=root, group=ck.gloo)
+    ck.expect("scatter 4Mi total", ours, ref)
+    ours, ref = torch.empty(per * size, dtype=dtype), torch.empty(per * size, dtype=dtype)
+    dist.all_gather_into_tensor(ours, part)
+    dist.all_gather_into_tensor(ref, part, group=ck.gloo)
+    ck.expect("all_gather_into_tensor 4Mi total", ours, ref)
+    full = x[:per * size].clone()
+    ours = torch.empty(per, dtype=dtype)
+    dist.reduce_scatter_tensor(ours, full)
+    dist.all_reduce(full, group=ck.gloo)
+    ck.expect("reduce_scatter_tensor 4Mi total", ours, full[rank * per:(rank + 1) * per])
+    src = x[:per * size].clone().reshape(per * size, 1)
+    ours, ref = torch.empty_like(src), torch.empty_like(src)
+    dist.all_to_all_single(ours, src)
+    dist.all_to_all_single(ref, src, group=ck.gloo)
+    ck.expect("all_to_all_single 4Mi total", ours, ref)

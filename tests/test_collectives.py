@@ -17,6 +17,7 @@ def full_matrix(rank, size):
     cases.check_alltoall(ck, rank, size)
     cases.check_p2p_and_async(ck, rank, size)
     cases.check_subgroups(ck, rank, size)
+    cases.check_large(ck, rank, size)
     dist.destroy_process_group()
     return ck.count, ck.failures
 
