@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "algo/algorithms.h"
+#include "ringflow/stats.h"
 
 namespace ringflow {
 namespace {
@@ -85,12 +86,16 @@ void Comm::opLoop() {
 void Comm::runTask(Task& task) {
   op_ = task.desc;
   task.work->markStarted();
-  deadline_ = Clock::now() + std::chrono::microseconds(int64_t(timeoutSec_ * 1e6));
+  opStart_ = Clock::now();
+  deadline_ = opStart_ + std::chrono::microseconds(int64_t(timeoutSec_ * 1e6));
+  waitMs_.assign(members_.size(), 0.0);
+  aggregationMs_ = -1;
   try {
     transport_->beginOp(id_, op_);
     task.body();
     transport_->endOp(id_);
     inflight_.clear();
+    recordTimings();
     task.work->finish();
   } catch (const std::exception& e) {
     // Nothing may touch the caller's buffers once the work reports failure.
@@ -121,10 +126,43 @@ void Comm::wait(const RequestPtr& req) {
   int peer = -1;
   for (size_t i = 0; i < members_.size(); ++i)
     if (members_[i] == req->peer()) peer = int(i);
+  if (req->done()) return req->wait(deadline_, "");
+  auto t0 = Clock::now();
   req->wait(deadline_, op_.str() + " on rank " + std::to_string(rank_) + " timed out after " +
                            secondsText(timeoutSec_) + " waiting " +
                            (req->isSend() ? "to send to" : "for") + " rank " +
                            std::to_string(peer));
+  if (peer >= 0) waitMs_[peer] += std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+namespace {
+int slowest(const std::vector<double>& waits) {
+  int best = -1;
+  for (size_t i = 0; i < waits.size(); ++i)
+    if (waits[i] > 0 && (best < 0 || waits[i] > waits[best])) best = int(i);
+  return best;
+}
+}  // namespace
+
+void Comm::markAggregated() {
+  aggregationMs_ = std::chrono::duration<double, std::milli>(Clock::now() - opStart_).count();
+  aggregationSlowPeer_ = slowest(waitMs_);
+  aggregationSlowMs_ = aggregationSlowPeer_ >= 0 ? waitMs_[aggregationSlowPeer_] : 0;
+}
+
+void Comm::recordTimings() {
+  OpRecord r;
+  r.op = op_.str();
+  r.rank = rank_;
+  r.aggregationMs = aggregationMs_;
+  r.totalMs = std::chrono::duration<double, std::milli>(Clock::now() - opStart_).count();
+  // The slow hop of the phase that ran over: the aggregation phase's own if
+  // it alone is too slow, else the whole call's.
+  bool aggregationSlow = aggregationMs_ >= 0 && aggregationMs_ > Stats::global().warnMs();
+  r.slowPeer = aggregationSlow ? aggregationSlowPeer_ : slowest(waitMs_);
+  r.slowWaitMs = aggregationSlow ? aggregationSlowMs_ : (r.slowPeer >= 0 ? waitMs_[r.slowPeer] : 0);
+  std::string warning = Stats::global().record(opKindName(op_.kind), std::move(r));
+  if (!warning.empty()) std::fprintf(stderr, "%s\n", warning.c_str());
 }
 
 void Comm::waitAll(std::vector<RequestPtr>& reqs) {

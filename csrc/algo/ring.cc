@@ -125,6 +125,7 @@ size_t Blocks::maxCount() const {
 void ringAllreduce(Comm& c, Buffer data, ReduceOp op) {
   Blocks blocks(data.count, c.size());
   if (c.size() > 1) reduceScatterInPlace(c, data, blocks, op);
+  c.markAggregated();
   if (op == ReduceOp::Avg)
     kernels::divide(data.at(blocks.offset(c.rank())), blocks.count(c.rank()), data.dtype,
                     double(c.size()));
@@ -138,6 +139,7 @@ void ringReduceScatter(Comm& c, Buffer in, Buffer out, ReduceOp op) {
   if (!work.empty()) std::memcpy(work.data(), in.ptr, in.bytes());
   Buffer w{work.data(), in.count, in.dtype};
   if (c.size() > 1) reduceScatterInPlace(c, w, blocks, op);
+  c.markAggregated();
   if (out.count) std::memcpy(out.ptr, w.at(blocks.offset(c.rank())), out.bytes());
   if (op == ReduceOp::Avg) kernels::divide(out.ptr, out.count, out.dtype, double(c.size()));
 }

@@ -83,6 +83,7 @@ void chainReduce(Comm& c, Buffer data, int root, ReduceOp op) {
     }
   }
   c.waitAll(sends);
+  c.markAggregated();
   if (pos == 0 && op == ReduceOp::Avg) kernels::divide(data.ptr, data.count, data.dtype, n);
 }
 

@@ -7,4 +7,5 @@ namespace ringflow::bind {
 void bindErrors(pybind11::module_& m);
 void bindComm(pybind11::module_& m);
 void bindKernels(pybind11::module_& m);
+void bindStats(pybind11::module_& m);
 }  // namespace ringflow::bind

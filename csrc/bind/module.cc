@@ -21,4 +21,5 @@ PYBIND11_MODULE(_C, m) {
   ringflow::bind::bindErrors(m);
   ringflow::bind::bindComm(m);
   ringflow::bind::bindKernels(m);
+  ringflow::bind::bindStats(m);
 }

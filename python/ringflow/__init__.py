@@ -19,12 +19,31 @@ __all__ = [
     "TimeoutError",
     "__version__",
     "build_info",
+    "reset_stats",
+    "stats",
 ]
 
 
 def build_info() -> dict:
     """What this build contains: version, CUDA kernels, SIMD level, transports."""
     return dict(_C.build_info())
+
+
+def stats() -> dict:
+    """Timings of this process's calls and the ring-relay watchdog's counters.
+
+    ``ops`` maps each kind of call to its count, total/max time and summed
+    aggregation-phase time; ``recent`` lists the last 64 calls with their
+    aggregation and total times and the peer waited on longest (the slow
+    hop); ``warnings`` counts calls slower than ``warn_ms``
+    (RINGFLOW_WARN_MS, default 10000; 0 disables the warnings).
+    """
+    return dict(_C.stats())
+
+
+def reset_stats() -> None:
+    """Clears the counters and timings stats() reports."""
+    _C.reset_stats()
 
 
 def _register_torch_backend() -> None:

@@ -12,6 +12,10 @@ SETTINGS = {
     "RINGFLOW_ADDR": "address advertised to peers (default: route towards MASTER_ADDR)",
     "RINGFLOW_BIND": "address the TCP listener binds (default 0.0.0.0)",
     "RINGFLOW_PIECE_BYTES": "pipelining piece size of ring/chain algorithms (default 262144)",
+    "RINGFLOW_WARN_MS": "watchdog: warn when a call's aggregation phase or whole call exceeds this (default 10000, 0 = off)",
+    "RINGFLOW_TRACE": "1 prints aborts, goodbyes and lost peers to stderr",
+    "RINGFLOW_SIMD": "caps the CPU kernels' instruction set (avx512, avx2, scalar)",
+    "RINGFLOW_KERNEL_THREADS": "threads for very large N-way reductions (1 = none)",
     "RINGFLOW_LOG": "log level of the 'ringflow' logger (default WARNING)",
 }
 

@@ -55,6 +55,9 @@ class Comm : public std::enable_shared_from_this<Comm> {
   RequestPtr irecv(int from, uint64_t slot, void* data, size_t bytes);
   void wait(const RequestPtr& req);
   void waitAll(std::vector<RequestPtr>& reqs);
+  // Ends the aggregation phase of the running call (the watchdog times it
+  // apart from the dispatch that follows).
+  void markAggregated();
 
   // Fails queued calls and stops the op thread; with closeTransport, also
   // says goodbye to the peers.
@@ -89,6 +92,12 @@ class Comm : public std::enable_shared_from_this<Comm> {
   OpDesc op_;
   Deadline deadline_;
   std::vector<RequestPtr> inflight_;
+  Clock::time_point opStart_;
+  std::vector<double> waitMs_;  // per peer, this call
+  double aggregationMs_ = -1;
+  int aggregationSlowPeer_ = -1;
+  double aggregationSlowMs_ = 0;
+  void recordTimings();
 
   // Point-to-point: per (peer, tag) counters, and pending calls to time out.
   struct P2P {

@@ -1,0 +1,60 @@
+// Per-call timings and the ring-relay watchdog's counters (mechanism 2):
+// every call is timed in its aggregation phase (partial results travelling
+// round the ring) and in aggregation plus dispatch (the whole call), and
+// the peer this rank waited on longest is remembered as the slow hop.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <string>
+
+namespace ringflow {
+
+struct OpRecord {
+  std::string op;              // the call, e.g. "allreduce #5 (count=..)"
+  int rank = -1;               // this rank in the call's communicator
+  double aggregationMs = -1;   // -1: the call has no aggregation phase
+  double totalMs = 0;          // aggregation + dispatch
+  int slowPeer = -1;           // communicator rank waited on longest
+  double slowWaitMs = 0;
+  bool warned = false;
+};
+
+struct OpKindStats {
+  uint64_t count = 0;
+  double totalMs = 0;
+  double maxMs = 0;
+  double aggregationMs = 0;  // summed over calls that have the phase
+  uint64_t warnings = 0;
+};
+
+class Stats {
+ public:
+  static Stats& global();
+
+  // Threshold in ms from RINGFLOW_WARN_MS (default 10000; 0 turns it off).
+  double warnMs() const { return warnMs_; }
+  void setWarnMs(double ms);
+
+  // Records a finished call; returns the warning text if it was too slow.
+  std::string record(const std::string& kind, OpRecord r);
+
+  std::map<std::string, OpKindStats> byKind();
+  std::deque<OpRecord> recent();
+  uint64_t warnings();
+  std::string lastWarning();
+  void reset();
+
+ private:
+  Stats();
+  std::mutex mu_;
+  double warnMs_;
+  std::map<std::string, OpKindStats> kinds_;
+  std::deque<OpRecord> recent_;  // the last kRecent calls
+  uint64_t warnings_ = 0;
+  std::string lastWarning_;
+};
+
+}  // namespace ringflow
