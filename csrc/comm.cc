@@ -25,14 +25,14 @@ std::string secondsText(double s) {
 }  // namespace
 
 Comm::Comm(std::shared_ptr<Transport> transport, uint64_t id, std::vector<int> members,
-           double timeoutSec)
+           double timeoutSec, uint64_t parentId)
     : transport_(std::move(transport)), id_(id), members_(std::move(members)),
       timeoutSec_(timeoutSec) {
   if (timeoutSec_ <= 0) throw InvalidArgument("timeout must be positive");
   for (size_t i = 0; i < members_.size(); ++i)
     if (members_[i] == transport_->rank()) rank_ = int(i);
   if (rank_ < 0) throw InvalidArgument("this process is not a member of the communicator");
-  transport_->registerComm(id_, members_);
+  transport_->registerComm(id_, members_, parentId);
   thread_ = std::thread([this] { opLoop(); });
   p2pThread_ = std::thread([this] { watchP2P(); });
 }
@@ -132,7 +132,13 @@ void Comm::wait(const RequestPtr& req) {
                            secondsText(timeoutSec_) + " waiting " +
                            (req->isSend() ? "to send to" : "for") + " rank " +
                            std::to_string(peer));
-  if (peer >= 0) waitMs_[peer] += std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  if (peer >= 0) waitMs_[peer] += ms;
+  if (creditWaitsTo_) {
+    const auto& pm = creditWaitsTo_->members_;
+    auto it = std::find(pm.begin(), pm.end(), req->peer());
+    if (it != pm.end()) creditWaitsTo_->waitMs_[it - pm.begin()] += ms;
+  }
 }
 
 namespace {
@@ -203,7 +209,7 @@ std::shared_ptr<Comm> Comm::subgroup(const std::vector<int>& ranks, uint64_t tag
     member |= r == rank_;
   }
   if (!member) return nullptr;
-  return std::make_shared<Comm>(transport_, id, globals, timeoutSec_);
+  return std::make_shared<Comm>(transport_, id, globals, timeoutSec_, id_);
 }
 
 }  // namespace ringflow

@@ -28,7 +28,20 @@ struct Blocks {
   std::vector<size_t> offsets;  // parts + 1 entries
 };
 
+// The two halves of the ring, in place on `work` split into c.size()
+// blocks: afterwards rank r's block r holds the reduction / every block is
+// everywhere (block r being this rank's contribution).
+void reduceScatterInPlace(Comm& c, const Buffer& work, const Blocks& blocks, ReduceOp op);
+void allgatherInPlace(Comm& c, const Buffer& work, const Blocks& blocks);
+
 void ringAllreduce(Comm& c, Buffer data, ReduceOp op);
+// Mechanism 1: reduce-scatter in each lower-order group, allreduce each shard
+// over the higher-order ring, allgather back down.  Needs c.setGroups().
+void hierarchicalAllreduce(Comm& c, Buffer data, ReduceOp op);
+// RINGFLOW_ALGO=ring|hierarchical|auto (default auto: hierarchical when a
+// layout with several groups of several ranks is set and the message is at
+// least RINGFLOW_HIER_MIN_BYTES, default 64 KiB).  Every rank decides alike.
+bool useHierarchical(const Comm& c, size_t bytes);
 // in: size() blocks of out.count; rank r ends with block r reduced.
 void ringReduceScatter(Comm& c, Buffer in, Buffer out, ReduceOp op);
 // out: size() blocks of in.count, in rank order.

@@ -26,7 +26,8 @@ std::vector<std::pair<size_t, size_t>> piecesOf(const Blocks& blocks, int b, siz
 
 size_t pieceElemsFor(DType t) { return std::max<size_t>(1, pieceBytes() / elementSize(t)); }
 
-// In place on `work`; afterwards rank r's block r holds the reduction.
+}  // namespace
+
 void reduceScatterInPlace(Comm& c, const Buffer& work, const Blocks& blocks, ReduceOp op) {
   const int n = c.size(), r = c.rank(), next = mod(r + 1, n), prev = mod(r - 1, n);
   const size_t es = elementSize(work.dtype), pe = pieceElemsFor(work.dtype);
@@ -67,7 +68,6 @@ void reduceScatterInPlace(Comm& c, const Buffer& work, const Blocks& blocks, Red
   c.waitAll(sends);
 }
 
-// In place on `work`, whose block r is this rank's contribution.
 void allgatherInPlace(Comm& c, const Buffer& work, const Blocks& blocks) {
   const int n = c.size(), r = c.rank(), next = mod(r + 1, n), prev = mod(r - 1, n);
   const size_t es = elementSize(work.dtype), pe = pieceElemsFor(work.dtype);
@@ -95,8 +95,6 @@ void allgatherInPlace(Comm& c, const Buffer& work, const Blocks& blocks) {
   }
   c.waitAll(sends);
 }
-
-}  // namespace
 
 size_t pieceBytes() {
   static const size_t bytes = [] {

@@ -53,6 +53,9 @@ void bindComm(py::module_& m) {
       .def_property_readonly("members", &Comm::members)
       .def("split", &Comm::split, py::arg("color"), py::arg("key"), Release())
       .def("subgroup", &Comm::subgroup, py::arg("ranks"), py::arg("tag"))
+      .def("set_groups", &Comm::setGroups, py::arg("group_of"),
+           "Hierarchical layout: group_of[r] labels rank r's lower-order group.")
+      .def_property_readonly("hierarchical", [](Comm& c) { return c.lower() != nullptr; })
       .def("shutdown", &Comm::shutdown, py::arg("close_transport") = false, Release())
       .def("allreduce", [](Comm& c, uintptr_t p, size_t n, int dt, int op) {
             return allreduce(c, buf(p, n, dt), reduceOpFromInt(op));

@@ -212,6 +212,12 @@ void Mailbox::failLocked(uint64_t comm, const std::string& why, bool mismatch,
         a->header.channel == Channel::Collective)
       stopActiveLocked(*p, failed);
   }
+  // Sub-rings of a failed communicator cannot finish either: a rank waiting
+  // in one must hear of the failure even if its ring peer did not fail.
+  std::vector<uint64_t> children;
+  for (auto& [id, state] : comms_)
+    if (state.parent == comm && state.aborted.empty()) children.push_back(id);
+  for (uint64_t child : children) failLocked(child, why, mismatch, failed);
 }
 
 void Mailbox::stopActiveLocked(PeerState& p, std::vector<RequestPtr>& failed) {
@@ -290,9 +296,16 @@ std::string Mailbox::peerGoneReason(int peer) {
   return peers_[peer]->gone;
 }
 
-void Mailbox::registerComm(uint64_t comm, const std::vector<int>& members) {
+void Mailbox::registerComm(uint64_t comm, const std::vector<int>& members, uint64_t parent) {
   std::lock_guard<std::mutex> lock(mu_);
   comms_[comm].members = members;
+  comms_[comm].parent = parent;
+  // Born into an aborted family: aborted from the start.
+  auto p = comms_.find(parent);
+  if (parent && p != comms_.end() && !p->second.aborted.empty()) {
+    comms_[comm].aborted = p->second.aborted;
+    comms_[comm].mismatch = p->second.mismatch;
+  }
 }
 
 void Mailbox::beginOp(uint64_t comm, const OpDesc& desc) {

@@ -50,7 +50,7 @@ class Mailbox {
   void peerGone(int peer, const std::string& why);
   std::string peerGoneReason(int peer);
 
-  void registerComm(uint64_t comm, const std::vector<int>& members);
+  void registerComm(uint64_t comm, const std::vector<int>& members, uint64_t parent);
   void beginOp(uint64_t comm, const OpDesc& desc);
   void endOp(uint64_t comm);
   void abort(uint64_t comm, const std::string& why, bool mismatch = false);
@@ -76,6 +76,7 @@ class Mailbox {
   };
   struct CommState {
     std::vector<int> members;
+    uint64_t parent = 0;
     bool running = false;
     OpDesc current;
     uint64_t nextSeq = 0;  // calls below this one are finished here

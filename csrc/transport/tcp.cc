@@ -248,8 +248,9 @@ void TcpTransport::cancel(const RequestPtr& req) {
   }
 }
 
-void TcpTransport::registerComm(uint64_t comm, const std::vector<int>& members) {
-  mailbox_->registerComm(comm, members);
+void TcpTransport::registerComm(uint64_t comm, const std::vector<int>& members,
+                                uint64_t parent) {
+  mailbox_->registerComm(comm, members, parent);
 }
 void TcpTransport::beginOp(uint64_t comm, const OpDesc& desc) { mailbox_->beginOp(comm, desc); }
 void TcpTransport::endOp(uint64_t comm) { mailbox_->endOp(comm); }

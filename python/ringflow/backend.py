@@ -390,6 +390,16 @@ class ProcessGroup(dist.ProcessGroup):
         return [s * row for s in splits]
 
 
+def set_groups(group, labels) -> None:
+    """Gives a ringflow group (None: the default group) a hierarchical layout:
+    labels[r] names the lower-order group (e.g. host) of group rank r.  Call
+    it on every rank with the same labels, between calls."""
+    pg = dist.distributed_c10d._get_default_group() if group is None else group
+    if not isinstance(pg, ProcessGroup):
+        raise ValueError(f"set_groups needs a ringflow group, got {type(pg).__name__}")
+    pg._comm_owner.set_groups(labels)
+
+
 def _complete_futures(q: "queue.SimpleQueue") -> None:
     while True:
         item = q.get()

@@ -16,6 +16,9 @@ SETTINGS = {
     "RINGFLOW_TRACE": "1 prints aborts, goodbyes and lost peers to stderr",
     "RINGFLOW_SIMD": "caps the CPU kernels' instruction set (avx512, avx2, scalar)",
     "RINGFLOW_KERNEL_THREADS": "threads for very large N-way reductions (1 = none)",
+    "RINGFLOW_GROUPS": "hierarchical layout: one group label per rank, e.g. 0,0,1,1",
+    "RINGFLOW_ALGO": "allreduce algorithm: auto (default), ring, hierarchical",
+    "RINGFLOW_HIER_MIN_BYTES": "auto picks hierarchical from this message size up (default 65536)",
     "RINGFLOW_LOG": "log level of the 'ringflow' logger (default WARNING)",
 }
 

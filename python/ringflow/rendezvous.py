@@ -66,6 +66,31 @@ class Communicator:
         self.comm = _C.Comm(self.transport, 1, list(range(size)), self.timeout)
         self._closed = False
         _live_comms.add(self)
+        labels = os.environ.get("RINGFLOW_GROUPS")
+        if labels:
+            self.set_groups(labels.split(","), strict=False)
+
+    def set_groups(self, labels, strict: bool = True) -> bool:
+        """Hierarchical layout: labels[r] names rank r's lower-order group.
+
+        Every rank must pass the same labels.  Groups must be of equal size;
+        with strict=False an unusable layout is logged and the flat ring kept.
+        """
+        labels = [str(x).strip() for x in labels]
+        if len(labels) != self.size:
+            problem = f"{len(labels)} group labels for a group of {self.size} ranks"
+        else:
+            ids = {name: i for i, name in enumerate(dict.fromkeys(labels))}
+            try:
+                self.comm.set_groups([ids[x] for x in labels])
+                log.info("hierarchical layout: %s", ",".join(labels))
+                return True
+            except ValueError as e:
+                problem = str(e)
+        if strict:
+            raise ValueError(problem)
+        log.warning("RINGFLOW_GROUPS ignored (%s); using the flat ring", problem)
+        return False
 
     def close(self) -> None:
         """Stops the op thread and says goodbye to the peers (idempotent)."""

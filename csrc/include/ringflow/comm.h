@@ -22,8 +22,10 @@ namespace ringflow {
 class Comm : public std::enable_shared_from_this<Comm> {
  public:
   // `members[i]` is the transport rank of communicator rank i.
+  // `parentId`: the communicator this one was split from (0: none); an
+  // abort of the parent reaches this one too.
   Comm(std::shared_ptr<Transport> transport, uint64_t id, std::vector<int> members,
-       double timeoutSec);
+       double timeoutSec, uint64_t parentId = 0);
   ~Comm();
 
   int rank() const { return rank_; }
@@ -39,6 +41,20 @@ class Comm : public std::enable_shared_from_this<Comm> {
   // Local, no messages: `ranks` of this communicator form a new one.  Every
   // member must pass the same ranks and tag.  Null if this rank is not in it.
   std::shared_ptr<Comm> subgroup(const std::vector<int>& ranks, uint64_t tag);
+
+  // Hierarchical layout (mechanism 1): `groupOf[r]` labels the lower-order
+  // group of rank r (e.g. its host).  Every rank passes the same labels.
+  // Builds the lower ring (my group) and the higher ring (the ranks holding
+  // the same shard in every group); needs groups of equal size, else throws.
+  void setGroups(const std::vector<int>& groupOf);
+  Comm* lower() const { return lower_.get(); }
+  Comm* higher() const { return higher_.get(); }
+
+  // Runs `body` as a call of this (private sub-)communicator on the calling
+  // thread, inside a call of `parent` whose deadline it shares.  Waits are
+  // credited to the parent's watchdog; a failure aborts this communicator
+  // too, so its members stop waiting.
+  void runInline(OpDesc desc, Comm& parent, const std::function<void()>& body);
 
   // Queues `body` to run on the op thread after every earlier call, with
   // `desc` (its seq filled in here) announced to the peers' frames.
@@ -75,6 +91,8 @@ class Comm : public std::enable_shared_from_this<Comm> {
   WorkPtr trackP2P(RequestPtr req, const OpDesc& desc, int peer, const char* verb);
 
   std::shared_ptr<Transport> transport_;
+  std::shared_ptr<Comm> lower_, higher_;
+  Comm* creditWaitsTo_ = nullptr;  // parent of a call run inline
   uint64_t id_;
   std::vector<int> members_;
   int rank_ = -1;

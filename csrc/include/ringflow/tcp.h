@@ -35,7 +35,7 @@ class TcpTransport : public Transport {
   RequestPtr recv(int peer, const MsgKey& key, const OpDesc& desc, void* data,
                   size_t bytes) override;
   void cancel(const RequestPtr& req) override;
-  void registerComm(uint64_t comm, const std::vector<int>& members) override;
+  void registerComm(uint64_t comm, const std::vector<int>& members, uint64_t parent) override;
   void beginOp(uint64_t comm, const OpDesc& desc) override;
   void endOp(uint64_t comm) override;
   void abort(uint64_t comm, const std::string& why) override;

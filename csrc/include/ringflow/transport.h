@@ -125,8 +125,10 @@ class Transport {
   // returns, nothing reads or writes that buffer on the request's behalf.
   virtual void cancel(const RequestPtr& req) = 0;
 
-  // Communicators on this transport: members are global ranks.
-  virtual void registerComm(uint64_t comm, const std::vector<int>& members) = 0;
+  // Communicators on this transport: members are global ranks.  Aborting a
+  // communicator aborts those registered with it as `parent` (its sub-rings).
+  virtual void registerComm(uint64_t comm, const std::vector<int>& members,
+                            uint64_t parent = 0) = 0;
   // Declares that `comm` now runs `desc`; throws if a peer already sent
   // frames for this sequence number with a different descriptor.
   virtual void beginOp(uint64_t comm, const OpDesc& desc) = 0;

@@ -1,0 +1,76 @@
+// Hierarchical ring aggregation (mechanism 1).  With G groups of L ranks
+// (by default one group per host), each group reduce-scatters over its own
+// lower-order ring, so local rank i holds block i summed over the group; the
+// G ranks holding block i form the higher-order ring and allreduce it; each
+// group then allgathers the blocks back down.  Only 1/L of the message
+// crosses the higher-order (slow, inter-host) links, and the L higher rings
+// run side by side.
+#include <cstdlib>
+#include <string>
+
+#include "algorithms.h"
+#include "ringflow/kernels.h"
+
+namespace ringflow::algo {
+namespace {
+
+OpDesc subCall(const OpDesc& parent, OpKind kind, size_t count) {
+  OpDesc d = parent;
+  d.kind = kind;
+  d.count = count;
+  d.root = 0;
+  return d;
+}
+
+}  // namespace
+
+void hierarchicalAllreduce(Comm& c, Buffer data, ReduceOp op) {
+  Comm* lower = c.lower();
+  Comm* higher = c.higher();
+  if (!lower || !higher)
+    throw InvalidArgument("hierarchical allreduce needs a group layout (RINGFLOW_GROUPS or setGroups)");
+  Blocks blocks(data.count, lower->size());
+  const int mine = lower->rank();
+  Buffer shard{data.at(blocks.offset(mine)), blocks.count(mine), data.dtype, data.device};
+
+  lower->runInline(subCall(c.op(), OpKind::ReduceScatter, data.count), c, [&] {
+    if (lower->size() > 1) reduceScatterInPlace(*lower, data, blocks, op);
+  });
+  higher->runInline(subCall(c.op(), OpKind::AllReduce, shard.count), c, [&] {
+    if (higher->size() > 1) {
+      Blocks across(shard.count, higher->size());
+      reduceScatterInPlace(*higher, shard, across, op);
+      allgatherInPlace(*higher, shard, across);
+    }
+  });
+  c.markAggregated();
+  if (op == ReduceOp::Avg) kernels::divide(shard.ptr, shard.count, shard.dtype, double(c.size()));
+  lower->runInline(subCall(c.op(), OpKind::AllGather, data.count), c, [&] {
+    if (lower->size() > 1) allgatherInPlace(*lower, data, blocks);
+  });
+}
+
+}  // namespace ringflow::algo
+
+namespace ringflow::algo {
+
+bool useHierarchical(const Comm& c, size_t bytes) {
+  static const std::string choice = [] {
+    const char* v = std::getenv("RINGFLOW_ALGO");
+    return std::string(v && *v ? v : "auto");
+  }();
+  static const size_t minBytes = [] {
+    const char* v = std::getenv("RINGFLOW_HIER_MIN_BYTES");
+    return v && *v ? size_t(std::atoll(v)) : size_t(64 << 10);
+  }();
+  bool layout = c.lower() && c.higher();
+  if (choice == "hierarchical") {
+    if (!layout)
+      throw InvalidArgument("RINGFLOW_ALGO=hierarchical needs a group layout (RINGFLOW_GROUPS)");
+    return true;
+  }
+  if (choice != "auto") return false;
+  return layout && c.lower()->size() > 1 && c.higher()->size() > 1 && bytes >= minBytes;
+}
+
+}  // namespace ringflow::algo

@@ -1,0 +1,55 @@
+// Lower- and higher-order rings of a hierarchical communicator, and running
+// their steps inline inside a call of the parent.
+#include <algorithm>
+#include <map>
+
+#include "ringflow/comm.h"
+
+namespace ringflow {
+
+void Comm::setGroups(const std::vector<int>& groupOf) {
+  if (int(groupOf.size()) != size())
+    throw InvalidArgument("setGroups: " + std::to_string(groupOf.size()) + " labels for " +
+                          std::to_string(size()) + " ranks");
+  std::map<int, std::vector<int>> groups;  // label -> ranks, in rank order
+  for (int r = 0; r < size(); ++r) groups[groupOf[r]].push_back(r);
+  size_t per = groups.begin()->second.size();
+  for (auto& [label, ranks] : groups)
+    if (ranks.size() != per)
+      throw InvalidArgument("setGroups: hierarchical rings need groups of equal size; group " +
+                            std::to_string(label) + " has " + std::to_string(ranks.size()) +
+                            " ranks, another has " + std::to_string(per));
+  const std::vector<int>& mine = groups[groupOf[rank_]];
+  int local = int(std::find(mine.begin(), mine.end(), rank_) - mine.begin());
+  std::vector<int> across;  // the rank with my local index in every group
+  for (auto& [label, ranks] : groups) across.push_back(ranks[local]);
+  // Tags differ per group / per local index so concurrent sub-rings never share an id.
+  lower_ = subgroup(mine, 0x10000000ull + uint64_t(uint32_t(groupOf[rank_])));
+  higher_ = subgroup(across, 0x20000000ull + uint64_t(local));
+}
+
+void Comm::runInline(OpDesc desc, Comm& parent, const std::function<void()>& body) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    desc.seq = nextSeq_++;
+  }
+  op_ = desc;
+  opStart_ = Clock::now();
+  deadline_ = parent.deadline_;
+  waitMs_.assign(members_.size(), 0.0);
+  creditWaitsTo_ = &parent;
+  try {
+    transport_->beginOp(id_, op_);
+    body();
+    transport_->endOp(id_);
+    inflight_.clear();
+  } catch (const std::exception& e) {
+    for (auto& r : inflight_) transport_->cancel(r);
+    inflight_.clear();
+    transport_->endOp(id_);
+    transport_->abort(id_, "rank " + std::to_string(rank_) + " failed: " + e.what());
+    throw;
+  }
+}
+
+}  // namespace ringflow
