@@ -53,6 +53,7 @@ __global__ void lutWsumKernel(float* y, const uint8_t* codes, const float* scale
     for (size_t n = 0; n < workers; ++n) s = __fadd_rn(s, __fmul_rn(coeffs[n], scales[n * nblk + b0 + bl]));
     wsum[bl] = s;
   }
+  __syncthreads();  // read in the epilogue, also when there are no groups to loop over
 
   const size_t byte = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
   const size_t e0 = byte * per;
