@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ringflow import _C, ops
+from test_lut import quantize_rows, tolerance  # tests/ is on sys.path (conftest.py)
 
 CUDA_BUILD = bool(_C.build_info()["cuda"])
 
@@ -89,14 +90,6 @@ def test_cuda_lut_gemv_matches_cpu(bits):
     assert torch.allclose(cpu, gpu, rtol=1e-4, atol=1e-3)
 
 
-def _quantized_rows(mat: np.ndarray, bits: int, block: int):
-    """(packed codes, scales, dequantised float32) of each row, by the CPU kernels."""
-    q = [ops.quantize_lowbit(r, bits, block) for r in mat]
-    packed, scales = np.stack([a[0] for a in q]), np.stack([a[1] for a in q])
-    deq = np.stack([ops.dequantize_lowbit(p, s, mat.shape[1], bits, block) for p, s in zip(packed, scales)])
-    return packed, scales, deq
-
-
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
@@ -109,10 +102,10 @@ def test_cuda_lut_weighted_sum_matches_cpu(bits, workers, m, block):
 
     rng = np.random.default_rng(bits * 31 + workers + m)
     grads = rng.standard_normal((workers, m)).astype(np.float32) * rng.uniform(0.1, 10, (workers, 1)).astype(np.float32)
-    packed, scales, deq = _quantized_rows(grads, bits, block)
+    packed, scales, deq = quantize_rows(grads, bits, block)
     coeffs = rng.uniform(-1, 2, workers).astype(np.float32)
     want = (coeffs.astype(np.float64)[:, None] * deq).sum(axis=0)  # dequantise, then sum in float64
-    tol = 2e-5 * float(np.abs(coeffs).sum() * np.abs(deq).max() + 1e-30)
+    tol = tolerance(coeffs, deq)
     cpu = ops.lut_weighted_sum(packed, coeffs, scales, bits, m=m, block=block)
     gpu = ops.lut_weighted_sum(torch.from_numpy(packed).cuda(), coeffs, torch.from_numpy(scales).cuda(), bits,
                                m=m, block=block)
@@ -131,7 +124,7 @@ def test_cuda_lut_weighted_sum_matches_cpu(bits, workers, m, block):
 def test_cuda_lut_weighted_sum_bad_input():
     import torch
 
-    packed, scales, _ = _quantized_rows(np.ones((3, 16), np.float32), 2, 8)
+    packed, scales, _ = quantize_rows(np.ones((3, 16), np.float32), 2, 8)
     pg, sg = torch.from_numpy(packed).cuda(), torch.from_numpy(scales).cuda()
     ones = np.ones(3, np.float32)
     with pytest.raises(ValueError, match="scales must be a tensor on"):
