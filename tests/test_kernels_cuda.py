@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ringflow import _C, ops
+from test_lut import quantize_rows, tolerance  # tests/ is on sys.path (conftest.py)
 
 CUDA_BUILD = bool(_C.build_info()["cuda"])
 
@@ -31,6 +32,8 @@ def test_no_gpu_is_a_clear_error_not_a_crash():
         _C.kernels.cuda_devices()
     with pytest.raises(_C.Error, match="CUDA"):
         _C.kernels.cuda_reduce_n(0, [0, 0], 4, 0, 0)
+    with pytest.raises(_C.Error, match="CUDA"):
+        _C.kernels.cuda_lut_weighted_sum(0, 0, 0, 0, 3, 16, 2, 8)
 
 
 @pytest.mark.gpu
@@ -85,3 +88,54 @@ def test_cuda_lut_gemv_matches_cpu(bits):
     cpu = ops.lut_gemv(prepared, x)
     gpu = ops.lut_gemv(prepared, x.cuda()).cpu()
     assert torch.allclose(cpu, gpu, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+# (9, 300, 1): one-element blocks leave room for one group's tables per
+# chunk, so the three groups of workers take three passes over shared memory.
+@pytest.mark.parametrize("workers,m,block", [(1, 1, 64), (3, 7, 8), (4, 64, 64), (5, 1003, 64),
+                                             (9, 4096, 256), (6, 250, 10), (9, 300, 1), (40, 70001, 64)])
+def test_cuda_lut_weighted_sum_matches_cpu(bits, workers, m, block):
+    import torch
+
+    rng = np.random.default_rng(bits * 31 + workers + m)
+    grads = rng.standard_normal((workers, m)).astype(np.float32) * rng.uniform(0.1, 10, (workers, 1)).astype(np.float32)
+    packed, scales, deq = quantize_rows(grads, bits, block)
+    coeffs = rng.uniform(-1, 2, workers).astype(np.float32)
+    want = (coeffs.astype(np.float64)[:, None] * deq).sum(axis=0)  # dequantise, then sum in float64
+    tol = tolerance(coeffs, deq)
+    cpu = ops.lut_weighted_sum(packed, coeffs, scales, bits, m=m, block=block)
+    gpu = ops.lut_weighted_sum(torch.from_numpy(packed).cuda(), coeffs, torch.from_numpy(scales).cuda(), bits,
+                               m=m, block=block)
+    assert gpu.is_cuda and gpu.dtype == torch.float32 and gpu.shape == (m,)
+    got = gpu.cpu().numpy()
+    assert np.max(np.abs(got - want)) <= tol
+    assert np.max(np.abs(got - cpu)) <= tol
+    # coeffs as a device tensor take the same path
+    again = ops.lut_weighted_sum(torch.from_numpy(packed).cuda(), torch.from_numpy(coeffs).cuda(),
+                                 torch.from_numpy(scales).cuda(), bits, m=m, block=block)
+    assert torch.equal(again, gpu)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_cuda_lut_weighted_sum_bad_input():
+    import torch
+
+    packed, scales, _ = quantize_rows(np.ones((3, 16), np.float32), 2, 8)
+    pg, sg = torch.from_numpy(packed).cuda(), torch.from_numpy(scales).cuda()
+    ones = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="scales must be a tensor on"):
+        ops.lut_weighted_sum(pg, ones, torch.from_numpy(scales), 2, m=16, block=8)
+    with pytest.raises(ValueError, match="float32"):
+        ops.lut_weighted_sum(pg, ones, sg.double(), 2, m=16, block=8)
+    with pytest.raises(ValueError, match="scales must have shape"):
+        ops.lut_weighted_sum(pg, ones, sg[:, :1].contiguous(), 2, m=16, block=8)
+    with pytest.raises(ValueError, match="coeffs has 2"):
+        ops.lut_weighted_sum(pg, ones[:2], sg, 2, m=16, block=8)
+    with pytest.raises(ValueError, match="uint8"):
+        ops.lut_weighted_sum(pg.int(), ones, sg, 2, m=16, block=8)
+    with pytest.raises(ValueError, match="bits must be"):
+        ops.lut_weighted_sum(pg, ones, sg, 3, m=16, block=8)

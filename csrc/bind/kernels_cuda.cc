@@ -26,6 +26,12 @@ void bindKernelsCuda(py::module_& k) {
                              reinterpret_cast<const float*>(tscales), reinterpret_cast<const float*>(x),
                              rows, cols, bits, block);
       }, Release());
+  k.def("cuda_lut_weighted_sum", [](uintptr_t y, uintptr_t codes, uintptr_t scales, uintptr_t coeffs,
+                                    size_t workers, size_t m, int bits, size_t block) {
+        kernels::cudaLutWeightedSum(reinterpret_cast<float*>(y), reinterpret_cast<const uint8_t*>(codes),
+                                    reinterpret_cast<const float*>(scales),
+                                    reinterpret_cast<const float*>(coeffs), workers, m, bits, block);
+      }, Release());
 }
 
 }  // namespace ringflow::bind

@@ -12,5 +12,8 @@ void cudaReduceN(void*, const void* const*, size_t, size_t, DType, ReduceOp) { n
 void cudaLutGemv(float*, const uint8_t*, const float*, const float*, size_t, size_t, int, size_t) {
   noCuda();
 }
+void cudaLutWeightedSum(float*, const uint8_t*, const float*, const float*, size_t, size_t, int, size_t) {
+  noCuda();
+}
 
 }  // namespace ringflow::kernels

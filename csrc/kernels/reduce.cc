@@ -118,15 +118,22 @@ void reduce(void* dst, const void* a, const void* b, size_t n, DType dtype, Redu
 }
 
 void divide(void* data, size_t n, DType dtype, double divisor) {
+  // float32 and float64 use the widest divide instructions this CPU has (the
+  // same plain loop built per ISA; baseline x86-64 builds it with SSE2).
+  const int level = currentLevel().load(std::memory_order_relaxed);
   switch (dtype) {
     case DType::Float32: {
       auto* p = static_cast<float*>(data);
       const float d = float(divisor);  // float division, as torch does it
+      if (level == kAvx512) return avx512::divideF32(p, n, d);
+      if (level == kAvx2) return avx2::divideF32(p, n, d);
       for (size_t i = 0; i < n; ++i) p[i] = p[i] / d;
       return;
     }
     case DType::Float64: {
       auto* p = static_cast<double*>(data);
+      if (level == kAvx512) return avx512::divideF64(p, n, divisor);
+      if (level == kAvx2) return avx2::divideF64(p, n, divisor);
       for (size_t i = 0; i < n; ++i) p[i] /= divisor;
       return;
     }

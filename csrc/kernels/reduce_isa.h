@@ -9,8 +9,12 @@
 namespace ringflow::kernels {
 namespace avx2 {
 void reduceN(void* dst, const void* const* srcs, size_t k, size_t n, DType dtype, ReduceOp op);
+void divideF32(float* p, size_t n, float d);
+void divideF64(double* p, size_t n, double d);
 }
 namespace avx512 {
 void reduceN(void* dst, const void* const* srcs, size_t k, size_t n, DType dtype, ReduceOp op);
+void divideF32(float* p, size_t n, float d);
+void divideF64(double* p, size_t n, double d);
 }
 }  // namespace ringflow::kernels

@@ -224,4 +224,14 @@ void reduceN(void* dst, const void* const* s, size_t k, size_t n, DType dtype, R
   }
 }
 
+// x / d element by element: IEEE division is correctly rounded at every
+// vector width, so these match the scalar loop (and torch's x / d) bit for bit.
+// A multiply by 1/d would not, hence the divide instructions.
+void divideF32(float* p, size_t n, float d) {
+  for (size_t i = 0; i < n; ++i) p[i] = p[i] / d;
+}
+void divideF64(double* p, size_t n, double d) {
+  for (size_t i = 0; i < n; ++i) p[i] = p[i] / d;
+}
+
 }  // namespace ringflow::kernels::RF_ISA

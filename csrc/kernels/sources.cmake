@@ -30,7 +30,8 @@ set_source_files_properties(csrc/kernels/quantize_fixed.cc csrc/kernels/quantize
 
 # GPU kernels only where nvcc is present; otherwise stubs that raise a clear error.
 if(RINGFLOW_HAVE_CUDA)
-  list(APPEND RINGFLOW_KERNEL_SOURCES csrc/kernels/reduce_cuda.cu csrc/kernels/lut_cuda.cu)
+  list(APPEND RINGFLOW_KERNEL_SOURCES csrc/kernels/reduce_cuda.cu csrc/kernels/lut_cuda.cu
+       csrc/kernels/lut_wsum_cuda.cu)
 else()
   list(APPEND RINGFLOW_KERNEL_SOURCES csrc/kernels/cuda_stub.cc)
 endif()

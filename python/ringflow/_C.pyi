@@ -133,3 +133,6 @@ class kernels:  # submodule _C.kernels
     @staticmethod
     def cuda_lut_gemv(y: int, planes: int, tscales: int, x: int, rows: int, cols: int, bits: int,
                       block: int) -> None: ...
+    @staticmethod
+    def cuda_lut_weighted_sum(y: int, codes: int, scales: int, coeffs: int, workers: int, m: int, bits: int,
+                              block: int) -> None: ...

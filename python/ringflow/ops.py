@@ -281,8 +281,11 @@ def lut_weighted_sum(codes, coeffs, scales, bits: int, m: int | None = None, blo
 
     codes: [N, packed bytes] uint8 (rows from quantize_lowbit); scales: [N,
     blocks] float32; coeffs: [N].  m is the element count (default: all the
-    codes a row holds)."""
+    codes a row holds).  CUDA tensors for codes and scales run the GPU kernel
+    (coeffs may then be on the host); the result is on their device."""
     bits, block = _check_bits(bits), _check_block(block)
+    if _is_torch(codes) and codes.device.type == "cuda":
+        return _cuda_lut_weighted_sum(codes, coeffs, scales, bits, m, block)
     as_torch = _is_torch(codes)
     c = _host(codes, np.uint8, "codes")
     if c.ndim != 2:
@@ -302,6 +305,43 @@ def lut_weighted_sum(codes, coeffs, scales, bits: int, m: int | None = None, blo
     y = np.empty(m, np.float32)
     _K.lut_weighted_sum(y.ctypes.data, c.ctypes.data, s.ctypes.data, w.ctypes.data, workers, m, bits, block)
     return _back(y, as_torch)
+
+
+def _cuda_lut_weighted_sum(codes, coeffs, scales, bits: int, m, block: int):
+    import torch
+
+    _require_cuda_build("codes")
+    dev = codes.device
+    if codes.dtype != torch.uint8:
+        raise ValueError(f"codes must have dtype torch.uint8, got {codes.dtype}")
+    if codes.dim() != 2:
+        raise ValueError(f"codes must be 2-D [workers, packed bytes], got shape {tuple(codes.shape)}")
+    workers = codes.shape[0]
+    if m is None:
+        m = codes.shape[1] * 8 // bits
+    if codes.shape[1] != _K.lowbit_packed_bytes(m, bits):
+        raise ValueError(f"codes rows have {codes.shape[1]} bytes, {m} {bits}-bit codes need "
+                         f"{_K.lowbit_packed_bytes(m, bits)}")
+    if not _is_torch(scales) or scales.device != dev:
+        raise ValueError(f"scales must be a tensor on {dev}, like codes")
+    if scales.dtype != torch.float32:
+        raise ValueError(f"scales must have dtype torch.float32, got {scales.dtype}")
+    if tuple(scales.shape) != (workers, -(-m // block)):
+        raise ValueError(f"scales must have shape {(workers, -(-m // block))}, got {tuple(scales.shape)}")
+    if _is_torch(coeffs):
+        if not coeffs.dtype.is_floating_point:
+            raise ValueError(f"coeffs must be floating point, got {coeffs.dtype}")
+        w = coeffs.detach().reshape(-1).to(device=dev, dtype=torch.float32)
+    else:
+        w = torch.from_numpy(_host_f32(coeffs, "coeffs")[0].reshape(-1)).to(dev)
+    if w.numel() != workers:
+        raise ValueError(f"coeffs has {w.numel()} entries, codes has {workers} workers")
+    c, s, w = codes.contiguous(), scales.contiguous(), w.contiguous()
+    y = torch.empty(m, dtype=torch.float32, device=dev)
+    # The kernel runs on the current device's default stream and waits for it.
+    with torch.cuda.device(dev):
+        _K.cuda_lut_weighted_sum(y.data_ptr(), c.data_ptr(), s.data_ptr(), w.data_ptr(), workers, m, bits, block)
+    return y
 
 
 class LutMatrix:

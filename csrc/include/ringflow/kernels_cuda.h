@@ -24,4 +24,10 @@ void cudaReduceN(void* dst, const void* const* srcs, size_t k, size_t n, DType d
 void cudaLutGemv(float* y, const uint8_t* planes, const float* tscales, const float* x,
                  size_t rows, size_t cols, int bits, size_t block);
 
+// y[i] = sum_n coeffs[n] * dequantizeLowbit(codes row n)[i], all on the device,
+// laid out as for lutWeightedSum (lut.h): codes [workers][lowbitPackedBytes(m,
+// bits)], scales [workers][numBlocks(m, block)], coeffs [workers].
+void cudaLutWeightedSum(float* y, const uint8_t* codes, const float* scales, const float* coeffs,
+                        size_t workers, size_t m, int bits, size_t block);
+
 }  // namespace ringflow::kernels
