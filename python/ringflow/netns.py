@@ -1,0 +1,143 @@
+"""Hosts made of network namespaces, for multi-host tests on one machine.
+
+Each host is a namespace with one veth into a bridge in the root namespace,
+on a private /24 that only these tests use; everything is created with
+unique names and removed on exit, even after a failure.  Ranks run as
+`ip netns exec HOST python -m ringflow.netns TARGET ARGS` subprocesses.  Needs root
+and iproute2 (CI here runs as root); `available()` says why not otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+SUBNET = "10.253.71"  # 10.253.71.0/24: test hosts only, never routed anywhere
+
+
+def _ip(*args, ns=None, check=True):
+    cmd = (["ip", "netns", "exec", ns] if ns else []) + list(args)
+    return subprocess.run(cmd, capture_output=True, text=True, check=check)
+
+
+def available() -> str:
+    """'' when namespaces can be made here, else the reason they cannot."""
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    if not shutil.which("ip"):
+        return "needs iproute2 (`ip`)"
+    probe = f"rfprobe{uuid.uuid4().hex[:6]}"
+    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if r.returncode:
+        return f"cannot create a network namespace: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return ""
+
+
+class Hosts:
+    """`n` namespace hosts at SUBNET.10, .11, ...; the bridge is SUBNET.1."""
+
+    def __init__(self, n: int):
+        tag = uuid.uuid4().hex[:5]
+        self.bridge = f"rfbr{tag}"
+        self.names = [f"rf{tag}h{i}" for i in range(n)]
+        self.veths = [f"rf{tag}v{i}" for i in range(n)]
+        self.addrs = [f"{SUBNET}.{10 + i}" for i in range(n)]
+
+    def __enter__(self):
+        try:
+            _ip("ip", "link", "add", self.bridge, "type", "bridge")
+            _ip("ip", "addr", "add", f"{SUBNET}.1/24", "dev", self.bridge)
+            _ip("ip", "link", "set", self.bridge, "up")
+            for ns, veth, addr in zip(self.names, self.veths, self.addrs):
+                _ip("ip", "netns", "add", ns)
+                _ip("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+                _ip("ip", "link", "set", veth, "master", self.bridge)
+                _ip("ip", "link", "set", veth, "up")
+                _ip("ip", "addr", "add", f"{addr}/24", "dev", "eth0", ns=ns)
+                _ip("ip", "link", "set", "eth0", "up", ns=ns)
+                _ip("ip", "link", "set", "lo", "up", ns=ns)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for ns in self.names:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        for veth in self.veths:
+            subprocess.run(["ip", "link", "del", veth], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+
+    def shape(self, rate: str = "1gbit", burst: str = "256kb", latency: str = "50ms"):
+        """Limits every host's link, both directions, with a token bucket."""
+        for ns, veth in zip(self.names, self.veths):
+            _ip("tc", "qdisc", "replace", "dev", veth, "root", "tbf", "rate", rate, "burst", burst,
+                "latency", latency)
+            _ip("tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", rate, "burst", burst,
+                "latency", latency, ns=ns)
+
+    def run(self, placement: list[int], target: str, args=(), env=None, timeout: float = 300,
+            path=()):
+        """Runs `target` ("module:function", called as fn(rank, size, *args))
+        on len(placement) ranks, rank r in host placement[r]; returns each
+        rank's JSON result.  Raises naming every rank that failed or hung."""
+        size = len(placement)
+        port = 29000 + os.getpid() % 1000
+        procs = []
+        for rank, host in enumerate(placement):
+            child_env = {**os.environ, **(env or {}),
+                         "MASTER_ADDR": self.addrs[placement[0]], "MASTER_PORT": str(port),
+                         "RANK": str(rank), "WORLD_SIZE": str(size),
+                         "RINGFLOW_HOST_ID": self.names[host], "GLOO_SOCKET_IFNAME": "eth0",
+                         "PYTHONPATH": os.pathsep.join(list(path) + sys.path)}
+            cmd = ["ip", "netns", "exec", self.names[host], sys.executable, "-m", "ringflow.netns",
+                   target, json.dumps(list(args))]
+            procs.append(subprocess.Popen(cmd, env=child_env, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+        deadline = time.monotonic() + timeout
+        outs, problems = [], []
+        for rank, p in enumerate(procs):
+            try:
+                out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                for q in procs:
+                    q.kill()
+                out, err = p.communicate()
+                problems.append(f"--- rank {rank} hung (killed at the timeout)\n{err[-3000:]}")
+                outs.append(None)
+                continue
+            lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
+            if p.returncode or not lines:
+                problems.append(f"--- rank {rank} exited {p.returncode}\n{err[-3000:]}")
+                outs.append(None)
+            else:
+                outs.append(json.loads(lines[-1][len("RESULT "):]))
+        if problems:
+            raise AssertionError("multi-host world failed:\n" + "\n".join(problems))
+        return outs
+
+
+def _worker() -> None:
+    """One rank inside a host: runs module:function(rank, size, *args) and
+    prints its JSON result on a line 'RESULT ...'."""
+    import importlib
+
+    target, args = sys.argv[1], json.loads(sys.argv[2])
+    module, name = target.split(":")
+    fn = getattr(importlib.import_module(module), name)
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    result = fn(rank, size, *args)
+    print("RESULT " + json.dumps(result), flush=True)
+    from ringflow.rendezvous import close_all
+
+    close_all()
+
+
+if __name__ == "__main__":
+    _worker()
