@@ -3,7 +3,19 @@
 
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
+
 namespace ringflow::bind {
+
+// Every blocking call drops the GIL.
+using Release = pybind11::call_guard<pybind11::gil_scoped_release>;
+
+// Buffers cross the binding as integer addresses.
+template <typename T = void>
+T* at(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
 void bindErrors(pybind11::module_& m);
 void bindComm(pybind11::module_& m);
 void bindKernels(pybind11::module_& m);

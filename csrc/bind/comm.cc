@@ -17,8 +17,6 @@ Buffer buf(uintptr_t ptr, size_t count, int dtype) {
   return Buffer{reinterpret_cast<void*>(ptr), count, dtypeFromInt(dtype), Device::CPU};
 }
 
-using Release = py::call_guard<py::gil_scoped_release>;
-
 }  // namespace
 
 void bindComm(py::module_& m) {

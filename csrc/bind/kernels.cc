@@ -12,11 +12,6 @@ void bindKernelsQuant(py::module_& k);
 void bindKernelsLut(py::module_& k);
 void bindKernelsCuda(py::module_& k);
 
-namespace {
-void* ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
-using Release = py::call_guard<py::gil_scoped_release>;
-}  // namespace
-
 void bindKernels(py::module_& m) {
   py::module_ k = m.def_submodule("kernels", "stateless kernels over raw addresses");
   k.def("simd_level", &kernels::simdLevel);
@@ -24,23 +19,23 @@ void bindKernels(py::module_& m) {
         "lower (or restore) the SIMD level the CPU kernels use; returns the level in force");
   k.def("detected_simd_level", &kernels::detectedSimdLevel);
   k.def("reduce", [](uintptr_t dst, uintptr_t a, uintptr_t b, size_t n, int dt, int op) {
-        kernels::reduce(ptr(dst), ptr(a), ptr(b), n, dtypeFromInt(dt), reduceOpFromInt(op));
+        kernels::reduce(at(dst), at(a), at(b), n, dtypeFromInt(dt), reduceOpFromInt(op));
       }, Release());
   k.def("reduce_scalar", [](uintptr_t dst, uintptr_t a, uintptr_t b, size_t n, int dt, int op) {
-        kernels::reduceScalar(ptr(dst), ptr(a), ptr(b), n, dtypeFromInt(dt), reduceOpFromInt(op));
+        kernels::reduceScalar(at(dst), at(a), at(b), n, dtypeFromInt(dt), reduceOpFromInt(op));
       }, Release());
   k.def("reduce_n", [](uintptr_t dst, std::vector<uintptr_t> srcs, size_t n, int dt, int op) {
         std::vector<const void*> p(srcs.size());
-        for (size_t i = 0; i < srcs.size(); ++i) p[i] = ptr(srcs[i]);
-        kernels::reduceN(ptr(dst), p.data(), p.size(), n, dtypeFromInt(dt), reduceOpFromInt(op));
+        for (size_t i = 0; i < srcs.size(); ++i) p[i] = at(srcs[i]);
+        kernels::reduceN(at(dst), p.data(), p.size(), n, dtypeFromInt(dt), reduceOpFromInt(op));
       }, Release());
   k.def("reduce_n_scalar", [](uintptr_t dst, std::vector<uintptr_t> srcs, size_t n, int dt, int op) {
         std::vector<const void*> p(srcs.size());
-        for (size_t i = 0; i < srcs.size(); ++i) p[i] = ptr(srcs[i]);
-        kernels::reduceNScalar(ptr(dst), p.data(), p.size(), n, dtypeFromInt(dt), reduceOpFromInt(op));
+        for (size_t i = 0; i < srcs.size(); ++i) p[i] = at(srcs[i]);
+        kernels::reduceNScalar(at(dst), p.data(), p.size(), n, dtypeFromInt(dt), reduceOpFromInt(op));
       }, Release());
   k.def("divide", [](uintptr_t data, size_t n, int dt, double divisor) {
-        kernels::divide(ptr(data), n, dtypeFromInt(dt), divisor);
+        kernels::divide(at(data), n, dtypeFromInt(dt), divisor);
       }, Release());
   bindKernelsQuant(k);
   bindKernelsLut(k);

@@ -12,7 +12,6 @@ namespace py = pybind11;
 namespace ringflow::bind {
 
 void bindKernelsCuda(py::module_& k) {
-  using Release = py::call_guard<py::gil_scoped_release>;
   k.def("cuda_devices", &kernels::cudaDevices, Release());
   k.def("cuda_reduce_n", [](uintptr_t dst, std::vector<uintptr_t> srcs, size_t n, int dt, int op) {
         std::vector<const void*> p(srcs.size());

@@ -7,12 +7,6 @@
 namespace py = pybind11;
 
 namespace ringflow::bind {
-namespace {
-template <typename T>
-T* at(uintptr_t p) { return reinterpret_cast<T*>(p); }
-using Release = py::call_guard<py::gil_scoped_release>;
-}  // namespace
-
 void bindKernelsLut(py::module_& k) {
   using namespace kernels;
   py::class_<LutMatrix>(k, "LutMatrix", "a low-bit matrix rearranged into bit-plane index tiles")

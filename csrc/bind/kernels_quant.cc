@@ -5,12 +5,6 @@
 namespace py = pybind11;
 
 namespace ringflow::bind {
-namespace {
-template <typename T>
-T* at(uintptr_t p) { return reinterpret_cast<T*>(p); }
-using Release = py::call_guard<py::gil_scoped_release>;
-}  // namespace
-
 void bindKernelsQuant(py::module_& k) {
   using namespace kernels;
   k.attr("FIXED_ZERO_EXPONENT") = kFixedZeroExponent;

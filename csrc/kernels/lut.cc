@@ -194,12 +194,8 @@ void lutWeightedSum(float* y, const uint8_t* codes, const float* scales, const f
   std::vector<uint8_t> zeros(stride + 8, 0);  // stands in for the missing workers of the last group
   std::vector<float> w(groups * kLutGroup, 0.0f), tables(16 * groups);
   for (size_t b = 0; b < nblk; ++b) {
-    float wsum = 0.0f;
-    for (size_t n = 0; n < workers; ++n) {
-      w[n] = coeffs[n] * scales[n * nblk + b];
-      wsum += w[n];
-    }
-    lut_detail::buildTables(tables.data(), w.data(), workers);
+    const float wsum =
+        lut_detail::blockTables(tables.data(), w.data(), coeffs, scales, workers, nblk, b);
     const size_t first = b * block, len = (first + block < m ? first + block : m) - first;
     float* acc = y + first;
     std::memset(acc, 0, len * sizeof(float));

@@ -26,6 +26,17 @@ void buildTables(float* tables, const float* v, size_t n) {
     }
   }
 }
+
+float blockTables(float* tables, float* w, const float* coeffs, const float* scales,
+                  size_t workers, size_t nblk, size_t b) {
+  float wsum = 0.0f;
+  for (size_t n = 0; n < workers; ++n) {
+    w[n] = coeffs[n] * scales[n * nblk + b];
+    wsum += w[n];
+  }
+  buildTables(tables, w, workers);
+  return wsum;
+}
 }  // namespace lut_detail
 
 void lutWeightedSumScalar(float* y, const uint8_t* codes, const float* scales,
@@ -37,12 +48,8 @@ void lutWeightedSumScalar(float* y, const uint8_t* codes, const float* scales,
   const float levels = float((1 << bits) - 1);
   std::vector<float> w(workers), tables(16 * groups);
   for (size_t b = 0; b < nblk; ++b) {
-    float wsum = 0.0f;
-    for (size_t n = 0; n < workers; ++n) {
-      w[n] = coeffs[n] * scales[n * nblk + b];
-      wsum += w[n];
-    }
-    lut_detail::buildTables(tables.data(), w.data(), workers);
+    const float wsum =
+        lut_detail::blockTables(tables.data(), w.data(), coeffs, scales, workers, nblk, b);
     size_t end = (b + 1) * block < m ? (b + 1) * block : m;
     for (size_t i = b * block; i < end; ++i) {
       float acc = 0.0f;

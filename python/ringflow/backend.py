@@ -72,6 +72,19 @@ class _Staged:
             self.tensor.copy_(self.buf)
 
 
+def _flatten(tensors) -> torch.Tensor:
+    """One contiguous CPU tensor holding `tensors` one after another."""
+    return torch.cat([t.detach().reshape(-1).to("cpu") for t in tensors])
+
+
+def _unflatten(flat: torch.Tensor, outs) -> None:
+    """Copies consecutive pieces of `flat` into the tensors of `outs`."""
+    offset = 0
+    for o in outs:
+        o.copy_(flat[offset:offset + o.numel()].view(o.shape))
+        offset += o.numel()
+
+
 def _one(tensors, what: str) -> torch.Tensor:
     if len(tensors) != 1:
         raise ValueError(f"ringflow {what} takes exactly one tensor per call, got {len(tensors)}")
@@ -202,6 +215,11 @@ class ProcessGroup(dist.ProcessGroup):
         return Work(self, core_works, result, done, (tuple(staged), keep))
 
     # -- collectives -----------------------------------------------------------
+    def _coalesced(self, single, outputs, inputs, opts):
+        """One Work over several single-tensor calls, in order."""
+        works = [single(o, i, opts) for o, i in zip(outputs, inputs)]
+        return self._work([], outputs, finish=lambda: [w.wait() for w in works], keep=works)
+
     def allreduce(self, tensors, opts=None):
         t = _Staged(_one(tensors, "allreduce"), write_back=True)
         op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
@@ -231,12 +249,7 @@ class ProcessGroup(dist.ProcessGroup):
         self._check_list(outs, inp.tensor, "allgather output")
         flat = torch.empty(self.size() * inp.count, dtype=inp.buf.dtype)
         w = self._comm.allgather(inp.ptr, inp.count, flat.data_ptr(), inp.code)
-
-        def scatter_out():
-            for i, o in enumerate(outs):
-                o.copy_(flat[i * inp.count:(i + 1) * inp.count].view(o.shape))
-
-        return self._work([w], output_lists, [inp], scatter_out, keep=flat)
+        return self._work([w], output_lists, [inp], lambda: _unflatten(flat, outs), keep=flat)
 
     def all_gather_single(self, output, input, opts=None):  # noqa: A002 - torch's name
         inp = _Staged(input, write_back=False)
@@ -249,8 +262,7 @@ class ProcessGroup(dist.ProcessGroup):
     _allgather_base = all_gather_single
 
     def allgather_into_tensor_coalesced(self, outputs, inputs, opts=None):
-        works = [self.all_gather_single(o, i, opts) for o, i in zip(outputs, inputs)]
-        return self._work([], outputs, finish=lambda: [w.wait() for w in works], keep=works)
+        return self._coalesced(self.all_gather_single, outputs, inputs, opts)
 
     all_gather_single_coalesced = allgather_into_tensor_coalesced
 
@@ -258,7 +270,7 @@ class ProcessGroup(dist.ProcessGroup):
         out = _Staged(_one(outputs, "reduce_scatter"), write_back=True)
         ins = _one(input_lists, "reduce_scatter")
         self._check_list(ins, out.tensor, "reduce_scatter input")
-        flat = torch.cat([t.detach().reshape(-1).to("cpu") for t in ins])
+        flat = _flatten(ins)
         op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
         w = self._comm.reduce_scatter(flat.data_ptr(), out.ptr, out.count, out.code, op)
         return self._work([w], outputs, [out], keep=flat)
@@ -275,8 +287,7 @@ class ProcessGroup(dist.ProcessGroup):
     _reduce_scatter_base = reduce_scatter_single
 
     def reduce_scatter_tensor_coalesced(self, outputs, inputs, opts=None):
-        works = [self.reduce_scatter_single(o, i, opts) for o, i in zip(outputs, inputs)]
-        return self._work([], outputs, finish=lambda: [w.wait() for w in works], keep=works)
+        return self._coalesced(self.reduce_scatter_single, outputs, inputs, opts)
 
     reduce_scatter_single_coalesced = reduce_scatter_tensor_coalesced
 
@@ -290,12 +301,7 @@ class ProcessGroup(dist.ProcessGroup):
         self._check_list(outs, inp.tensor, "gather output")
         flat = torch.empty(self.size() * inp.count, dtype=inp.buf.dtype)
         w = self._comm.gather(inp.ptr, inp.count, flat.data_ptr(), inp.code, root)
-
-        def scatter_out():
-            for i, o in enumerate(outs):
-                o.copy_(flat[i * inp.count:(i + 1) * inp.count].view(o.shape))
-
-        return self._work([w], output_lists, [inp], scatter_out, keep=flat)
+        return self._work([w], output_lists, [inp], lambda: _unflatten(flat, outs), keep=flat)
 
     def scatter(self, output_tensors, input_lists, opts):
         out = _Staged(_one(output_tensors, "scatter"), write_back=True)
@@ -304,7 +310,7 @@ class ProcessGroup(dist.ProcessGroup):
         if self.rank() == root:
             ins = _one(input_lists, "scatter")
             self._check_list(ins, out.tensor, "scatter input")
-            flat = torch.cat([t.detach().reshape(-1).to("cpu") for t in ins])
+            flat = _flatten(ins)
         ptr = flat.data_ptr() if flat is not None else 0
         w = self._comm.scatter(ptr, out.ptr, out.count, out.code, root)
         return self._work([w], output_tensors, [out], keep=flat)
@@ -327,18 +333,12 @@ class ProcessGroup(dist.ProcessGroup):
         dtypes = {t.dtype for t in list(input_tensors) + list(output_tensors)}
         if len(dtypes) != 1:
             raise ValueError(f"all_to_all tensors must share one dtype, got {sorted(map(str, dtypes))}")
-        flat_in = torch.cat([t.detach().reshape(-1).to("cpu") for t in input_tensors])
+        flat_in = _flatten(input_tensors)
         flat_out = torch.empty(sum(t.numel() for t in output_tensors), dtype=flat_in.dtype)
         w = self._comm.alltoall(flat_in.data_ptr(), flat_out.data_ptr(), torch_dtype_code(flat_in.dtype),
                                 [t.numel() for t in input_tensors], [t.numel() for t in output_tensors])
-
-        def scatter_out():
-            offset = 0
-            for o in output_tensors:
-                o.copy_(flat_out[offset:offset + o.numel()].view(o.shape))
-                offset += o.numel()
-
-        return self._work([w], output_tensors, (), scatter_out, keep=(flat_in, flat_out))
+        return self._work([w], output_tensors, (), lambda: _unflatten(flat_out, output_tensors),
+                          keep=(flat_in, flat_out))
 
     def barrier(self, opts=None):
         return self._work([self._comm.barrier()], [])

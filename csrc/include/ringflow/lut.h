@@ -59,6 +59,10 @@ void lutGemvScalar(float* y, const uint8_t* packed, const float* scales, const f
 namespace lut_detail {
 // table[16 * g + idx] = sum of v[4g + i] over the set bits i of idx (v past n is 0).
 void buildTables(float* tables, const float* v, size_t n);
+// The weights of block b of a weighted sum, w[n] = coeffs[n] * scales[n][b],
+// and their tables; returns the sum of the weights (for the offset term).
+float blockTables(float* tables, float* w, const float* coeffs, const float* scales,
+                  size_t workers, size_t nblk, size_t b);
 }  // namespace lut_detail
 
 }  // namespace ringflow::kernels
