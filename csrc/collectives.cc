@@ -49,7 +49,7 @@ WorkPtr allreduce(Comm& c, Buffer data, ReduceOp op) {
   checkReduceOp(data.dtype, op);
   Comm* cp = &c;
   return c.submit(describe(OpKind::AllReduce, data, op),
-                  [cp, data, op] { algo::ringAllreduce(*cp, data, op); });
+                  [cp, data, op] { algo::allreduce(*cp, data, op); });
 }
 
 WorkPtr broadcast(Comm& c, Buffer data, int root) {

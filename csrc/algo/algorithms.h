@@ -7,6 +7,10 @@
 #include "ringflow/comm.h"
 #include "ringflow/types.h"
 
+namespace ringflow {
+class ShmTransport;
+}
+
 namespace ringflow::algo {
 
 // Large messages travel as pieces so that reducing (or forwarding) one piece
@@ -27,6 +31,16 @@ struct Blocks {
   size_t maxCount() const;
   std::vector<size_t> offsets;  // parts + 1 entries
 };
+
+// The allreduce RINGFLOW_ALGO and the communicator's placement select
+// (select.cc): the shared-memory arena or the ring.
+void allreduce(Comm& c, Buffer data, ReduceOp op);
+// "shm" or "ring": what allreduce would run on `c`.
+const char* allreduceAlgorithm(Comm& c);
+// The shared-memory transport whose arena `c` owns, or null.
+ShmTransport* arenaFor(Comm& c);
+// Every member of `c` must be on this host and `c` must own shm's arena.
+void shmAllreduce(Comm& c, ShmTransport& shm, Buffer data, ReduceOp op);
 
 void ringAllreduce(Comm& c, Buffer data, ReduceOp op);
 // in: size() blocks of out.count; rank r ends with block r reduced.

@@ -6,5 +6,6 @@
 namespace ringflow::bind {
 void bindErrors(pybind11::module_& m);
 void bindComm(pybind11::module_& m);
+void bindShm(pybind11::module_& m);
 void bindKernels(pybind11::module_& m);
 }  // namespace ringflow::bind
