@@ -8,8 +8,9 @@
 // data, so mismatched calls raise MismatchError on every rank.
 //
 // Small messages (one step): each rank copies its input into its slot and
-// reduces all N slots straight from shared memory with kernels::reduceN, in
-// rank order, so every rank computes bit-identical results.
+// reduces all N slots straight from shared memory (kernels::reduceN), every
+// block in the same fixed order on every rank, so all get bit-identical
+// results (the ring's order, so they also match the ring and gloo).
 //
 // Large messages, single-copy (when process_vm_readv works between every
 // pair): rank r reads block r of each peer's own buffer (in pieces that stay
@@ -27,6 +28,8 @@
 #include <cstdio>
 #include <cstring>
 #include <sched.h>
+
+#include <thread>
 
 #include "algorithms.h"
 #include "ringflow/kernels.h"
@@ -116,6 +119,7 @@ class Arena {
 
   // Reads `bytes` at `remote` in rank q's address space into `dst`.
   void readPeer(int q, void* dst, uint64_t remote, size_t bytes);
+  [[noreturn]] void failedRead(int q, int err);
 
   Comm& c_;
   ShmTransport& shm_;
@@ -156,15 +160,44 @@ void Arena::readPeer(int q, void* dst, uint64_t remote, size_t bytes) {
     ssize_t got = process_vm_readv(hdr_[q]->pid, &local, 1, &far, 1, 0);
     if (got <= 0) {
       if (got < 0 && errno == EINTR) continue;
-      std::string gone = shm_.mailbox().peerGoneReason(c_.members()[q]);
-      throw PeerError(gone.empty() ? "reading rank " + std::to_string(q) +
-                                         "'s buffer failed: " + std::strerror(errno)
-                                   : gone);
+      failedRead(q, errno);
     }
     out += got;
     remote += uint64_t(got);
     bytes -= size_t(got);
   }
+}
+
+void Arena::failedRead(int q, int err) {
+  // The peer exited or gave up on this call.  Its TCP link says which, and
+  // why (an Abort frame comes before the goodbye or the EOF): wait briefly
+  // for that, so every rank reports the first failure, not its echo.
+  Deadline until = std::min(deadline_, Clock::now() + std::chrono::seconds(2));
+  Mailbox& mb = shm_.mailbox();
+  for (;;) {
+    if (auto e = mb.abortError(c_.id())) std::rethrow_exception(e);
+    std::string gone = mb.peerGoneReason(c_.members()[q]);
+    if (!gone.empty()) throw PeerError(gone);
+    if (Clock::now() > until) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  throw PeerError("reading rank " + std::to_string(q) + "'s buffer failed: " + std::strerror(err));
+}
+
+// Reduces block b's sources (indexed by rank) in the ring's order, b+1, b+2,
+// ..., b: the order ringAllreduce (and gloo) use, so the arena gives the same
+// bits as they do even where rounding depends on order.  float16/bfloat16
+// round after every step, as each hop of a ring does; the other types fold
+// in one reduceN pass, which rounds identically.  dst must not alias a source.
+void foldRingOrder(void* dst, const std::vector<const void*>& byRank, int b, size_t cnt,
+                   DType t, ReduceOp op) {
+  const int n = int(byRank.size());
+  std::vector<const void*> order(n);
+  for (int k = 0; k < n; ++k) order[k] = byRank[(b + 1 + k) % n];
+  if (t != DType::Float16 && t != DType::BFloat16)
+    return kernels::reduceN(dst, order.data(), order.size(), cnt, t, op);
+  kernels::reduce(dst, order[1], order[0], cnt, t, op);
+  for (int k = 2; k < n; ++k) kernels::reduce(dst, order[k], dst, cnt, t, op);
 }
 
 // One copy-in step: `count` elements at `data`, all ranks reduce all slots.
@@ -173,8 +206,14 @@ void slotStep(Arena& a, char* data, size_t count, DType dtype, ReduceOp op) {
   if (count) std::memcpy(a.slot_[a.me_], data, count * elementSize(dtype));
   a.publish(&shm::Header::arrive, a.step_);
   a.checkPeers();
-  std::vector<const void*> srcs(a.slot_.begin(), a.slot_.end());
-  kernels::reduceN(data, srcs.data(), srcs.size(), count, dtype, op);
+  // Every rank reduces every block, in the same order: identical results.
+  Blocks blocks(count, a.n_);
+  const size_t es = elementSize(dtype);
+  std::vector<const void*> srcs(a.n_);
+  for (int b = 0; b < a.n_; ++b) {
+    for (int q = 0; q < a.n_; ++q) srcs[q] = a.slot_[q] + blocks.offset(b) * es;
+    foldRingOrder(data + blocks.offset(b) * es, srcs, b, blocks.count(b), dtype, op);
+  }
   a.publish(&shm::Header::done, a.step_);
 }
 
@@ -192,14 +231,15 @@ void singleCopy(Arena& a, Buffer data, ReduceOp op) {
   for (size_t done = 0; done < blocks.count(a.me_); done += piece) {
     size_t first = blocks.offset(a.me_) + done;
     size_t cnt = std::min(piece, blocks.count(a.me_) - done);
-    srcs[0] = data.at(first);
-    for (int q = 0, k = 1; q < a.n_; ++q) {
-      if (q == a.me_) continue;
-      char* buf = scratch.data() + size_t(k) * piece * es;
-      a.readPeer(q, buf, a.hdr_[q]->call.dataAddr + first * es, cnt * es);
-      srcs[k++] = buf;
+    for (int q = 0; q < a.n_; ++q) {
+      char* buf = scratch.data() + size_t(q) * piece * es;
+      if (q == a.me_)
+        std::memcpy(buf, data.at(first), cnt * es);  // the fold must not alias its output
+      else
+        a.readPeer(q, buf, a.hdr_[q]->call.dataAddr + first * es, cnt * es);
+      srcs[q] = buf;
     }
-    kernels::reduceN(data.at(first), srcs.data(), srcs.size(), cnt, data.dtype, op);
+    foldRingOrder(data.at(first), srcs, a.me_, cnt, data.dtype, op);
   }
   if (op == ReduceOp::Avg)
     kernels::divide(data.at(blocks.offset(a.me_)), blocks.count(a.me_), data.dtype,
