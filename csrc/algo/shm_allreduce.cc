@@ -107,14 +107,15 @@ class Arena {
       theirs.dtype = DType(a.dtype);
       theirs.op = ReduceOp(a.op);
       theirs.root = a.root;
-      if (theirs != c_.op()) {
-        std::string why = "mismatched calls: rank " + std::to_string(me_) + " called " +
-                          c_.op().str() + " but rank " + std::to_string(q) + " called " +
-                          theirs.str();
-        shm_.mailbox().abort(c_.id(), why, true);
-        throw MismatchError(why);
-      }
+      if (theirs != c_.op()) mismatch(q, theirs);
     }
+  }
+  [[noreturn]] void mismatch(int q, const OpDesc& theirs) {
+    std::string why = "mismatched calls: rank " + std::to_string(me_) + " called " +
+                      c_.op().str() + " but rank " + std::to_string(q) + " called " +
+                      theirs.str();
+    shm_.mailbox().abort(c_.id(), why, true);
+    throw MismatchError(why);
   }
 
   // Reads `bytes` at `remote` in rank q's address space into `dst`.
@@ -140,6 +141,10 @@ void Arena::waitFor(int q, shm::Counter shm::Header::*which, uint64_t step) {
     uint32_t seen = hdr_[q]->arBell.word.load();
     if (v.load(std::memory_order_acquire) >= step) return;
     if (auto e = shm_.mailbox().abortError(c_.id())) std::rethrow_exception(e);
+    OpDesc theirs;
+    if (shm_.readCurrent(shm_.localIndex(c_.members()[q]), theirs) &&
+        theirs.seq == c_.op().seq && theirs != c_.op())
+      mismatch(q, theirs);  // e.g. a broadcast waiting for us: no frame will tell
     std::string gone = shm_.mailbox().peerGoneReason(c_.members()[q]);
     if (!gone.empty()) throw PeerError(gone);
     if (Clock::now() > deadline_) {

@@ -34,7 +34,10 @@ void RoutedTransport::registerComm(uint64_t comm, const std::vector<int>& member
   shm_->offerArena(comm, members);
 }
 
-void RoutedTransport::beginOp(uint64_t comm, const OpDesc& desc) { tcp_->beginOp(comm, desc); }
+void RoutedTransport::beginOp(uint64_t comm, const OpDesc& desc) {
+  tcp_->beginOp(comm, desc);
+  if (comm == shm_->arenaComm()) shm_->publishCurrent(desc);
+}
 void RoutedTransport::endOp(uint64_t comm) { tcp_->endOp(comm); }
 void RoutedTransport::abort(uint64_t comm, const std::string& why) { tcp_->abort(comm, why); }
 std::string RoutedTransport::abortReason(uint64_t comm) { return tcp_->abortReason(comm); }

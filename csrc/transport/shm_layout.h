@@ -70,6 +70,12 @@ struct alignas(kLine) Header {
   Counter reduced;  // last step whose own block is reduced
   Counter done;     // last step this rank finished reading peers' memory for
   alignas(kLine) Announce call;
+  // Every call the arena's communicator begins, whatever its algorithm, so a
+  // rank waiting in the arena can see a peer that runs a different call (a
+  // broadcast that waits on us) instead of timing out.  A seqlock: odd while
+  // being written.
+  Counter currentVersion;
+  Announce current;
 };
 
 struct alignas(kLine) QueueCtl {

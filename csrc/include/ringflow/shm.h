@@ -59,6 +59,11 @@ class ShmTransport {
   // that spans every rank of the transport, when they are all on this host.
   void offerArena(uint64_t comm, const std::vector<int>& members);
   uint64_t arenaComm() const { return arenaComm_; }
+  // Publishes the call the arena's communicator begins now (see Header::current).
+  void publishCurrent(const OpDesc& desc);
+  // The call local rank `local` last began on the arena's communicator;
+  // false if it is being written right now.
+  bool readCurrent(int local, OpDesc& out);
   int localIndex(int globalRank) const { return localOf_[globalRank]; }
   int globalRank(int local) const { return localRanks_[local]; }
   int localSize() const { return int(localRanks_.size()); }
