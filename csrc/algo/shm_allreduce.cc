@@ -14,7 +14,9 @@
 //
 // Large messages, single-copy (when process_vm_readv works between every
 // pair): rank r reads block r of each peer's own buffer (in pieces that stay
-// in cache), reduces it into its own buffer, advances `reduced`; then reads
+// in cache), reduces it into its own buffer (own data first so the output
+// may alias it; float16/bfloat16 in the ring's order, rounding per step, on
+// a copy), advances `reduced`; then reads
 // every other block, already reduced, from its owner's buffer, and advances
 // `done`.  About 6·S bytes move per rank instead of 11·S for a copy-in design
 // (bench/RESULTS-shm.md).  Without cross-memory reads, large messages go
@@ -55,8 +57,13 @@ size_t smallBytes() {
 // Pieces of a block read from a peer at once: small enough to stay in L2
 // between the read and the reduction.  RINGFLOW_SHM_PIECE_BYTES overrides.
 size_t readPieceBytes() {
-  static const size_t b = envBytes("RINGFLOW_SHM_PIECE_BYTES", 128 << 10);
+  static const size_t b = envBytes("RINGFLOW_SHM_PIECE_BYTES", 256 << 10);
   return b;
+}
+
+std::chrono::microseconds spinBudget() {
+  static const auto us = std::chrono::microseconds(envBytes("RINGFLOW_SHM_SPIN_US", 50));
+  return us;
 }
 
 class Arena {
@@ -133,9 +140,16 @@ class Arena {
 
 void Arena::waitFor(int q, shm::Counter shm::Header::*which, uint64_t step) {
   std::atomic<uint64_t>& v = (hdr_[q]->*which).value;
-  for (int i = 0; i < 256; ++i) {
+  // Spin (yielding, so a peer sharing this core can run) for a while: the
+  // peer usually arrives within microseconds, far less than a futex
+  // sleep-and-wake costs.  RINGFLOW_SHM_SPIN_US sets the budget.
+  Deadline spinUntil = Clock::now() + spinBudget();
+  for (int i = 0;; ++i) {
     if (v.load(std::memory_order_acquire) >= step) return;
-    if ((i & 15) == 15) sched_yield();
+    if ((i & 15) == 15) {
+      if (Clock::now() > spinUntil) break;
+      sched_yield();
+    }
   }
   for (;;) {
     uint32_t seen = hdr_[q]->arBell.word.load();
@@ -189,6 +203,8 @@ void Arena::failedRead(int q, int err) {
   throw PeerError("reading rank " + std::to_string(q) + "'s buffer failed: " + std::strerror(err));
 }
 
+bool halfPrecision(DType t) { return t == DType::Float16 || t == DType::BFloat16; }
+
 // Reduces block b's sources (indexed by rank) in the ring's order, b+1, b+2,
 // ..., b: the order ringAllreduce (and gloo) use, so the arena gives the same
 // bits as they do even where rounding depends on order.  float16/bfloat16
@@ -199,7 +215,7 @@ void foldRingOrder(void* dst, const std::vector<const void*>& byRank, int b, siz
   const int n = int(byRank.size());
   std::vector<const void*> order(n);
   for (int k = 0; k < n; ++k) order[k] = byRank[(b + 1 + k) % n];
-  if (t != DType::Float16 && t != DType::BFloat16)
+  if (!halfPrecision(t))
     return kernels::reduceN(dst, order.data(), order.size(), cnt, t, op);
   kernels::reduce(dst, order[1], order[0], cnt, t, op);
   for (int k = 2; k < n; ++k) kernels::reduce(dst, order[k], dst, cnt, t, op);
@@ -238,13 +254,24 @@ void singleCopy(Arena& a, Buffer data, ReduceOp op) {
     size_t cnt = std::min(piece, blocks.count(a.me_) - done);
     for (int q = 0; q < a.n_; ++q) {
       char* buf = scratch.data() + size_t(q) * piece * es;
-      if (q == a.me_)
-        std::memcpy(buf, data.at(first), cnt * es);  // the fold must not alias its output
-      else
+      if (q != a.me_) {
         a.readPeer(q, buf, a.hdr_[q]->call.dataAddr + first * es, cnt * es);
+      } else if (halfPrecision(data.dtype)) {
+        std::memcpy(buf, data.at(first), cnt * es);  // the fold must not alias its output
+      } else {
+        buf = data.at(first);
+      }
       srcs[q] = buf;
     }
-    foldRingOrder(data.at(first), srcs, a.me_, cnt, data.dtype, op);
+    if (halfPrecision(data.dtype)) {
+      foldRingOrder(data.at(first), srcs, a.me_, cnt, data.dtype, op);
+    } else {
+      // Own data first, so the output may alias it (no copy); the order is
+      // still fixed, and only this rank computes this block.
+      std::vector<const void*> order(a.n_);
+      for (int k = 0; k < a.n_; ++k) order[k] = srcs[(a.me_ + k) % a.n_];
+      kernels::reduceN(data.at(first), order.data(), order.size(), cnt, data.dtype, op);
+    }
   }
   if (op == ReduceOp::Avg)
     kernels::divide(data.at(blocks.offset(a.me_)), blocks.count(a.me_), data.dtype,

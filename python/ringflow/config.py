@@ -24,7 +24,7 @@ SETTINGS = {
     "RINGFLOW_SHM_SLOT_BYTES": "bytes of each rank's allreduce slot (default 1048576)",
     "RINGFLOW_SHM_SMALL_BYTES": "shm allreduce: at or below this, one copy-in step; above, "
                                 "single-copy reduce-scatter + allgather (default 262144)",
-    "RINGFLOW_SHM_PIECE_BYTES": "shm allreduce: bytes read from a peer per piece (default 131072)",
+    "RINGFLOW_SHM_PIECE_BYTES": "shm allreduce: bytes read from a peer per piece (default 262144)",
     "RINGFLOW_SHM_SPIN_US": "shm reader thread: microseconds of polling before it sleeps (default 50)",
 }
 
