@@ -85,15 +85,19 @@ class Communicator:
             store.set(f"{prefix}/token", str(secrets.randbits(63)))
         token = int(_to_str(store.get(f"{prefix}/token")))
         store.set(f"{prefix}/addr/{rank}", _format(advertised_address(), self.transport.port))
-        addrs = [_to_str(store.get(f"{prefix}/addr/{r}")) for r in range(size)]
-        self.transport.connect(addrs, token, self.timeout)
-        self.tcp, self.shm = self.transport, None
         store.set(f"{prefix}/host/{rank}", host_identity())
+        addrs = [_to_str(store.get(f"{prefix}/addr/{r}")) for r in range(size)]
         hosts = [_to_str(store.get(f"{prefix}/host/{r}")) for r in range(size)]
         self.local_ranks = [r for r in range(size) if hosts[r] == hosts[rank]]
+        self.tcp, self.shm = self.transport, None
+        # Every use of the store comes before the mesh is connected: a rank
+        # gets through connect() only once every rank has finished with the
+        # store, so the rank hosting it may then drop it safely.
         if len(self.local_ranks) > 1 and os.environ.get("RINGFLOW_SHM", "1") != "0":
             self.shm = _attach_shm(store, prefix, self.tcp, rank, self.local_ranks, token,
                                    self.timeout)
+        self.tcp.connect(addrs, token, self.timeout)
+        if self.shm is not None:
             self.transport = _C.RoutedTransport(self.tcp, self.shm)
         log.info("rank %d: transport %s, local ranks %s", rank, self.transport.name,
                  self.local_ranks)
