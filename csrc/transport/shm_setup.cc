@@ -181,8 +181,9 @@ bool ShmTransport::crossMemoryEverywhere() {
 }
 
 void ShmTransport::offerArena(uint64_t comm, const std::vector<int>& members) {
-  if (arenaComm_ != 0 || int(members.size()) != size_ || localSize() != size_) return;
-  arenaComm_ = comm;
+  if (int(members.size()) != size_ || localSize() != size_) return;
+  uint64_t none = 0;
+  arenaComm_.compare_exchange_strong(none, comm);
 }
 
 void ShmTransport::publishCurrent(const OpDesc& d) {

@@ -58,7 +58,7 @@ class ShmTransport {
   // The allreduce arena, used by one communicator: the first one registered
   // that spans every rank of the transport, when they are all on this host.
   void offerArena(uint64_t comm, const std::vector<int>& members);
-  uint64_t arenaComm() const { return arenaComm_; }
+  uint64_t arenaComm() const { return arenaComm_.load(std::memory_order_acquire); }
   // Publishes the call the arena's communicator begins now (see Header::current).
   void publishCurrent(const OpDesc& desc);
   // The call local rank `local` last began on the arena's communicator;
@@ -100,7 +100,7 @@ class ShmTransport {
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> closed_{false};
-  uint64_t arenaComm_ = 0;
+  std::atomic<uint64_t> arenaComm_{0};  // read by every communicator's op thread
   uint64_t arenaStep_ = 0;
   int cmaEverywhere_ = -1;
 };
