@@ -48,11 +48,8 @@ WorkPtr allreduce(Comm& c, Buffer data, ReduceOp op) {
   checkBuffer("allreduce", "tensor", data);
   checkReduceOp(data.dtype, op);
   Comm* cp = &c;
-  if (algo::useHierarchical(c, data.bytes()))
-    return c.submit(describe(OpKind::AllReduce, data, op),
-                    [cp, data, op] { algo::hierarchicalAllreduce(*cp, data, op); });
   return c.submit(describe(OpKind::AllReduce, data, op),
-                  [cp, data, op] { algo::ringAllreduce(*cp, data, op); });
+                  [cp, data, op] { algo::allreduce(*cp, data, op); });
 }
 
 WorkPtr broadcast(Comm& c, Buffer data, int root) {

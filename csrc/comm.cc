@@ -132,11 +132,14 @@ void Comm::wait(const RequestPtr& req) {
                            secondsText(timeoutSec_) + " waiting " +
                            (req->isSend() ? "to send to" : "for") + " rank " +
                            std::to_string(peer));
-  double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-  if (peer >= 0) waitMs_[peer] += ms;
+  if (peer >= 0) creditWait(peer, std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+}
+
+void Comm::creditWait(int peer, double ms) {
+  waitMs_[peer] += ms;
   if (creditWaitsTo_) {
     const auto& pm = creditWaitsTo_->members_;
-    auto it = std::find(pm.begin(), pm.end(), req->peer());
+    auto it = std::find(pm.begin(), pm.end(), members_[peer]);
     if (it != pm.end()) creditWaitsTo_->waitMs_[it - pm.begin()] += ms;
   }
 }

@@ -22,16 +22,22 @@ def matrix(rank, size):
                                   cases.torch.uint8, cases.torch.bool])
     cases.check_gathers(ck, rank, size)
     cases.check_p2p_and_async(ck, rank, size)
+    import ringflow
+
+    owner = dist.distributed_c10d._get_default_group()._comm_owner
+    chosen = ringflow._C.allreduce_algorithm(owner.comm, 1 << 20)
     dist.destroy_process_group()
-    return [ck.count, ck.failures]
+    return [ck.count, ck.failures, chosen]
 
 
-@pytest.mark.parametrize("algo", ["ring", "hierarchical"])
+@pytest.mark.parametrize("algo", ["ring", "hierarchical", "auto"])
 def test_two_hosts_two_ranks(algo):
-    env = {"RINGFLOW_ALGO": algo, "RINGFLOW_GROUPS": "h0,h0,h1,h1"}
+    # auto: no RINGFLOW_GROUPS; the layout comes from the hosts themselves.
+    env = {"RINGFLOW_ALGO": algo} if algo == "auto" else {"RINGFLOW_ALGO": algo, "RINGFLOW_GROUPS": "h0,h0,h1,h1"}
     with netns.Hosts(2) as hosts:
         results = hosts.run([0, 0, 1, 1], "test_multihost:matrix", env=env, timeout=300,
                             path=[os.path.dirname(os.path.abspath(__file__))])
-    for rank, (count, failures) in enumerate(results):
+    for rank, (count, failures, chosen) in enumerate(results):
         assert count > 0
         assert not failures, f"rank {rank}: " + "\n".join(failures[:20])
+        assert chosen == ("ring" if algo == "ring" else "hierarchical"), (rank, chosen)

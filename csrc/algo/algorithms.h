@@ -7,6 +7,10 @@
 #include "ringflow/comm.h"
 #include "ringflow/types.h"
 
+namespace ringflow {
+class ShmTransport;
+}
+
 namespace ringflow::algo {
 
 // Large messages travel as pieces so that reducing (or forwarding) one piece
@@ -33,15 +37,21 @@ struct Blocks {
 // everywhere (block r being this rank's contribution).
 void reduceScatterInPlace(Comm& c, const Buffer& work, const Blocks& blocks, ReduceOp op);
 void allgatherInPlace(Comm& c, const Buffer& work, const Blocks& blocks);
+// The allreduce RINGFLOW_ALGO and the communicator's placement select
+// (select.cc): the shared-memory arena, the hierarchical rings or the ring.
+void allreduce(Comm& c, Buffer data, ReduceOp op);
+// "shm", "hierarchical" or "ring": what allreduce would run on `c` for a
+// message of `bytes`.
+const char* allreduceAlgorithm(Comm& c, size_t bytes);
+// The shared-memory transport whose arena `c` owns, or null.
+ShmTransport* arenaFor(Comm& c);
+// Every member of `c` must be on this host and `c` must own shm's arena.
+void shmAllreduce(Comm& c, ShmTransport& shm, Buffer data, ReduceOp op);
 
 void ringAllreduce(Comm& c, Buffer data, ReduceOp op);
 // Mechanism 1: reduce-scatter in each lower-order group, allreduce each shard
 // over the higher-order ring, allgather back down.  Needs c.setGroups().
 void hierarchicalAllreduce(Comm& c, Buffer data, ReduceOp op);
-// RINGFLOW_ALGO=ring|hierarchical|auto (default auto: hierarchical when a
-// layout with several groups of several ranks is set and the message is at
-// least RINGFLOW_HIER_MIN_BYTES, default 64 KiB).  Every rank decides alike.
-bool useHierarchical(const Comm& c, size_t bytes);
 // in: size() blocks of out.count; rank r ends with block r reduced.
 void ringReduceScatter(Comm& c, Buffer in, Buffer out, ReduceOp op);
 // out: size() blocks of in.count, in rank order.

@@ -5,9 +5,6 @@
 // group then allgathers the blocks back down.  Only 1/L of the message
 // crosses the higher-order (slow, inter-host) links, and the L higher rings
 // run side by side.
-#include <cstdlib>
-#include <string>
-
 #include "algorithms.h"
 #include "ringflow/kernels.h"
 
@@ -52,25 +49,3 @@ void hierarchicalAllreduce(Comm& c, Buffer data, ReduceOp op) {
 
 }  // namespace ringflow::algo
 
-namespace ringflow::algo {
-
-bool useHierarchical(const Comm& c, size_t bytes) {
-  static const std::string choice = [] {
-    const char* v = std::getenv("RINGFLOW_ALGO");
-    return std::string(v && *v ? v : "auto");
-  }();
-  static const size_t minBytes = [] {
-    const char* v = std::getenv("RINGFLOW_HIER_MIN_BYTES");
-    return v && *v ? size_t(std::atoll(v)) : size_t(64 << 10);
-  }();
-  bool layout = c.lower() && c.higher();
-  if (choice == "hierarchical") {
-    if (!layout)
-      throw InvalidArgument("RINGFLOW_ALGO=hierarchical needs a group layout (RINGFLOW_GROUPS)");
-    return true;
-  }
-  if (choice != "auto") return false;
-  return layout && c.lower()->size() > 1 && c.higher()->size() > 1 && bytes >= minBytes;
-}
-
-}  // namespace ringflow::algo

@@ -18,6 +18,7 @@ T* at(uintptr_t p) {
 
 void bindErrors(pybind11::module_& m);
 void bindComm(pybind11::module_& m);
+void bindShm(pybind11::module_& m);
 void bindKernels(pybind11::module_& m);
 void bindStats(pybind11::module_& m);
 }  // namespace ringflow::bind

@@ -15,11 +15,12 @@ PYBIND11_MODULE(_C, m) {
     d["version"] = RINGFLOW_VERSION;
     d["cuda"] = bool(RINGFLOW_HAVE_CUDA);
     d["simd"] = ringflow::kernels::simdLevel();
-    d["transports"] = std::vector<std::string>{"tcp"};
+    d["transports"] = std::vector<std::string>{"tcp", "shm"};
     return d;
   });
   ringflow::bind::bindErrors(m);
   ringflow::bind::bindComm(m);
+  ringflow::bind::bindShm(m);
   ringflow::bind::bindKernels(m);
   ringflow::bind::bindStats(m);
 }

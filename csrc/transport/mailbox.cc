@@ -350,4 +350,11 @@ std::string Mailbox::abortReason(uint64_t comm) {
   return c->second.aborted.substr(1);
 }
 
+std::exception_ptr Mailbox::abortError(uint64_t comm) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto c = comms_.find(comm);
+  if (c == comms_.end() || c->second.aborted.empty()) return nullptr;
+  return commError(c->second);
+}
+
 }  // namespace ringflow

@@ -55,6 +55,9 @@ class Mailbox {
   void endOp(uint64_t comm);
   void abort(uint64_t comm, const std::string& why, bool mismatch = false);
   std::string abortReason(uint64_t comm);
+  // The error `comm`'s calls fail with (same class as on the rank that
+  // failed first), or null if it was not aborted.
+  std::exception_ptr abortError(uint64_t comm);
 
  private:
   struct Posted {

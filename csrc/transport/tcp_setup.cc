@@ -31,7 +31,7 @@ TcpTransport::TcpTransport(int rank, int size, const std::string& bindHost)
     conns_.push_back(std::make_unique<Conn>());
     conns_.back()->peer = i;
   }
-  mailbox_ = std::make_unique<Mailbox>(rank, size, [this](int peer, uint64_t comm,
+  mailbox_ = std::make_shared<Mailbox>(rank, size, [this](int peer, uint64_t comm,
                                                           const std::string& why) {
     trace(rank_, "sending abort to rank " + std::to_string(peer));
     auto item = std::make_shared<SendItem>();

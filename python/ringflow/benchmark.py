@@ -1,6 +1,6 @@
 """Allreduce benchmark: ringflow against gloo, in the same run, nccl-tests style.
 
-    python bench/allreduce.py --world 2 [--sizes 4K,64K,1M,16M,64M] [--json]
+    python bench/allreduce.py --world 2 [--sizes 4K,64K,1M,16M,64M] [--algo shm] [--json]
 
 Spawns --world real processes on this host.  Each initialises the default
 group with ringflow and a gloo group over the same ranks, then, per size and
@@ -166,6 +166,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="timed iterations per row (default: 20 below 16M, 10 below 256M, else 5)")
     p.add_argument("--timeout", type=float, default=300,
                    help="seconds for the whole run; a hung rank kills the world (default 300)")
+    p.add_argument("--algo", choices=("auto", "ring", "shm"),
+                   help="ringflow's allreduce algorithm (sets RINGFLOW_ALGO for the ranks; "
+                        "default: the environment's, else auto)")
     p.add_argument("--json", action="store_true", help="end stdout with one line of JSON rows")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of busbw vs size (needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -195,6 +198,8 @@ def main(argv=None) -> int:
     p = _parser()
     args = p.parse_args(argv)
     cfg = _config(args, p)
+    if args.algo:
+        os.environ["RINGFLOW_ALGO"] = args.algo  # the spawned ranks inherit it
 
     header = [("world", f"{args.world} processes on this host, MASTER_ADDR=127.0.0.1"),
               ("backends", ",".join(cfg["backends"]) + " (the barrier before each iteration is gloo's)")]

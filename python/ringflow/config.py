@@ -20,6 +20,19 @@ SETTINGS = {
     "RINGFLOW_ALGO": "allreduce algorithm: auto (default), ring, hierarchical",
     "RINGFLOW_HIER_MIN_BYTES": "auto picks hierarchical from this message size up (default 65536)",
     "RINGFLOW_LOG": "log level of the 'ringflow' logger (default WARNING)",
+    "RINGFLOW_TRACE": "1 prints control events (aborts, goodbyes, lost peers) to stderr",
+    "RINGFLOW_ALGO": "allreduce algorithm: auto (default: shared-memory arena when every rank "
+                     "is on this host, ring otherwise), ring, or shm",
+    "RINGFLOW_HOST_ID": "host identity compared to find same-host ranks (default hostname/boot id)",
+    "RINGFLOW_SHM": "0 disables the shared-memory transport between same-host ranks (default 1)",
+    "RINGFLOW_SHM_CMA": "0 forbids single-copy process_vm_readv reads in the shm allreduce "
+                        "(default 1; used only where it works between every pair)",
+    "RINGFLOW_SHM_QUEUE_BYTES": "bytes of each per-sender shared-memory queue (default 1048576)",
+    "RINGFLOW_SHM_SLOT_BYTES": "bytes of each rank's allreduce slot (default 1048576)",
+    "RINGFLOW_SHM_SMALL_BYTES": "shm allreduce: at or below this, one copy-in step; above, "
+                                "single-copy reduce-scatter + allgather (default 262144)",
+    "RINGFLOW_SHM_PIECE_BYTES": "shm allreduce: bytes read from a peer per piece (default 262144)",
+    "RINGFLOW_SHM_SPIN_US": "shm reader thread: microseconds of polling before it sleeps (default 50)",
 }
 
 _logged = False

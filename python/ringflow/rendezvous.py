@@ -43,12 +43,36 @@ def advertised_address() -> str:
         return "127.0.0.1"
 
 
+def host_identity() -> str:
+    """Which machine this process runs on, as its peers should compare it.
+
+    RINGFLOW_HOST_ID wins (tests use it to pretend ranks live on different
+    hosts); otherwise the host name plus the kernel's boot id, so two
+    containers that share a host name but not a kernel are told apart.
+    """
+    explicit = os.environ.get("RINGFLOW_HOST_ID")
+    if explicit:
+        return explicit
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = "no-boot-id"
+    return f"{socket.gethostname()}/{boot}"
+
+
+def _env_int(name: str, default: int) -> int:
+    v = os.environ.get(name)
+    return int(v) if v else default
+
+
 def _format(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Communicator:
-    """A TCP mesh among `size` processes and the communicator over it."""
+    """A TCP mesh among `size` processes, shared memory among those on one
+    host (unless RINGFLOW_SHM=0), and the communicator over them."""
 
     def __init__(self, store, rank: int, size: int, timeout_s: float, prefix: str = "ringflow"):
         log_config_once()
@@ -61,14 +85,30 @@ class Communicator:
             store.set(f"{prefix}/token", str(secrets.randbits(63)))
         token = int(_to_str(store.get(f"{prefix}/token")))
         store.set(f"{prefix}/addr/{rank}", _format(advertised_address(), self.transport.port))
+        store.set(f"{prefix}/host/{rank}", host_identity())
         addrs = [_to_str(store.get(f"{prefix}/addr/{r}")) for r in range(size)]
-        self.transport.connect(addrs, token, self.timeout)
+        hosts = [_to_str(store.get(f"{prefix}/host/{r}")) for r in range(size)]
+        self.local_ranks = [r for r in range(size) if hosts[r] == hosts[rank]]
+        self.tcp, self.shm = self.transport, None
+        # Every use of the store comes before the mesh is connected: a rank
+        # gets through connect() only once every rank has finished with the
+        # store, so the rank hosting it may then drop it safely.
+        if len(self.local_ranks) > 1 and os.environ.get("RINGFLOW_SHM", "1") != "0":
+            self.shm = _attach_shm(store, prefix, self.tcp, rank, self.local_ranks, token,
+                                   self.timeout)
+        self.tcp.connect(addrs, token, self.timeout)
+        if self.shm is not None:
+            self.transport = _C.RoutedTransport(self.tcp, self.shm)
+        log.info("rank %d: transport %s, local ranks %s", rank, self.transport.name,
+                 self.local_ranks)
         self.comm = _C.Comm(self.transport, 1, list(range(size)), self.timeout)
         self._closed = False
         _live_comms.add(self)
         labels = os.environ.get("RINGFLOW_GROUPS")
         if labels:
             self.set_groups(labels.split(","), strict=False)
+        elif _hierarchy_pays(hosts):
+            self.set_groups(hosts)  # by default one lower-order group per host
 
     def set_groups(self, labels, strict: bool = True) -> bool:
         """Hierarchical layout: labels[r] names rank r's lower-order group.
@@ -97,6 +137,32 @@ class Communicator:
         if not self._closed:
             self._closed = True
             self.comm.shutdown(close_transport=True)
+
+
+def _attach_shm(store, prefix, tcp, rank, local_ranks, token, timeout):
+    """One segment per local rank; every local rank maps all of them; each
+    name is unlinked once everyone has mapped it, so /dev/shm keeps nothing
+    even if a process is killed later."""
+    shm = _C.ShmTransport(tcp, local_ranks, token,
+                          queue_bytes=_env_int("RINGFLOW_SHM_QUEUE_BYTES", 1 << 20),
+                          slot_bytes=_env_int("RINGFLOW_SHM_SLOT_BYTES", 1 << 20),
+                          cross_memory=os.environ.get("RINGFLOW_SHM_CMA", "1") != "0")
+    try:
+        store.set(f"{prefix}/shm/{rank}", shm.segment_name)
+        names = [_to_str(store.get(f"{prefix}/shm/{r}")) for r in local_ranks]
+        shm.attach(names, timeout)
+        store.set(f"{prefix}/shm_mapped/{rank}", "1")
+        for r in local_ranks:
+            store.get(f"{prefix}/shm_mapped/{r}")
+    finally:
+        shm.unlink()
+    return shm
+
+
+def _hierarchy_pays(hosts: list[str]) -> bool:
+    """Several hosts, each with the same number (> 1) of ranks."""
+    counts = {h: hosts.count(h) for h in hosts}
+    return len(counts) > 1 and len(set(counts.values())) == 1 and min(counts.values()) > 1
 
 
 def _to_str(v) -> str:

@@ -71,6 +71,10 @@ class Comm : public std::enable_shared_from_this<Comm> {
   RequestPtr irecv(int from, uint64_t slot, void* data, size_t bytes);
   void wait(const RequestPtr& req);
   void waitAll(std::vector<RequestPtr>& reqs);
+  // Records that the running call waited `ms` on communicator rank `peer`
+  // (for algorithms that wait on something other than a request, such as
+  // a flag in shared memory): the watchdog's slow-hop evidence.
+  void creditWait(int peer, double ms);
   // Ends the aggregation phase of the running call (the watchdog times it
   // apart from the dispatch that follows).
   void markAggregated();

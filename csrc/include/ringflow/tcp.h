@@ -42,6 +42,11 @@ class TcpTransport : public Transport {
   std::string abortReason(uint64_t comm) override;
   void close() override;
 
+  // The mailbox every frame for this process lands in.  Shared so that other
+  // links to the same peers (shared memory) deliver into it too: one place
+  // matches receives, checks call descriptors and holds the abort state.
+  std::shared_ptr<Mailbox> mailbox() const { return mailbox_; }
+
  private:
   struct SendItem;
   struct Conn;
@@ -63,7 +68,7 @@ class TcpTransport : public Transport {
   int wakeFd_ = -1;
   std::vector<std::string> addrs_;
   std::vector<std::unique_ptr<Conn>> conns_;
-  std::unique_ptr<Mailbox> mailbox_;
+  std::shared_ptr<Mailbox> mailbox_;
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> closed_{false};

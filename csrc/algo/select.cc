@@ -1,0 +1,83 @@
+// Which allreduce runs a call.  RINGFLOW_ALGO=auto|ring|shm|hierarchical:
+//   ring          the ring over whatever links the transport has (shared
+//                 memory to peers on this host, TCP to others);
+//   shm           the shared-memory arena (algo/shm_allreduce.cc) wherever
+//                 it can run, the ring elsewhere;
+//   hierarchical  lower rings per group, higher ring per shard (needs a
+//                 group layout: RINGFLOW_GROUPS, or one group per host);
+//   auto          (default) the arena wherever it can run; else the
+//                 hierarchical rings when a layout of several multi-rank
+//                 groups is set and the message is at least
+//                 RINGFLOW_HIER_MIN_BYTES (default 64 KiB); else the ring.
+// The arena can run for the communicator that owns it: one spanning every
+// rank of a transport whose ranks are all on this host (shared memory up).
+// Elsewhere (sub-groups, several hosts, no shared memory) every setting
+// falls back to the ring.  Every rank decides the same way, from facts all
+// ranks share.
+#include <cstdlib>
+#include <cstring>
+
+#include "algorithms.h"
+#include "ringflow/routed.h"
+
+namespace ringflow::algo {
+namespace {
+
+enum class Choice { Auto, Ring, Shm, Hierarchical };
+
+Choice fromEnv() {
+  static const Choice c = [] {
+    const char* v = std::getenv("RINGFLOW_ALGO");
+    if (!v || !*v || !std::strcmp(v, "auto")) return Choice::Auto;
+    if (!std::strcmp(v, "ring")) return Choice::Ring;
+    if (!std::strcmp(v, "shm")) return Choice::Shm;
+    if (!std::strcmp(v, "hierarchical")) return Choice::Hierarchical;
+    throw InvalidArgument(std::string("RINGFLOW_ALGO=") + v +
+                          ": expected auto, ring, shm or hierarchical");
+  }();
+  return c;
+}
+
+size_t hierarchicalMinBytes() {
+  static const size_t v = [] {
+    const char* e = std::getenv("RINGFLOW_HIER_MIN_BYTES");
+    return e && *e ? size_t(std::atoll(e)) : size_t(64 << 10);
+  }();
+  return v;
+}
+
+bool layoutWorthIt(Comm& c) {
+  return c.lower() && c.higher() && c.lower()->size() > 1 && c.higher()->size() > 1;
+}
+
+}  // namespace
+
+ShmTransport* arenaFor(Comm& c) {
+  auto* routed = dynamic_cast<RoutedTransport*>(&c.transport());
+  if (!routed || routed->shm().arenaComm() != c.id()) return nullptr;
+  return &routed->shm();
+}
+
+const char* allreduceAlgorithm(Comm& c, size_t bytes) {
+  switch (fromEnv()) {
+    case Choice::Ring: return "ring";
+    case Choice::Hierarchical:
+      if (!c.lower())
+        throw InvalidArgument("RINGFLOW_ALGO=hierarchical needs a group layout (RINGFLOW_GROUPS)");
+      return "hierarchical";
+    case Choice::Shm: return arenaFor(c) ? "shm" : "ring";
+    case Choice::Auto: break;
+  }
+  if (arenaFor(c)) return "shm";
+  if (layoutWorthIt(c) && bytes >= hierarchicalMinBytes()) return "hierarchical";
+  return "ring";
+}
+
+void allreduce(Comm& c, Buffer data, ReduceOp op) {
+  const char* algo = allreduceAlgorithm(c, data.bytes());
+  if (algo[0] == 's') return shmAllreduce(c, *arenaFor(c), data, op);
+  if (algo[0] == 'h') return hierarchicalAllreduce(c, data, op);
+  ringAllreduce(c, data, op);
+}
+
+}  // namespace ringflow::algo

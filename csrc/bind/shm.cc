@@ -1,0 +1,46 @@
+// The shared-memory transport and the routed transport that pairs it with
+// TCP.  rendezvous.py builds them: TCP mesh first, then one segment per local
+// rank, attach, a store barrier, unlink.
+#include <pybind11/stl.h>
+
+#include "algo/algorithms.h"
+#include "bind.h"
+#include "ringflow/routed.h"
+
+namespace py = pybind11;
+
+namespace ringflow::bind {
+
+void bindShm(py::module_& m) {
+  using Release = py::call_guard<py::gil_scoped_release>;
+  py::class_<ShmTransport, std::shared_ptr<ShmTransport>>(m, "ShmTransport")
+      .def(py::init([](std::shared_ptr<TcpTransport> tcp, std::vector<int> localRanks,
+                       uint64_t token, size_t queueBytes, size_t slotBytes, bool crossMemory) {
+             ShmTransport::Options o;
+             o.queueBytes = queueBytes;
+             o.slotBytes = slotBytes;
+             o.crossMemory = crossMemory;
+             return std::make_shared<ShmTransport>(tcp->rank(), tcp->size(), localRanks,
+                                                   tcp->mailbox(), token, o);
+           }),
+           py::arg("tcp"), py::arg("local_ranks"), py::arg("token"),
+           py::arg("queue_bytes") = size_t(1) << 20, py::arg("slot_bytes") = size_t(1) << 20,
+           py::arg("cross_memory") = true)
+      .def_property_readonly("segment_name", &ShmTransport::segmentName)
+      .def_property_readonly("cross_memory", &ShmTransport::crossMemoryEverywhere,
+                             "True when every local rank can read every other's memory")
+      .def("attach", &ShmTransport::attach, py::arg("names"), py::arg("timeout"), Release())
+      .def("unlink", &ShmTransport::unlink)
+      .def("close", &ShmTransport::close, Release());
+
+  py::class_<RoutedTransport, Transport, std::shared_ptr<RoutedTransport>>(m, "RoutedTransport")
+      .def(py::init<std::shared_ptr<TcpTransport>, std::shared_ptr<ShmTransport>>(),
+           py::arg("tcp"), py::arg("shm"));
+
+  m.def("allreduce_algorithm",
+        [](Comm& c, size_t bytes) { return std::string(algo::allreduceAlgorithm(c, bytes)); },
+        py::arg("comm"), py::arg("bytes") = size_t(1) << 30,
+        "The allreduce a call of `bytes` on `comm` runs: 'shm', 'hierarchical' or 'ring'.");
+}
+
+}  // namespace ringflow::bind

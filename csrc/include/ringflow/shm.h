@@ -1,0 +1,108 @@
+// Links to the ranks on this host through POSIX shared memory.  Each rank
+// owns one segment holding a receive queue per local sender (lock-free
+// single-producer single-consumer rings) and its part of the allreduce arena.
+// Only data frames travel here; the TCP mesh keeps carrying control frames
+// (Abort, Bye) and the links to other hosts, and its Mailbox, shared with
+// this transport, matches every frame whichever way it came.
+#pragma once
+
+#include <atomic>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ringflow/transport.h"
+
+namespace ringflow {
+
+class Mailbox;
+namespace shm {
+struct Header;
+struct QueueCtl;
+}  // namespace shm
+
+class ShmTransport {
+ public:
+  struct Options {
+    size_t queueBytes = 1 << 20;  // per (sender, receiver) queue
+    size_t slotBytes = 1 << 20;   // this rank's allreduce slot
+    bool crossMemory = true;      // allow process_vm_readv (single-copy) if it works
+  };
+  // Creates and maps this rank's segment, named from `token` and the rank.
+  // `localRanks` are the global ranks on this host, this one included.
+  ShmTransport(int rank, int size, std::vector<int> localRanks, std::shared_ptr<Mailbox> mailbox,
+               uint64_t token, Options options);
+  ~ShmTransport();
+
+  const std::string& segmentName() const { return name_; }
+  // Maps the peers' segments (`names` in the order of localRanks), checks
+  // whether their memory can be read directly, starts the reader thread.
+  void attach(const std::vector<std::string>& names, double timeoutSec);
+  // Removes this rank's name from /dev/shm; call once every local rank has
+  // attached.  The mappings stay, so nothing is left behind at exit or kill.
+  void unlink();
+
+  int rank() const { return rank_; }
+  bool reaches(int peer) const { return peer >= 0 && peer < size_ && localOf_[peer] >= 0; }
+  RequestPtr send(int peer, const MsgKey& key, const OpDesc& desc, const void* data,
+                  size_t bytes);
+  void cancelSend(const RequestPtr& req);
+  // Waits (at most `timeoutSec`) until the peers have read all we sent, so a
+  // goodbye on the TCP link cannot overtake data still in a queue.
+  void drain(double timeoutSec);
+  void close();
+
+  // The allreduce arena, used by one communicator: the first one registered
+  // that spans every rank of the transport, when they are all on this host.
+  void offerArena(uint64_t comm, const std::vector<int>& members);
+  uint64_t arenaComm() const { return arenaComm_.load(std::memory_order_acquire); }
+  // Publishes the call the arena's communicator begins now (see Header::current).
+  void publishCurrent(const OpDesc& desc);
+  // The call local rank `local` last began on the arena's communicator;
+  // false if it is being written right now.
+  bool readCurrent(int local, OpDesc& out);
+  int localIndex(int globalRank) const { return localOf_[globalRank]; }
+  int globalRank(int local) const { return localRanks_[local]; }
+  int localSize() const { return int(localRanks_.size()); }
+  shm::Header& header(int local) { return *headers_[local]; }
+  char* slot(int local) { return slots_[local]; }
+  size_t slotBytes() const { return options_.slotBytes; }
+  // Every local rank can read every other's memory with process_vm_readv.
+  bool crossMemoryEverywhere();
+  uint64_t nextArenaStep() { return ++arenaStep_; }
+  Mailbox& mailbox() { return *mailbox_; }
+
+ private:
+  struct SendItem;
+  struct Link;
+
+  bool writeSome(Link& l, SendItem& item);
+  bool flushOut(Link& l);
+  bool drainIn(Link& l);
+  void finishFrame(Link& l);
+  void failDeadPeers();
+  void progressLoop();
+
+  int rank_, size_;
+  std::vector<int> localRanks_, localOf_;
+  std::shared_ptr<Mailbox> mailbox_;
+  Options options_;
+  std::string name_;
+  bool unlinked_ = false;
+  size_t mapBytes_ = 0;
+  std::vector<char*> maps_;  // per local rank
+  std::vector<shm::Header*> headers_;
+  std::vector<char*> slots_;
+  std::vector<std::unique_ptr<Link>> links_;  // per local rank; null for this one
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> closed_{false};
+  std::atomic<uint64_t> arenaComm_{0};  // read by every communicator's op thread
+  uint64_t arenaStep_ = 0;
+  int cmaEverywhere_ = -1;
+};
+
+}  // namespace ringflow
