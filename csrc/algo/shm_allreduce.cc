@@ -29,13 +29,13 @@
 
 #include <cstdio>
 #include <cstring>
-#include <sched.h>
 
 #include <thread>
 
 #include "algorithms.h"
 #include "ringflow/kernels.h"
 #include "ringflow/shm.h"
+#include "ringflow/spin.h"
 #include "transport/mailbox.h"
 #include "transport/shm_layout.h"
 
@@ -92,28 +92,15 @@ class Arena {
   // Announces this call and checks every peer announced the same one.
   void announce(const void* data) {
     waitAll(&shm::Header::done, step_ - 1);  // nobody still reads our last one
-    const OpDesc& d = c_.op();
     shm::Announce& a = hdr_[me_]->call;
-    a.seq = d.seq;
-    a.count = d.count;
-    a.kind = uint32_t(d.kind);
-    a.dtype = uint32_t(d.dtype);
-    a.op = uint32_t(d.op);
-    a.root = d.root;
+    a.set(c_.op());
     a.dataAddr = reinterpret_cast<uint64_t>(data);
   }
   void checkPeers() {
     for (int q = 0; q < n_; ++q) {
       if (q == me_) continue;
       waitFor(q, &shm::Header::arrive, step_);
-      const shm::Announce& a = hdr_[q]->call;
-      OpDesc theirs;
-      theirs.seq = a.seq;
-      theirs.count = a.count;
-      theirs.kind = OpKind(a.kind);
-      theirs.dtype = DType(a.dtype);
-      theirs.op = ReduceOp(a.op);
-      theirs.root = a.root;
+      OpDesc theirs = hdr_[q]->call.desc();
       if (theirs != c_.op()) mismatch(q, theirs);
     }
   }
@@ -151,14 +138,7 @@ void Arena::waitFor(int q, shm::Counter shm::Header::*which, uint64_t step) {
   // Spin (yielding, so a peer sharing this core can run) for a while: the
   // peer usually arrives within microseconds, far less than a futex
   // sleep-and-wake costs.  RINGFLOW_SHM_SPIN_US sets the budget.
-  Deadline spinUntil = Clock::now() + spinBudget();
-  for (int i = 0;; ++i) {
-    if (v.load(std::memory_order_acquire) >= step) return;
-    if ((i & 15) == 15) {
-      if (Clock::now() > spinUntil) break;
-      sched_yield();
-    }
-  }
+  if (spinUntil([&] { return v.load(std::memory_order_acquire) >= step; }, spinBudget())) return;
   for (;;) {
     uint32_t seen = hdr_[q]->arBell.word.load();
     if (v.load(std::memory_order_acquire) >= step) return;

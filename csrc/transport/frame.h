@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
+#include <memory>
 
 #include "ringflow/transport.h"
 
@@ -59,5 +61,23 @@ struct FrameHeader {
 };
 #pragma pack(pop)
 static_assert(sizeof(FrameHeader) == 56, "frame header layout is part of the wire format");
+
+// Detaches the queued frame of send `req` from its caller's buffer: a frame
+// not yet started is dropped; a half-written one keeps its own copy of the
+// payload, because the peer expects the rest of it.  Caller holds the
+// queue's lock.  Item: header/data/bytes/sent/owned/req, as both byte-stream
+// transports queue them.
+template <typename Item>
+void detachQueued(std::deque<std::shared_ptr<Item>>& queue, const RequestPtr& req) {
+  for (auto it = queue.begin(); it != queue.end(); ++it) {
+    Item& item = **it;
+    if (item.req != req) continue;
+    if (item.sent == 0)
+      queue.erase(it);
+    else if (item.owned.empty())
+      item.owned.assign(item.data, item.data + item.bytes);
+    return;
+  }
+}
 
 }  // namespace ringflow

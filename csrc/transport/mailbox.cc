@@ -16,6 +16,17 @@ std::string describeMismatch(int me, const OpDesc& mine, int peer, const OpDesc&
          std::to_string(peer) + " called " + theirs.str();
 }
 
+// Why a message from `peer` is not the one rank `me` waits for, or "".
+std::string matchError(int me, const OpDesc& mine, size_t myBytes, int peer, const OpDesc& theirs,
+                       size_t theirBytes) {
+  if (theirs != mine) return describeMismatch(me, mine, peer, theirs);
+  if (theirBytes != myBytes)
+    return "rank " + std::to_string(peer) + " sent " + std::to_string(theirBytes) +
+           " bytes for " + theirs.str() + " but rank " + std::to_string(me) + " expected " +
+           std::to_string(myBytes);
+  return "";
+}
+
 }  // namespace
 
 Mailbox::Mailbox(int rank, int size, AbortNotifier notify) : rank_(rank), notify_(std::move(notify)) {
@@ -58,22 +69,22 @@ RequestPtr Mailbox::postRecv(int peer, const MsgKey& key, const OpDesc& desc, vo
       return req;
     }
   }
-  // The message came first: check it is the one this call expects, copy it
-  // out of the unexpected queue (outside the lock: it may be large).
-  OpDesc theirs = early.header.desc();
-  if (theirs != desc || early.data.size() != bytes) {
-    std::string why = theirs != desc ? describeMismatch(rank_, desc, peer, theirs)
-                                     : "rank " + std::to_string(peer) + " sent " +
-                                           std::to_string(early.data.size()) + " bytes for " +
-                                           theirs.str() + " but rank " + std::to_string(rank_) +
-                                           " expected " + std::to_string(bytes);
-    req->fail(std::make_exception_ptr(MismatchError(why)));
-    if (key.channel == Channel::Collective) abort(key.comm, why, true);
-    return req;
-  }
-  if (bytes) std::memcpy(buf, early.data.data(), bytes);
-  req->complete();
+  // The message came first: copy it out of the unexpected queue (outside
+  // the lock: it may be large).
+  handOver(peer, Posted{req, buf, bytes, desc}, early.header, early.data);
   return req;
+}
+
+void Mailbox::handOver(int peer, const Posted& want, const FrameHeader& h,
+                       const std::vector<char>& data) {
+  std::string why = matchError(rank_, want.desc, want.bytes, peer, h.desc(), data.size());
+  if (!why.empty()) {
+    want.req->fail(std::make_exception_ptr(MismatchError(why)));
+    if (h.channel == Channel::Collective) abort(h.comm, why, true);
+    return;
+  }
+  if (want.bytes) std::memcpy(want.buf, data.data(), want.bytes);
+  want.req->complete();
 }
 
 void Mailbox::cancelRecv(const RequestPtr& req) {
@@ -126,16 +137,11 @@ std::unique_ptr<Mailbox::Sink> Mailbox::onHeader(int peer, const FrameHeader& h)
     if (posted != p.posted.end()) {
       Posted want = posted->second;
       p.posted.erase(posted);
-      if (want.desc == h.desc() && want.bytes == h.bytes) {
+      std::string why = matchError(rank_, want.desc, want.bytes, peer, h.desc(), h.bytes);
+      if (why.empty()) {
         sink->posted = want.req;
         sink->dst = static_cast<char*>(want.buf);
       } else {
-        std::string why = want.desc != h.desc()
-                              ? describeMismatch(rank_, want.desc, peer, h.desc())
-                              : "rank " + std::to_string(peer) + " sent " +
-                                    std::to_string(h.bytes) + " bytes for " + h.desc().str() +
-                                    " but rank " + std::to_string(rank_) + " expected " +
-                                    std::to_string(want.bytes);
         failed.push_back(want.req);
         failedWhy = why;
         // A collective cannot go on; a point-to-point receive fails alone.
@@ -178,17 +184,8 @@ void Mailbox::onPayload(int peer, std::unique_ptr<Sink> sink) {
   if (done) {
     done->complete();
   } else if (late.req) {
-    // Posted while the payload was arriving: hand it over through the same
-    // checks as any early message.
-    OpDesc theirs = sink->header.desc();
-    if (theirs != late.desc || sink->unexpected.size() != late.bytes) {
-      std::string why = describeMismatch(rank_, late.desc, peer, theirs);
-      late.req->fail(std::make_exception_ptr(MismatchError(why)));
-      if (sink->header.channel == Channel::Collective) abort(sink->header.comm, why, true);
-    } else {
-      if (late.bytes) std::memcpy(late.buf, sink->unexpected.data(), late.bytes);
-      late.req->complete();
-    }
+    // Posted while the payload was arriving: handed over like any early message.
+    handOver(peer, late, sink->header, sink->unexpected);
   }
 }
 

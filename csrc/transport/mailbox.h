@@ -93,6 +93,9 @@ class Mailbox {
   void failLocked(uint64_t comm, const std::string& why, bool mismatch,
                   std::vector<RequestPtr>& failed);
   std::exception_ptr commError(const CommState& c) const;
+  // Gives a message that arrived before its receive to that receive, once it
+  // proves to be the message the call expects.  Called without mu_.
+  void handOver(int peer, const Posted& want, const FrameHeader& h, const std::vector<char>& data);
   void stopActiveLocked(PeerState& p, std::vector<RequestPtr>& failed);
   // Returns once no transport is writing a payload into a caller's buffer.
   void waitOutWrites();

@@ -226,17 +226,7 @@ void ShmTransport::cancelSend(const RequestPtr& req) {
   if (req->done()) return;
   Link& l = *links_[localOf_[req->peer()]];
   std::lock_guard<std::mutex> lock(l.sendMu);
-  for (auto it = l.pending.begin(); it != l.pending.end(); ++it) {
-    SendItem& item = **it;
-    if (item.req != req) continue;
-    if (item.sent == 0) {
-      l.pending.erase(it);
-    } else if (item.owned.empty()) {
-      // Half written: the peer expects the rest, so keep our own copy of it.
-      item.owned.assign(item.data, item.data + item.bytes);
-    }
-    return;
-  }
+  detachQueued(l.pending, req);
 }
 
 }  // namespace ringflow

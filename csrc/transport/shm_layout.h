@@ -16,6 +16,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "ringflow/transport.h"
+
 namespace ringflow::shm {
 
 constexpr uint64_t kMagic = 0x314d48535746'4c52ull;  // "RLFWSHM1"
@@ -52,6 +54,25 @@ struct Announce {
   uint32_t op = 0;
   uint32_t root = 0;
   uint64_t dataAddr = 0;  // the caller's buffer in the owner's address space
+
+  void set(const OpDesc& d) {
+    seq = d.seq;
+    count = d.count;
+    kind = uint32_t(d.kind);
+    dtype = uint32_t(d.dtype);
+    op = uint32_t(d.op);
+    root = d.root;
+  }
+  OpDesc desc() const {
+    OpDesc d;
+    d.seq = seq;
+    d.count = count;
+    d.kind = OpKind(kind);
+    d.dtype = DType(dtype);
+    d.op = ReduceOp(op);
+    d.root = root;
+    return d;
+  }
 };
 
 struct alignas(kLine) Header {

@@ -191,12 +191,7 @@ void ShmTransport::publishCurrent(const OpDesc& d) {
   uint64_t v = h.currentVersion.value.load(std::memory_order_relaxed);
   h.currentVersion.value.store(v + 1, std::memory_order_relaxed);
   std::atomic_thread_fence(std::memory_order_release);
-  h.current.seq = d.seq;
-  h.current.count = d.count;
-  h.current.kind = uint32_t(d.kind);
-  h.current.dtype = uint32_t(d.dtype);
-  h.current.op = uint32_t(d.op);
-  h.current.root = d.root;
+  h.current.set(d);
   h.currentVersion.value.store(v + 2, std::memory_order_release);
 }
 
@@ -204,12 +199,7 @@ bool ShmTransport::readCurrent(int local, OpDesc& d) {
   shm::Header& h = *headers_[local];
   uint64_t v = h.currentVersion.value.load(std::memory_order_acquire);
   if (v == 0 || (v & 1)) return false;
-  d.seq = h.current.seq;
-  d.count = h.current.count;
-  d.kind = OpKind(h.current.kind);
-  d.dtype = DType(h.current.dtype);
-  d.op = ReduceOp(h.current.op);
-  d.root = h.current.root;
+  d = h.current.desc();
   std::atomic_thread_fence(std::memory_order_acquire);
   return h.currentVersion.value.load(std::memory_order_relaxed) == v;
 }

@@ -235,17 +235,7 @@ void TcpTransport::cancel(const RequestPtr& req) {
   if (req->done()) return;
   Conn& c = *conns_[req->peer()];
   std::lock_guard<std::mutex> lock(c.sendMu);
-  for (auto it = c.queue.begin(); it != c.queue.end(); ++it) {
-    SendItem& item = **it;
-    if (item.req != req) continue;
-    if (item.sent == 0) {
-      c.queue.erase(it);
-    } else if (item.owned.empty()) {
-      // Half written: the peer expects the rest, so keep our own copy of it.
-      item.owned.assign(item.data, item.data + item.bytes);
-    }
-    return;
-  }
+  detachQueued(c.queue, req);
 }
 
 void TcpTransport::registerComm(uint64_t comm, const std::vector<int>& members,
@@ -260,7 +250,10 @@ void TcpTransport::abort(uint64_t comm, const std::string& why) {
   // Wait (briefly) until the Abort frames are in the kernel's hands: a rank
   // that fails often exits next, and frames still queued here would be lost,
   // leaving its peers to blame it instead of the peer that really failed.
-  Deadline until = Clock::now() + std::chrono::seconds(1);
+  waitQueuesDrained(Clock::now() + std::chrono::seconds(1));
+}
+
+void TcpTransport::waitQueuesDrained(Deadline until) {
   for (auto& c : conns_) {
     for (;;) {
       {

@@ -127,16 +127,7 @@ void TcpTransport::close() {
       bye->header.type = FrameType::Bye;
       enqueue(c->peer, bye);
     }
-    Deadline drain = Clock::now() + std::chrono::seconds(2);
-    for (auto& c : conns_) {
-      while (Clock::now() < drain) {
-        {
-          std::lock_guard<std::mutex> lock(c->sendMu);
-          if (c->queue.empty() || c->dead) break;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      }
-    }
+    waitQueuesDrained(Clock::now() + std::chrono::seconds(2));
     stop_ = true;
     uint64_t one = 1;
     (void)!write(wakeFd_, &one, sizeof(one));

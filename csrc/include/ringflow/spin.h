@@ -11,15 +11,21 @@
 
 namespace ringflow {
 
-inline bool spinUntil(const std::atomic<bool>& flag, std::chrono::microseconds budget) {
+// Returns true as soon as done() holds, false once `budget` has passed.
+template <typename Done>
+bool spinUntil(Done done, std::chrono::microseconds budget) {
   auto until = std::chrono::steady_clock::now() + budget;
   for (int i = 0;; ++i) {
-    if (flag.load(std::memory_order_acquire)) return true;
+    if (done()) return true;
     if ((i & 15) == 15) {
       if (std::chrono::steady_clock::now() > until) return false;
       sched_yield();
     }
   }
+}
+
+inline bool spinUntil(const std::atomic<bool>& flag, std::chrono::microseconds budget) {
+  return spinUntil([&flag] { return flag.load(std::memory_order_acquire); }, budget);
 }
 
 }  // namespace ringflow

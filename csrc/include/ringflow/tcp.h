@@ -57,6 +57,9 @@ class TcpTransport : public Transport {
   void readSome(Conn& c);
   void finishFrame(Conn& c);
   void connGone(Conn& c, const std::string& why);
+  // Returns once every queued frame is in the kernel's hands (or its link is
+  // gone), or at `until`.
+  void waitQueuesDrained(Deadline until);
   void setWantWrite(Conn& c, bool on);
   void progressLoop();
 
