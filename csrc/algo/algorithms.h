@@ -40,15 +40,21 @@ void allgatherInPlace(Comm& c, const Buffer& work, const Blocks& blocks);
 // The allreduce RINGFLOW_ALGO and the communicator's placement select
 // (select.cc): the shared-memory arena, the hierarchical rings or the ring.
 void allreduce(Comm& c, Buffer data, ReduceOp op);
-// "shm", "hierarchical" or "ring": what allreduce would run on `c` for a
-// message of `bytes`.
-const char* allreduceAlgorithm(Comm& c, size_t bytes);
+// "aggregate", "shm", "hierarchical" or "ring": what allreduce would run on
+// `c` for a message of `bytes` of `dtype` reduced with `op`.
+const char* allreduceAlgorithm(Comm& c, size_t bytes, DType dtype = DType::Float32,
+                               ReduceOp op = ReduceOp::Sum);
 // The shared-memory transport whose arena `c` owns, or null.
 ShmTransport* arenaFor(Comm& c);
 // Every member of `c` must be on this host and `c` must own shm's arena.
 void shmAllreduce(Comm& c, ShmTransport& shm, Buffer data, ReduceOp op);
 
 void ringAllreduce(Comm& c, Buffer data, ReduceOp op);
+// Mechanism 3: sum or average of a floating-point tensor through the
+// aggregators of RINGFLOW_AGGREGATOR (algo/aggregate.cc).
+void aggregateAllreduce(Comm& c, Buffer data, ReduceOp op);
+// What aggregateAllreduce can do: sum and avg of floating-point types.
+bool aggregateApplies(DType dtype, ReduceOp op);
 // Mechanism 1: reduce-scatter in each lower-order group, allreduce each shard
 // over the higher-order ring, allgather back down.  Needs c.setGroups().
 void hierarchicalAllreduce(Comm& c, Buffer data, ReduceOp op);

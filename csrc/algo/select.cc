@@ -1,4 +1,4 @@
-// Which allreduce runs a call.  RINGFLOW_ALGO=auto|ring|shm|hierarchical:
+// Which allreduce runs a call.  RINGFLOW_ALGO=auto|ring|shm|hierarchical|aggregate:
 //   ring          the ring over whatever links the transport has (shared
 //                 memory to peers on this host, TCP to others);
 //   shm           the shared-memory arena (algo/shm_allreduce.cc) wherever
@@ -8,7 +8,11 @@
 //   auto          (default) the arena wherever it can run; else the
 //                 hierarchical rings when a layout of several multi-rank
 //                 groups is set and the message is at least
-//                 RINGFLOW_HIER_MIN_BYTES (default 64 KiB); else the ring.
+//                 RINGFLOW_HIER_MIN_BYTES (default 64 KiB); else the ring;
+//   aggregate     sum and avg of floating-point tensors through the
+//                 aggregator services of RINGFLOW_AGGREGATOR (never chosen
+//                 by auto: it needs a service running); other calls run as
+//                 auto would run them.
 // The arena can run for the communicator that owns it: one spanning every
 // rank of a transport whose ranks are all on this host (shared memory up).
 // Elsewhere (sub-groups, several hosts, no shared memory) every setting
@@ -23,7 +27,7 @@
 namespace ringflow::algo {
 namespace {
 
-enum class Choice { Auto, Ring, Shm, Hierarchical };
+enum class Choice { Auto, Ring, Shm, Hierarchical, Aggregate };
 
 Choice fromEnv() {
   static const Choice c = [] {
@@ -32,8 +36,9 @@ Choice fromEnv() {
     if (!std::strcmp(v, "ring")) return Choice::Ring;
     if (!std::strcmp(v, "shm")) return Choice::Shm;
     if (!std::strcmp(v, "hierarchical")) return Choice::Hierarchical;
+    if (!std::strcmp(v, "aggregate")) return Choice::Aggregate;
     throw InvalidArgument(std::string("RINGFLOW_ALGO=") + v +
-                          ": expected auto, ring, shm or hierarchical");
+                          ": expected auto, ring, shm, hierarchical or aggregate");
   }();
   return c;
 }
@@ -58,8 +63,11 @@ ShmTransport* arenaFor(Comm& c) {
   return &routed->shm();
 }
 
-const char* allreduceAlgorithm(Comm& c, size_t bytes) {
+const char* allreduceAlgorithm(Comm& c, size_t bytes, DType dtype, ReduceOp op) {
   switch (fromEnv()) {
+    case Choice::Aggregate:
+      if (aggregateApplies(dtype, op)) return "aggregate";
+      break;
     case Choice::Ring: return "ring";
     case Choice::Hierarchical:
       if (!c.lower())
@@ -74,7 +82,8 @@ const char* allreduceAlgorithm(Comm& c, size_t bytes) {
 }
 
 void allreduce(Comm& c, Buffer data, ReduceOp op) {
-  const char* algo = allreduceAlgorithm(c, data.bytes());
+  const char* algo = allreduceAlgorithm(c, data.bytes(), data.dtype, op);
+  if (algo[0] == 'a') return aggregateAllreduce(c, data, op);
   if (algo[0] == 's') return shmAllreduce(c, *arenaFor(c), data, op);
   if (algo[0] == 'h') return hierarchicalAllreduce(c, data, op);
   ringAllreduce(c, data, op);

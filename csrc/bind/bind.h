@@ -21,4 +21,5 @@ void bindComm(pybind11::module_& m);
 void bindShm(pybind11::module_& m);
 void bindKernels(pybind11::module_& m);
 void bindStats(pybind11::module_& m);
+void bindAggregator(pybind11::module_& m);
 }  // namespace ringflow::bind

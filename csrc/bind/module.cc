@@ -15,7 +15,7 @@ PYBIND11_MODULE(_C, m) {
     d["version"] = RINGFLOW_VERSION;
     d["cuda"] = bool(RINGFLOW_HAVE_CUDA);
     d["simd"] = ringflow::kernels::simdLevel();
-    d["transports"] = std::vector<std::string>{"tcp", "shm"};
+    d["transports"] = std::vector<std::string>{"tcp", "shm", "udp-aggregator"};
     return d;
   });
   ringflow::bind::bindErrors(m);
@@ -23,4 +23,5 @@ PYBIND11_MODULE(_C, m) {
   ringflow::bind::bindShm(m);
   ringflow::bind::bindKernels(m);
   ringflow::bind::bindStats(m);
+  ringflow::bind::bindAggregator(m);
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import _C
 from ._C import Error, InvalidArgument, MismatchError, PeerError, TimeoutError
+from .aggregator import Aggregator
 
 __version__ = _C.__version__
 
@@ -18,6 +19,7 @@ __all__ = [
     "PeerError",
     "TimeoutError",
     "__version__",
+    "Aggregator",
     "build_info",
     "reset_stats",
     "stats",
@@ -37,8 +39,12 @@ def stats() -> dict:
     aggregation and total times and the peer waited on longest (the slow
     hop); ``warnings`` counts calls slower than ``warn_ms``
     (RINGFLOW_WARN_MS, default 10000; 0 disables the warnings).
+    ``aggregate`` counts this process's packet-aggregation traffic
+    (packets and bytes sent and received, retransmissions).
     """
-    return dict(_C.stats())
+    out = dict(_C.stats())
+    out["aggregate"] = dict(_C.aggregate_traffic())
+    return out
 
 
 def reset_stats() -> None:

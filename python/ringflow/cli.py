@@ -1,4 +1,4 @@
-"""The `ringflow` command: `ringflow info`, `ringflow bench ...`."""
+"""The `ringflow` command: `ringflow info`, `ringflow bench ...`, `ringflow aggregator ...`."""
 
 from __future__ import annotations
 
@@ -31,11 +31,17 @@ def main(argv=None) -> int:
     sub.add_parser("info", help="what this build contains")
     sub.add_parser("bench", help="allreduce benchmark beside gloo (see `ringflow bench --help`)",
                    add_help=False)
+    sub.add_parser("aggregator", help="run the gradient-packet aggregator service "
+                   "(see `ringflow aggregator --help`)", add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "info":
         if rest:
             parser.error(f"unexpected arguments: {' '.join(rest)}")
         return info()
+    if args.command == "aggregator":
+        from . import aggregator
+
+        return aggregator.main(rest)
     from . import benchmark
 
     return benchmark.main(rest) or 0

@@ -13,16 +13,24 @@ SETTINGS = {
     "RINGFLOW_BIND": "address the TCP listener binds (default 0.0.0.0)",
     "RINGFLOW_PIECE_BYTES": "pipelining piece size of ring/chain algorithms (default 262144)",
     "RINGFLOW_WARN_MS": "watchdog: warn when a call's aggregation phase or whole call exceeds this (default 10000, 0 = off)",
-    "RINGFLOW_TRACE": "1 prints aborts, goodbyes and lost peers to stderr",
     "RINGFLOW_SIMD": "caps the CPU kernels' instruction set (avx512, avx2, scalar)",
     "RINGFLOW_KERNEL_THREADS": "threads for very large N-way reductions (1 = none)",
     "RINGFLOW_GROUPS": "hierarchical layout: one group label per rank, e.g. 0,0,1,1",
-    "RINGFLOW_ALGO": "allreduce algorithm: auto (default), ring, hierarchical",
     "RINGFLOW_HIER_MIN_BYTES": "auto picks hierarchical from this message size up (default 65536)",
     "RINGFLOW_LOG": "log level of the 'ringflow' logger (default WARNING)",
     "RINGFLOW_TRACE": "1 prints control events (aborts, goodbyes, lost peers) to stderr",
     "RINGFLOW_ALGO": "allreduce algorithm: auto (default: shared-memory arena when every rank "
-                     "is on this host, ring otherwise), ring, or shm",
+                     "is on this host, hierarchical rings for a multi-group layout, ring "
+                     "otherwise), ring, shm, hierarchical, or aggregate",
+    "RINGFLOW_AGGREGATOR": "aggregate: the aggregator service(s), host:port[,host:port...]; "
+                           "chunks are shared round-robin",
+    "RINGFLOW_AGG_SLOTS": "aggregate: packets in flight per aggregator, at most its slots per "
+                          "job (default 32)",
+    "RINGFLOW_AGG_PACKET_ELEMS": "aggregate: int32 values per packet (default 16352: one 64 KiB "
+                                 "datagram)",
+    "RINGFLOW_AGG_TOKEN": "aggregate: shared secret; packets then carry a keyed MAC (required "
+                          "by an aggregator listening beyond loopback)",
+    "RINGFLOW_AGG_FAULTS": "aggregate fault injector, e.g. drop:0.1,dup:0.1,reorder:0.1 (tests)",
     "RINGFLOW_HOST_ID": "host identity compared to find same-host ranks (default hostname/boot id)",
     "RINGFLOW_SHM": "0 disables the shared-memory transport between same-host ranks (default 1)",
     "RINGFLOW_SHM_CMA": "0 forbids single-copy process_vm_readv reads in the shm allreduce "

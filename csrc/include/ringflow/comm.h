@@ -18,6 +18,9 @@
 #include "ringflow/work.h"
 
 namespace ringflow {
+namespace agg {
+class Client;
+}
 
 class Comm : public std::enable_shared_from_this<Comm> {
  public:
@@ -67,6 +70,10 @@ class Comm : public std::enable_shared_from_this<Comm> {
 
   // For algorithms, on the op thread, while `body` runs.
   const OpDesc& op() const { return op_; }
+  Deadline deadline() const { return deadline_; }
+  // The aggregate algorithm's client (its sockets and slot rounds outlive a
+  // call), made by that algorithm on first use.
+  std::shared_ptr<agg::Client>& aggregateClient() { return aggregateClient_; }
   RequestPtr isend(int to, uint64_t slot, const void* data, size_t bytes);
   RequestPtr irecv(int from, uint64_t slot, void* data, size_t bytes);
   void wait(const RequestPtr& req);
@@ -96,6 +103,7 @@ class Comm : public std::enable_shared_from_this<Comm> {
 
   std::shared_ptr<Transport> transport_;
   std::shared_ptr<Comm> lower_, higher_;
+  std::shared_ptr<agg::Client> aggregateClient_;
   Comm* creditWaitsTo_ = nullptr;  // parent of a call run inline
   uint64_t id_;
   std::vector<int> members_;

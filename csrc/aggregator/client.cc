@@ -1,0 +1,316 @@
+#include "client.h"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "ringflow/quantize.h"
+#include "ringflow/types.h"
+
+namespace ringflow::agg {
+namespace {
+
+constexpr int kSocketBuffer = 16 << 20;
+constexpr size_t kRecvBatch = 64;
+constexpr double kMinRtoMs = 5, kMaxRtoMs = 1000;
+constexpr int kAbortCheckMs = 50;  // how soon a peer's failure stops our wait
+
+double msBetween(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+// The exponent of a chunk, or kNonFiniteExponent when it holds NaN or inf.
+int16_t chunkExponent(const float* x, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) return kNonFiniteExponent;
+  return int16_t(kernels::fixedExponent(x, n));
+}
+
+}  // namespace
+
+ClientTraffic& clientTraffic() {
+  static ClientTraffic t;
+  return t;
+}
+
+Client::Client(ClientConfig config)
+    : config_(std::move(config)), auth_(config_.token),
+      recvFaults_(config_.faults, uint64_t(getpid()) * 0x9e3779b97f4a7c15ull + 2) {
+  if (config_.aggregators.empty()) throw InvalidArgument("aggregate: no aggregator address");
+  if (config_.workers < 1 || config_.workers > 64)
+    throw InvalidArgument("aggregate: 1..64 workers per job, got " +
+                          std::to_string(config_.workers));
+  for (auto& e : config_.aggregators) {
+    int fd = openUdp(e.addr.ss_family, kSocketBuffer);
+    // Connected: only that aggregator's datagrams reach us, and a dead one
+    // shows up as ECONNREFUSED instead of silence.
+    if (connect(fd, reinterpret_cast<const sockaddr*>(&e.addr), e.len) != 0) {
+      int err = errno;
+      close(fd);
+      for (int f : fds_) close(f);
+      throw Error("aggregate: cannot reach aggregator " + e.text + ": " + std::strerror(err));
+    }
+    fds_.push_back(fd);
+    sendFaults_.emplace_back(config_.faults, uint64_t(getpid()) * 0x2545f4914f6cdd1dull + fd);
+    nextRound_.emplace_back(config_.slots, 0u);
+  }
+  packets_.resize(fds_.size() * config_.slots);
+  recv_ = std::make_unique<RecvBatch>(kRecvBatch, 65536);
+}
+
+Client::~Client() {
+  for (int fd : fds_) close(fd);
+}
+
+// One allreduceSum call: the lanes (aggregator, slot) and their loop.
+struct Client::Call {
+  struct Lane {
+    bool active = false;
+    size_t chunk = 0;        // the chunk in flight (or whose exponent is being agreed)
+    bool exponentOnly = false;
+    uint32_t round = 0;
+    size_t bytes = 0;        // of the packet in packets_[lane]
+    Clock::time_point sentAt, due;
+    double rtoMs = 0;
+    int sends = 0;
+  };
+
+  Client& cl;
+  float* data;
+  size_t n, chunks;
+  uint32_t call;
+  const size_t aggs, slots, k;
+  std::vector<Lane> lanes;
+  std::vector<SendBatch> out;
+  size_t active = 0;
+  // Received datagrams the injector held back, with their aggregator.
+  std::vector<std::pair<size_t, std::vector<char>>> deferred;
+
+  Call(Client& c, float* d, size_t count, uint32_t callNo)
+      : cl(c), data(d), n(count), chunks((count + c.config_.packetElems - 1) / c.config_.packetElems),
+        call(callNo), aggs(c.fds_.size()), slots(c.config_.slots), k(c.config_.packetElems),
+        lanes(aggs * slots), out(aggs) {}
+
+  size_t stride() const { return aggs * slots; }  // chunk c, then c + stride on one lane
+  size_t offsetOf(size_t chunk) const { return chunk * k; }
+  size_t countOf(size_t chunk) const { return std::min(k, n - chunk * k); }
+  int16_t exponentOf(size_t chunk) const {
+    return chunk < chunks ? chunkExponent(data + offsetOf(chunk), countOf(chunk)) : kNoExponent;
+  }
+
+  PacketHeader headerFor(size_t lane, size_t chunk) {
+    PacketHeader h{};
+    h.magic = kPacketMagic;
+    h.version = kPacketVersion;
+    h.type = uint8_t(PacketType::Data);
+    h.job = cl.config_.job;
+    h.round = cl.nextRound_[lane / slots][lane % slots]++;
+    h.slot = slotField(uint32_t(lane % slots), h.round);
+    h.call = call;
+    h.sender = uint16_t(cl.config_.rank);
+    h.workers = uint16_t(cl.config_.workers);
+    h.offset = offsetOf(chunk);
+    h.total = n;
+    return h;
+  }
+
+  // Builds the lane's next packet (exponent-only when `exponent` is
+  // kNoExponent) and queues it.
+  void sendNext(size_t l, size_t chunk, int16_t exponent) {
+    Lane& lane = lanes[l];
+    PacketHeader h = headerFor(l, chunk);
+    std::vector<char>& buf = cl.packets_[l];
+    buf.resize(sizeof h + k * sizeof(int32_t));
+    auto* payload = reinterpret_cast<int32_t*>(buf.data() + sizeof h);
+    lane.chunk = chunk;
+    lane.exponentOnly = exponent == kNoExponent;
+    if (lane.exponentOnly) {
+      h.nextExponent = exponentOf(chunk);
+    } else {
+      h.exponent = exponent;
+      if (exponent != kNonFiniteExponent) {
+        h.count = uint32_t(countOf(chunk));
+        kernels::quantizeFixed(payload, data + h.offset, h.count, exponent, cl.config_.workers);
+      }
+      h.nextExponent = exponentOf(chunk + stride());
+    }
+    cl.auth_.sign(h, payload, payloadBytes(h.count));
+    std::memcpy(buf.data(), &h, sizeof h);
+    lane.round = h.round;
+    lane.bytes = sizeof h + payloadBytes(h.count);
+    lane.sends = 0;
+    transmit(l);
+  }
+
+  void transmit(size_t l) {
+    Lane& lane = lanes[l];
+    lane.sentAt = Clock::now();
+    double rto = cl.srttMs_ < 0 ? cl.config_.initialRtoMs
+                                : std::clamp(cl.srttMs_ + 4 * cl.rttvarMs_, kMinRtoMs, kMaxRtoMs);
+    lane.rtoMs = lane.sends == 0 ? rto : std::min(lane.rtoMs * 2, kMaxRtoMs);  // backoff
+    lane.due = lane.sentAt + std::chrono::microseconds(int64_t(lane.rtoMs * 1000));
+    if (lane.sends++) clientTraffic().retransmits++;
+    cl.sendFaults_[l / slots].add(out[l / slots], nullptr, 0, cl.packets_[l].data(), lane.bytes);
+  }
+
+  void flush() {
+    for (size_t a = 0; a < aggs; ++a) {
+      cl.sendFaults_[a].releaseInto(out[a]);
+      if (!out[a].size()) continue;
+      clientTraffic().packetsSent += out[a].size();
+      clientTraffic().bytesSent += out[a].bytes();
+      if (out[a].flush(cl.fds_[a])) unreachable(a);
+    }
+  }
+
+  [[noreturn]] void unreachable(size_t a) {
+    throw PeerError("aggregate: aggregator " + cl.config_.aggregators[a].text +
+                    " refused our packets (connection refused: it is not running there)");
+  }
+
+  // Karn: only rounds sent once say anything about the round-trip time.
+  void sampleRtt(const Lane& lane) {
+    if (lane.sends != 1) return;
+    double r = msBetween(lane.sentAt, Clock::now());
+    if (cl.srttMs_ < 0) {
+      cl.srttMs_ = r;
+      cl.rttvarMs_ = r / 2;
+    } else {
+      cl.rttvarMs_ = 0.75 * cl.rttvarMs_ + 0.25 * std::fabs(cl.srttMs_ - r);
+      cl.srttMs_ = 0.875 * cl.srttMs_ + 0.125 * r;
+    }
+  }
+
+  void onDatagram(size_t a, const char* d, size_t len) {
+    clientTraffic().packetsReceived++;
+    clientTraffic().bytesReceived += len;
+    PacketHeader h;
+    if (len < sizeof h) return void(clientTraffic().stale++);
+    std::memcpy(&h, d, sizeof h);
+    bool isError = h.type == uint8_t(PacketType::Error);
+    size_t pbytes = isError ? 0 : payloadBytes(h.count);
+    if (h.magic != kPacketMagic || h.version != kPacketVersion || h.job != cl.config_.job ||
+        (!isError && h.type != uint8_t(PacketType::Result)) || len != sizeof h + pbytes ||
+        !cl.auth_.verify(h, d + sizeof h, pbytes))
+      return void(clientTraffic().stale++);
+    if (isError) {
+      auto code = ErrorCode(h.count);
+      std::string why = "aggregate: aggregator " + cl.config_.aggregators[a].text +
+                        " refused call " + std::to_string(h.call) + " (slot " +
+                        std::to_string(slotIndex(h)) + "): " + errorCodeName(code);
+      if (code == ErrorCode::Inconsistent) throw MismatchError(why);
+      throw Error(why);
+    }
+    size_t l = a * slots + slotIndex(h);
+    if (slotIndex(h) >= slots || !lanes[l].active) return void(clientTraffic().stale++);
+    Lane& lane = lanes[l];
+    if (h.round != lane.round || h.offset != offsetOf(lane.chunk) || h.call != call)
+      return void(clientTraffic().stale++);
+    sampleRtt(lane);
+    size_t next = lane.chunk;
+    if (!lane.exponentOnly) {
+      float* dst = data + h.offset;
+      size_t cnt = countOf(lane.chunk);
+      if (h.exponent == kNonFiniteExponent)
+        std::fill(dst, dst + cnt, std::numeric_limits<float>::quiet_NaN());
+      else if (h.count != cnt)
+        throw Error("aggregate: aggregator " + cl.config_.aggregators[a].text + " returned " +
+                    std::to_string(h.count) + " elements for a chunk of " + std::to_string(cnt));
+      else
+        kernels::dequantizeFixed(dst, reinterpret_cast<const int32_t*>(d + sizeof h), cnt,
+                                 h.exponent, cl.config_.workers);
+      next += stride();
+    }
+    if (next >= chunks) {
+      lane.active = false;
+      --active;
+      return;
+    }
+    if (h.nextExponent == kNoExponent)  // every worker sends the same chunks, so never
+      throw MismatchError("aggregate: no exponent agreed for the chunk at element " +
+                          std::to_string(offsetOf(next)) + " (workers disagree on the tensor?)");
+    sendNext(l, next, h.nextExponent);
+  }
+
+  void receiveAll(std::vector<pollfd>& fds) {
+    for (size_t a = 0; a < aggs; ++a) {
+      if (!(fds[a].revents & (POLLIN | POLLERR))) continue;
+      bool refused = false;
+      int got;
+      while ((got = cl.recv_->receive(cl.fds_[a], &refused)) > 0) {
+        for (int i = 0; i < got; ++i) {
+          const char* d = cl.recv_->data(i);
+          size_t len = cl.recv_->length(i);
+          switch (cl.recvFaults_.decide()) {
+            case FaultInjector::Fate::Drop: break;
+            case FaultInjector::Fate::Hold: deferred.push_back({a, {d, d + len}}); break;
+            case FaultInjector::Fate::Duplicate: onDatagram(a, d, len); [[fallthrough]];
+            case FaultInjector::Fate::Deliver: onDatagram(a, d, len); break;
+          }
+        }
+        flush();
+      }
+      if (refused) unreachable(a);
+    }
+  }
+
+  void run(Deadline deadline, const std::function<std::string()>& aborted) {
+    for (size_t l = 0; l < lanes.size(); ++l) {
+      size_t first = (l % slots) * aggs + l / slots;  // lane (a, s) starts at chunk s*A + a
+      if (first >= chunks) continue;
+      lanes[l].active = true;
+      ++active;
+      sendNext(l, first, kNoExponent);
+    }
+    flush();
+    std::vector<pollfd> fds(aggs);
+    for (size_t a = 0; a < aggs; ++a) fds[a] = {cl.fds_[a], POLLIN, 0};
+    while (active) {
+      auto now = Clock::now();
+      auto wake = std::min(deadline, now + std::chrono::milliseconds(kAbortCheckMs));
+      for (auto& lane : lanes)
+        if (lane.active) wake = std::min(wake, lane.due);
+      int ms = int(std::max(0.0, std::ceil(msBetween(now, wake))));
+      if (poll(fds.data(), fds.size(), ms) < 0 && errno != EINTR)
+        throw Error(std::string("aggregate: poll: ") + std::strerror(errno));
+      receiveAll(fds);
+      // What the injector held back arrives after what came in since.
+      auto held = std::move(deferred);
+      deferred.clear();
+      for (auto& [a, d] : held)
+        if (active) onDatagram(a, d.data(), d.size());
+      now = Clock::now();
+      for (size_t l = 0; l < lanes.size(); ++l)
+        if (lanes[l].active && lanes[l].due <= now) transmit(l);
+      flush();
+      if (!active) break;
+      if (std::string why = aborted(); !why.empty()) throw PeerError(why);
+      if (now >= deadline) timedOut();
+    }
+  }
+
+  [[noreturn]] void timedOut() {
+    for (size_t l = 0; l < lanes.size(); ++l)
+      if (lanes[l].active)
+        throw TimeoutError("aggregate: no result from aggregator " +
+                           cl.config_.aggregators[l / slots].text + " for slot " +
+                           std::to_string(l % slots) + " (chunk at element " +
+                           std::to_string(offsetOf(lanes[l].chunk)) + ", sent " +
+                           std::to_string(lanes[l].sends) + " times) before the timeout");
+    throw TimeoutError("aggregate: timed out");
+  }
+};
+
+void Client::allreduceSum(float* data, size_t n, uint32_t call, Deadline deadline,
+                          const std::function<std::string()>& aborted) {
+  if (n == 0) return;
+  Call(*this, data, n, call).run(deadline, aborted);
+}
+
+}  // namespace ringflow::agg

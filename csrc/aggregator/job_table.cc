@@ -1,0 +1,195 @@
+#include "job_table.h"
+
+#include <cstring>
+
+namespace ringflow::agg {
+namespace {
+
+// Payload words as they sit in a receive buffer (any alignment, any type).
+typedef uint32_t __attribute__((may_alias, aligned(1))) Word;
+
+// Wrapping unsigned adds: genuine workers never overflow (quantisation
+// leaves headroom for N), and a forged payload must not be UB.
+void addInto(int32_t* sum, const char* payload, size_t n) {
+  auto* s = reinterpret_cast<uint32_t*>(sum);
+  auto* p = reinterpret_cast<const Word*>(payload);
+  for (size_t i = 0; i < n; ++i) s[i] += p[i];
+}
+
+template <class T>
+void bump(std::atomic<T>& c, T n = 1) {
+  c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+}  // namespace
+
+JobTable::JobTable(const AggregatorConfig& config) : config_(config), auth_(config.token) {
+  jobs_.reserve(size_t(config.jobs));
+}
+
+void JobTable::countSent(uint64_t packets, uint64_t bytes) {
+  bump(counters_.packetsSent, packets);
+  bump(counters_.bytesSent, bytes);
+}
+
+AggregatorStats JobTable::stats() const {
+  auto r = [](const std::atomic<uint64_t>& a) { return a.load(std::memory_order_relaxed); };
+  const Counters& c = counters_;
+  AggregatorStats s;
+  s.packetsReceived = r(c.packetsReceived), s.bytesReceived = r(c.bytesReceived);
+  s.packetsSent = r(c.packetsSent), s.bytesSent = r(c.bytesSent);
+  s.contributions = r(c.contributions), s.results = r(c.results), s.elements = r(c.elements);
+  s.duplicates = r(c.duplicates), s.shadowAnswers = r(c.shadowAnswers), s.stale = r(c.stale);
+  s.malformed = r(c.malformed), s.badMac = r(c.badMac), s.refused = r(c.refused);
+  s.jobsOpened = r(c.jobsOpened), s.jobsEvicted = r(c.jobsEvicted);
+  s.jobsActive = r(c.jobsActive), s.memoryBytes = size_t(r(c.memoryBytes));
+  return s;
+}
+
+void JobTable::handle(const char* data, size_t len, bool truncated, const sockaddr_storage& from,
+                      socklen_t fromLen, SteadyClock::time_point now, std::vector<Reply>& out) {
+  bump(counters_.packetsReceived);
+  bump(counters_.bytesReceived, uint64_t(len));
+  PacketHeader h;
+  if (truncated || len < sizeof h) return bump(counters_.malformed);
+  std::memcpy(&h, data, sizeof h);
+  if (h.magic != kPacketMagic || h.version != kPacketVersion ||
+      h.type != uint8_t(PacketType::Data) || len != sizeof h + payloadBytes(h.count))
+    return bump(counters_.malformed);
+  const char* payload = data + sizeof h;
+  if (!auth_.verify(h, payload, payloadBytes(h.count))) return bump(counters_.badMac);
+  // Authentic from here on: field errors are answered, so the worker can
+  // fail with a reason instead of a timeout.
+  if (h.workers == 0 || h.workers > 64 || h.sender >= h.workers || h.reserved != 0 ||
+      (h.slot & kShadowBit) != (slotField(0, h.round) & kShadowBit))
+    return bump(counters_.malformed);
+  if (h.count > config_.packetElems) return refuse(h, ErrorCode::TooManyElements, from, fromLen, out);
+  if (slotIndex(h) >= config_.slots) return refuse(h, ErrorCode::SlotOutOfRange, from, fromLen, out);
+  ErrorCode why;
+  Job* job = findOrOpen(h, now, &why);
+  if (!job) return refuse(h, why, from, fromLen, out);
+  job->lastSeen = now;
+  // The latest address a worker sent from is where its results go.
+  std::memcpy(&job->addrs[h.sender], &from, fromLen);
+  job->addrLens[h.sender] = fromLen;
+  contribute(*job, h, reinterpret_cast<const int32_t*>(payload), out);
+}
+
+JobTable::Job* JobTable::findOrOpen(const PacketHeader& h, SteadyClock::time_point now,
+                                    ErrorCode* why) {
+  for (auto& j : jobs_)
+    if (j.id == h.job) {
+      if (j.workers == h.workers) return &j;
+      *why = ErrorCode::WrongWorkers;
+      return nullptr;
+    }
+  if (config_.workers != 0 && h.workers != config_.workers) {
+    *why = ErrorCode::WrongWorkers;
+    return nullptr;
+  }
+  if (jobs_.size() >= size_t(config_.jobs)) {
+    *why = ErrorCode::TooManyJobs;
+    return nullptr;
+  }
+  Job& j = jobs_.emplace_back();
+  j.id = h.job;
+  j.workers = h.workers;
+  j.slots.resize(config_.slots);
+  j.sums.resize(size_t(config_.slots) * 2 * config_.packetElems);
+  j.addrs.resize(h.workers);
+  j.addrLens.assign(h.workers, 0);
+  j.lastSeen = now;
+  bump(counters_.jobsOpened);
+  bump(counters_.jobsActive);
+  bump(counters_.memoryBytes, uint64_t(j.sums.size() * sizeof(int32_t)));
+  return &j;
+}
+
+void JobTable::contribute(Job& job, const PacketHeader& h, const int32_t* payload,
+                          std::vector<Reply>& out) {
+  const uint32_t index = slotIndex(h);
+  const int v = int(h.round & 1);
+  Slot& slot = job.slots[index];
+  Set& set = slot.set[v];
+  const uint64_t bit = uint64_t(1) << h.sender;
+  if (!slot.used) {
+    // A slot's first packet fixes its round: the other set stands for the
+    // round before, long complete (a fresh job, or one evicted while idle).
+    slot.used = true;
+    slot.set[1 - v] = Set{h.round - 1, ~uint64_t(0), job.workers, true, {}};
+    set = Set{h.round, 0, 0, false, {}};
+  } else if (h.round == set.round + 2 && slot.set[1 - v].round == h.round - 1 &&
+             slot.set[1 - v].complete && set.complete) {
+    // The next use of this set: the round before it is complete (every
+    // worker had this set's old result before moving on), so overwrite it.
+    set = Set{h.round, 0, 0, false, {}};
+  } else if (h.round != set.round) {
+    return bump(counters_.stale);
+  }
+  if (set.seen & bit) {
+    if (!set.complete) return bump(counters_.duplicates);
+    // The worker lost its result: answer from this set, adding nothing.
+    bump(counters_.shadowAnswers);
+    out.push_back({&job.addrs[h.sender], job.addrLens[h.sender], &set.result,
+                   sumsOf(job, index, v), payloadBytes(set.result.count)});
+    return;
+  }
+  int32_t* sums = sumsOf(job, index, v);
+  if (set.contributed == 0) {
+    set.result = h;
+    set.result.type = uint8_t(PacketType::Result);
+    set.result.sender = kNoWorker;
+    std::memcpy(sums, payload, payloadBytes(h.count));
+  } else {
+    if (h.offset != set.result.offset || h.count != set.result.count ||
+        h.exponent != set.result.exponent || h.call != set.result.call ||
+        h.total != set.result.total) {
+      // Every worker hears of it, so none waits for a round that cannot end.
+      for (int w = 0; w < job.workers; ++w)
+        if (job.addrLens[w]) refuse(h, ErrorCode::Inconsistent, job.addrs[w], job.addrLens[w], out);
+      return;
+    }
+    addInto(sums, reinterpret_cast<const char*>(payload), h.count);
+    if (h.nextExponent > set.result.nextExponent) set.result.nextExponent = h.nextExponent;
+  }
+  set.seen |= bit;
+  bump(counters_.contributions);
+  if (++set.contributed < job.workers) return;
+  set.complete = true;
+  auth_.sign(set.result, sums, payloadBytes(set.result.count));
+  bump(counters_.results);
+  bump(counters_.elements, uint64_t(set.result.count));
+  for (int w = 0; w < job.workers; ++w)
+    out.push_back({&job.addrs[w], job.addrLens[w], &set.result, sums,
+                   payloadBytes(set.result.count)});
+}
+
+void JobTable::refuse(const PacketHeader& h, ErrorCode code, const sockaddr_storage& to,
+                      socklen_t toLen, std::vector<Reply>& out) {
+  bump(counters_.refused);
+  PacketHeader e = h;
+  e.type = uint8_t(PacketType::Error);
+  e.sender = kNoWorker;
+  e.count = uint32_t(code);
+  auth_.sign(e, nullptr, 0);
+  errors_.emplace_back(e, to);
+  auto& [header, addr] = errors_.back();
+  out.push_back({&addr, toLen, &header, nullptr, 0});
+}
+
+void JobTable::evictIdle(SteadyClock::time_point now) {
+  const auto idle = std::chrono::duration<double>(config_.jobIdleSec);
+  for (size_t i = 0; i < jobs_.size();) {
+    if (now - jobs_[i].lastSeen < idle) {
+      ++i;
+      continue;
+    }
+    bump(counters_.jobsEvicted);
+    counters_.jobsActive.store(counters_.jobsActive.load() - 1);
+    counters_.memoryBytes.store(counters_.memoryBytes.load() -
+                                uint64_t(jobs_[i].sums.size() * sizeof(int32_t)));
+    jobs_.erase(jobs_.begin() + long(i));
+  }
+}
+
+}  // namespace ringflow::agg

@@ -1,0 +1,89 @@
+// The aggregator's state: a bounded table of jobs, each with a pool of
+// slots of two sets (shadow copies), and the exactly-once adding of
+// payloads into them.  Single-threaded: only the service loop touches it;
+// counters are atomics so stats() can read them from any thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <vector>
+
+#include "faults.h"
+#include "ringflow/aggregator.h"
+#include "ringflow/packet.h"
+
+namespace ringflow::agg {
+
+using SteadyClock = std::chrono::steady_clock;
+
+// One datagram to send: a header and a payload that stay valid until the
+// caller has flushed its batch.
+struct Reply {
+  const sockaddr_storage* to;
+  socklen_t toLen;
+  const PacketHeader* header;
+  const int32_t* payload;
+  size_t payloadBytes;
+};
+
+class JobTable {
+ public:
+  explicit JobTable(const AggregatorConfig& config);
+  // Handles one received datagram, appending what must be sent to `out`.
+  // Never throws on any input: bad packets are counted and dropped.
+  void handle(const char* data, size_t len, bool truncated, const sockaddr_storage& from,
+              socklen_t fromLen, SteadyClock::time_point now, std::vector<Reply>& out);
+  // Frees jobs silent for config.jobIdleSec.
+  void evictIdle(SteadyClock::time_point now);
+  // Call once the replies of a batch are sent: error headers are reused.
+  void repliesSent() { errors_.clear(); }
+  AggregatorStats stats() const;
+  void countSent(uint64_t packets, uint64_t bytes);
+
+ private:
+  struct Set {  // one round of one slot
+    uint32_t round = 0;
+    uint64_t seen = 0;  // bit w: worker w has contributed
+    int contributed = 0;
+    bool complete = false;
+    PacketHeader result{};  // the header of the sum, kept for shadow answers
+  };
+  struct Slot {
+    bool used = false;  // rounds start from the first packet seen
+    Set set[2];
+  };
+  struct Job {
+    uint32_t id = 0;
+    int workers = 0;
+    std::vector<Slot> slots;
+    std::vector<int32_t> sums;  // slots x 2 sets x packetElems
+    std::vector<sockaddr_storage> addrs;
+    std::vector<socklen_t> addrLens;
+    SteadyClock::time_point lastSeen;
+  };
+
+  Job* findOrOpen(const PacketHeader& h, SteadyClock::time_point now, ErrorCode* why);
+  void contribute(Job& job, const PacketHeader& h, const int32_t* payload,
+                  std::vector<Reply>& out);
+  void refuse(const PacketHeader& h, ErrorCode code, const sockaddr_storage& to,
+              socklen_t toLen, std::vector<Reply>& out);
+  int32_t* sumsOf(Job& job, uint32_t slot, int set) {
+    return job.sums.data() + (size_t(slot) * 2 + size_t(set)) * config_.packetElems;
+  }
+
+  AggregatorConfig config_;
+  PacketAuth auth_;
+  std::vector<Job> jobs_;  // at most config_.jobs, each sized once at open
+  std::deque<std::pair<PacketHeader, sockaddr_storage>> errors_;  // stable addresses
+
+  struct Counters {
+    std::atomic<uint64_t> packetsReceived{0}, bytesReceived{0}, packetsSent{0}, bytesSent{0},
+        contributions{0}, results{0}, elements{0}, duplicates{0}, shadowAnswers{0}, stale{0},
+        malformed{0}, badMac{0}, refused{0}, jobsOpened{0}, jobsEvicted{0}, jobsActive{0},
+        memoryBytes{0};
+  };
+  Counters counters_;
+};
+
+}  // namespace ringflow::agg

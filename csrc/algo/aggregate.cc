@@ -1,0 +1,113 @@
+// Allreduce through aggregator services (mechanism 3): sum or average of a
+// floating-point tensor, quantised to fixed point so the aggregator's
+// integer adds are exact and every rank gets the same bits.  Configured by
+// RINGFLOW_AGGREGATOR=host:port[,host:port...] (several aggregators share
+// the chunks), RINGFLOW_AGG_SLOTS, RINGFLOW_AGG_PACKET_ELEMS,
+// RINGFLOW_AGG_TOKEN and RINGFLOW_AGG_FAULTS.
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "aggregator/client.h"
+#include "algorithms.h"
+#include "kernels/half.h"
+#include "ringflow/kernels.h"
+
+namespace ringflow::algo {
+namespace {
+
+std::string env(const char* name, const char* fallback = "") {
+  const char* v = std::getenv(name);
+  return v && *v ? v : fallback;
+}
+
+long envNumber(const char* name, long fallback, long lo, long hi) {
+  std::string v = env(name);
+  if (v.empty()) return fallback;
+  char* end = nullptr;
+  long x = std::strtol(v.c_str(), &end, 10);
+  if (*end || x < lo || x > hi)
+    throw InvalidArgument(std::string(name) + "=" + v + ": expected an integer in " +
+                          std::to_string(lo) + ".." + std::to_string(hi));
+  return x;
+}
+
+// Every rank must agree on the job and the shape of the protocol; rank 0's
+// random job id is everyone's.  Checked with one small allgather, so a
+// mismatch fails on every rank alike.
+std::shared_ptr<agg::Client> makeClient(Comm& c) {
+  std::string where = env("RINGFLOW_AGGREGATOR");
+  if (where.empty())
+    throw InvalidArgument("RINGFLOW_ALGO=aggregate needs RINGFLOW_AGGREGATOR=host:port[,host:port...]");
+  agg::ClientConfig cfg;
+  cfg.aggregators = agg::parseEndpoints(where);
+  cfg.slots = uint32_t(envNumber("RINGFLOW_AGG_SLOTS", agg::kDefaultSlots, 1, 4096));
+  long maxElems = long((agg::kMaxDatagram - sizeof(agg::PacketHeader)) / sizeof(int32_t));
+  cfg.packetElems = uint32_t(envNumber("RINGFLOW_AGG_PACKET_ELEMS", agg::kDefaultPacketElems, 1, maxElems));
+  cfg.token = env("RINGFLOW_AGG_TOKEN");
+  cfg.faults = agg::faultsFromEnv();
+  cfg.rank = c.rank();
+  cfg.workers = c.size();
+  uint64_t fingerprint = agg::PacketAuth(cfg.token).fingerprint();
+  std::vector<int64_t> mine = {int64_t(std::random_device{}()), cfg.slots, cfg.packetElems,
+                               int64_t(cfg.aggregators.size()), int64_t(fingerprint)};
+  const size_t fields = mine.size();
+  std::vector<int64_t> all(fields * size_t(c.size()));
+  ringAllgather(c, Buffer{mine.data(), fields, DType::Int64},
+                Buffer{all.data(), all.size(), DType::Int64});
+  static const char* names[] = {"job", "RINGFLOW_AGG_SLOTS", "RINGFLOW_AGG_PACKET_ELEMS",
+                                "the number of aggregators in RINGFLOW_AGGREGATOR",
+                                "RINGFLOW_AGG_TOKEN"};
+  for (int r = 1; r < c.size(); ++r)
+    for (size_t f = 1; f < fields; ++f)
+      if (all[r * fields + f] != all[f])
+        throw MismatchError("aggregate: rank " + std::to_string(r) + " and rank 0 differ in " +
+                            names[f] + (f == 4 ? "" : " (" + std::to_string(all[r * fields + f]) +
+                                                          " against " + std::to_string(all[f]) + ")"));
+  cfg.job = uint32_t(all[0]);
+  return std::make_shared<agg::Client>(std::move(cfg));
+}
+
+// Half and double tensors travel as float32 (fixed point has 31 bits anyway).
+std::vector<float> toFloat(const Buffer& b) {
+  std::vector<float> f(b.count);
+  for (size_t i = 0; i < b.count; ++i) {
+    if (b.dtype == DType::Float16) f[i] = kernels::halfToFloat(static_cast<const uint16_t*>(b.ptr)[i]);
+    else if (b.dtype == DType::BFloat16) f[i] = kernels::bf16ToFloat(static_cast<const uint16_t*>(b.ptr)[i]);
+    else f[i] = float(static_cast<const double*>(b.ptr)[i]);
+  }
+  return f;
+}
+
+void fromFloat(const std::vector<float>& f, const Buffer& b) {
+  for (size_t i = 0; i < b.count; ++i) {
+    if (b.dtype == DType::Float16) static_cast<uint16_t*>(b.ptr)[i] = kernels::floatToHalf(f[i]);
+    else if (b.dtype == DType::BFloat16) static_cast<uint16_t*>(b.ptr)[i] = kernels::floatToBf16(f[i]);
+    else static_cast<double*>(b.ptr)[i] = double(f[i]);
+  }
+}
+
+}  // namespace
+
+bool aggregateApplies(DType dtype, ReduceOp op) {
+  return isFloating(dtype) && (op == ReduceOp::Sum || op == ReduceOp::Avg);
+}
+
+void aggregateAllreduce(Comm& c, Buffer data, ReduceOp op) {
+  if (c.size() == 1 || data.count == 0) return;  // nothing to add
+  auto& client = c.aggregateClient();
+  if (!client) client = makeClient(c);
+  std::vector<float> staged;
+  float* x = static_cast<float*>(data.ptr);
+  if (data.dtype != DType::Float32) {
+    staged = toFloat(data);
+    x = staged.data();
+  }
+  client->allreduceSum(x, data.count, uint32_t(c.op().seq), c.deadline(),
+                       [&c] { return c.transport().abortReason(c.id()); });
+  c.markAggregated();
+  if (op == ReduceOp::Avg) kernels::divide(x, data.count, DType::Float32, double(c.size()));
+  if (!staged.empty()) fromFloat(staged, data);
+}
+
+}  // namespace ringflow::algo

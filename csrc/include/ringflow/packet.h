@@ -1,0 +1,138 @@
+// The wire format of gradient packet aggregation (mechanism 3).
+//
+// Workers cut a float tensor into chunks of at most k elements, quantise
+// each chunk to int32 fixed point (kernels/quantize_fixed.cc) and send it
+// as one UDP datagram: a 64-byte PacketHeader followed by `count` int32
+// values.  The aggregator adds the payloads of every worker for the same
+// (job, slot, round) and, once all `workers` have contributed, sends the
+// sum back to each of them as a Result packet of the same shape.
+//
+// Slots and rounds.  A job owns a pool of slots; a worker keeps at most one
+// packet outstanding per slot, so the pool is the flow-control window (a
+// result frees its slot for the worker's next chunk).  Every use of a slot
+// is a round, numbered from 0 per job and slot.  Each slot has two sets
+// (the shadow copies of SwitchML): round r lives in set r & 1, so the
+// previous round's result survives while the next round fills the other
+// set, and a worker whose result was lost retransmits and is answered from
+// the shadow copy without its payload being added again.  The set bit is
+// also carried in the top bit of `slot`; the full round number lets the
+// aggregator tell a stale or duplicated packet of an older round from a new
+// one however late the network delivers it.
+//
+// Exponents.  All workers must quantise a chunk with the same exponent e
+// (2^e >= max|x| over every worker's chunk).  As in SwitchML, a packet
+// carries in `next_exponent` the sender's own exponent for the next chunk
+// this slot will carry; the aggregator keeps the maximum and returns it in
+// the result, which is exactly when the workers need it.  The first round
+// of a slot in a call carries no payload, only next_exponent.
+// kNonFiniteExponent marks a chunk holding NaN or inf: its result comes
+// back all NaN on every worker.
+//
+// Integrity.  `mac` covers the header (with mac = 0) and the payload.  It is
+// a keyed SipHash-2-4 when the job has a token (flag kFlagKeyed; required
+// whenever the aggregator listens beyond loopback), else a fast 64-bit
+// Fletcher-style checksum that catches truncation and corruption but
+// authenticates nothing.
+//
+// Mismatched calls.  Every packet names the call and the tensor's size, and
+// the aggregator checks that all contributions to a round agree; if not it
+// sends an Inconsistent error to every worker of the job, so ranks that
+// called with different tensors fail instead of mixing their data.
+//
+// Byte order: little-endian throughout (every platform we build for).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace ringflow::agg {
+
+constexpr uint32_t kPacketMagic = 0x47414652;  // "RFAG" as read little-endian
+constexpr uint8_t kPacketVersion = 1;
+constexpr uint32_t kShadowBit = 0x80000000u;   // in PacketHeader::slot
+constexpr uint16_t kNoWorker = 0xffff;         // sender of packets from the aggregator
+constexpr int16_t kNoExponent = INT16_MIN;     // next_exponent when no next chunk
+constexpr int16_t kNonFiniteExponent = INT16_MAX;
+
+// The largest UDP payload over IPv4, and the default k: one packet fills a
+// 64 KiB loopback datagram (MTU 65536) without IP fragmentation.
+constexpr size_t kMaxDatagram = 65507;
+constexpr uint32_t kDefaultPacketElems = 16352;
+constexpr uint32_t kDefaultSlots = 32;
+
+enum class PacketType : uint8_t {
+  Data = 1,    // worker -> aggregator: a contribution
+  Result = 2,  // aggregator -> worker: the sum of every contribution
+  Error = 3,   // aggregator -> worker: the packet was refused; count holds the ErrorCode
+};
+
+enum PacketFlag : uint16_t {
+  kFlagKeyed = 1,  // mac is a keyed MAC (the job has a token), not a checksum
+};
+
+// Why the aggregator refused a well-formed, authentic packet.
+enum class ErrorCode : uint32_t {
+  WrongWorkers = 1,     // the job was opened with another worker count
+  SlotOutOfRange = 2,   // slot index >= the aggregator's slots per job
+  TooManyJobs = 3,      // every job entry is taken
+  TooManyElements = 4,  // count > the aggregator's elements per packet
+  Inconsistent = 5,     // workers disagree on a round's call, size, offset or exponent
+};
+const char* errorCodeName(ErrorCode code);
+
+#pragma pack(push, 1)
+struct PacketHeader {
+  uint32_t magic;         // kPacketMagic
+  uint8_t version;        // kPacketVersion
+  uint8_t type;           // PacketType
+  uint16_t flags;         // PacketFlag bits
+  uint32_t job;           // job id: one communicator's traffic
+  uint32_t slot;          // slot index | kShadowBit when round is odd
+  uint32_t round;         // uses of this slot in the job before this one
+  uint32_t call;          // the communicator's call number (low 32 bits)
+  uint16_t sender;        // worker rank (kNoWorker from the aggregator)
+  uint16_t workers;       // workers in the job
+  uint32_t count;         // int32 payload values (Error: the ErrorCode)
+  uint64_t offset;        // first element of the chunk in the tensor
+  uint64_t total;         // elements in the whole tensor
+  int16_t exponent;       // the block exponent the payload is scaled by
+  int16_t nextExponent;   // Data: sender's exponent for the slot's next chunk;
+                          // Result: the maximum over all workers
+  uint32_t reserved;      // 0
+  uint64_t mac;           // checksum or keyed MAC, see above
+};
+#pragma pack(pop)
+static_assert(sizeof(PacketHeader) == 64, "the wire header is 64 bytes");
+
+inline uint32_t slotIndex(const PacketHeader& h) { return h.slot & ~kShadowBit; }
+inline uint32_t slotField(uint32_t index, uint32_t round) {
+  return index | ((round & 1u) ? kShadowBit : 0u);
+}
+inline size_t payloadBytes(uint32_t count) { return size_t(count) * sizeof(int32_t); }
+
+// Signs and checks packets: SipHash-2-4 keyed from the token when there is
+// one, else the checksum.  The token never travels.
+class PacketAuth {
+ public:
+  explicit PacketAuth(const std::string& token = "");
+  bool keyed() const { return keyed_; }
+  // Fills h.flags' kFlagKeyed and h.mac over h and `payload`.
+  void sign(PacketHeader& h, const void* payload, size_t payloadBytes) const;
+  // True when h.mac matches and the packet is keyed exactly when we are.
+  bool verify(const PacketHeader& h, const void* payload, size_t payloadBytes) const;
+  // A fingerprint of the key, so that workers can check they share a token
+  // without revealing it.
+  uint64_t fingerprint() const;
+
+ private:
+  uint64_t digest(const PacketHeader& h, const void* payload, size_t bytes) const;
+  bool keyed_;
+  uint64_t k0_ = 0, k1_ = 0;
+};
+
+// The unkeyed checksum of `bytes` bytes, exposed for tests of the format.
+uint64_t packetChecksum(const void* header, size_t headerBytes, const void* payload,
+                        size_t payloadBytes);
+
+}  // namespace ringflow::agg
