@@ -26,7 +26,7 @@ endif()
 
 # Quantisation must round exactly as its numpy reference: no fused multiply-add.
 set_source_files_properties(csrc/kernels/quantize_fixed.cc csrc/kernels/quantize_lowbit.cc
-  PROPERTIES COMPILE_OPTIONS "-ffp-contract=off")
+  PROPERTIES COMPILE_OPTIONS "-O3;-ffp-contract=off")
 
 # GPU kernels only where nvcc is present; otherwise stubs that raise a clear error.
 if(RINGFLOW_HAVE_CUDA)

@@ -40,9 +40,12 @@ def available() -> str:
 
 
 class Hosts:
-    """`n` namespace hosts at SUBNET.10, .11, ...; the bridge is SUBNET.1."""
+    """`n` namespace hosts at SUBNET.10, .11, ...; the bridge is SUBNET.1 (an
+    address of the root namespace, reachable from every host).  `mtu` up to
+    65535 gives jumbo links (whole 64 KiB datagrams, no IP fragments)."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, mtu: int = 1500):
+        self.mtu = mtu
         tag = uuid.uuid4().hex[:5]
         self.bridge = f"rfbr{tag}"
         self.names = [f"rf{tag}h{i}" for i in range(n)]
@@ -53,14 +56,14 @@ class Hosts:
         try:
             _ip("ip", "link", "add", self.bridge, "type", "bridge")
             _ip("ip", "addr", "add", f"{SUBNET}.1/24", "dev", self.bridge)
-            _ip("ip", "link", "set", self.bridge, "up")
+            _ip("ip", "link", "set", self.bridge, "mtu", str(self.mtu), "up")
             for ns, veth, addr in zip(self.names, self.veths, self.addrs):
                 _ip("ip", "netns", "add", ns)
                 _ip("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
                 _ip("ip", "link", "set", veth, "master", self.bridge)
-                _ip("ip", "link", "set", veth, "up")
+                _ip("ip", "link", "set", veth, "mtu", str(self.mtu), "up")
                 _ip("ip", "addr", "add", f"{addr}/24", "dev", "eth0", ns=ns)
-                _ip("ip", "link", "set", "eth0", "up", ns=ns)
+                _ip("ip", "link", "set", "eth0", "mtu", str(self.mtu), "up", ns=ns)
                 _ip("ip", "link", "set", "lo", "up", ns=ns)
         except BaseException:
             self.__exit__(None, None, None)
@@ -87,40 +90,50 @@ class Hosts:
         """Runs `target` ("module:function", called as fn(rank, size, *args))
         on len(placement) ranks, rank r in host placement[r]; returns each
         rank's JSON result.  Raises naming every rank that failed or hung."""
-        size = len(placement)
-        port = 29000 + os.getpid() % 1000
-        procs = []
-        for rank, host in enumerate(placement):
-            child_env = {**os.environ, **(env or {}),
-                         "MASTER_ADDR": self.addrs[placement[0]], "MASTER_PORT": str(port),
-                         "RANK": str(rank), "WORLD_SIZE": str(size),
-                         "RINGFLOW_HOST_ID": self.names[host], "GLOO_SOCKET_IFNAME": "eth0",
-                         "PYTHONPATH": os.pathsep.join(list(path) + sys.path)}
-            cmd = ["ip", "netns", "exec", self.names[host], sys.executable, "-m", "ringflow.netns",
-                   target, json.dumps(list(args))]
-            procs.append(subprocess.Popen(cmd, env=child_env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True))
-        deadline = time.monotonic() + timeout
-        outs, problems = [], []
-        for rank, p in enumerate(procs):
-            try:
-                out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                for q in procs:
-                    q.kill()
-                out, err = p.communicate()
-                problems.append(f"--- rank {rank} hung (killed at the timeout)\n{err[-3000:]}")
-                outs.append(None)
-                continue
-            lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
-            if p.returncode or not lines:
-                problems.append(f"--- rank {rank} exited {p.returncode}\n{err[-3000:]}")
-                outs.append(None)
-            else:
-                outs.append(json.loads(lines[-1][len("RESULT "):]))
-        if problems:
-            raise AssertionError("multi-host world failed:\n" + "\n".join(problems))
-        return outs
+        return run_ranks([["ip", "netns", "exec", self.names[h]] for h in placement],
+                         [{"RINGFLOW_HOST_ID": self.names[h], "GLOO_SOCKET_IFNAME": "eth0"}
+                          for h in placement],
+                         self.addrs[placement[0]], target, args, env, timeout, path)
+
+
+def run_ranks(prefixes: list[list[str]], rank_envs: list[dict], master_addr: str, target: str,
+              args=(), env=None, timeout: float = 300, path=()):
+    """Runs `target` on len(prefixes) ranks, rank r's command prefixed by
+    prefixes[r] (e.g. `ip netns exec HOST`; [] for this host) with
+    rank_envs[r] added; returns each rank's JSON result.  Raises naming
+    every rank that failed or hung."""
+    size = len(prefixes)
+    port = 29000 + os.getpid() % 1000
+    procs = []
+    for rank, prefix in enumerate(prefixes):
+        child_env = {**os.environ, **(env or {}), **rank_envs[rank],
+                     "MASTER_ADDR": master_addr, "MASTER_PORT": str(port),
+                     "RANK": str(rank), "WORLD_SIZE": str(size),
+                     "PYTHONPATH": os.pathsep.join(list(path) + sys.path)}
+        cmd = prefix + [sys.executable, "-m", "ringflow.netns", target, json.dumps(list(args))]
+        procs.append(subprocess.Popen(cmd, env=child_env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    deadline = time.monotonic() + timeout
+    outs, problems = [], []
+    for rank, p in enumerate(procs):
+        try:
+            out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            out, err = p.communicate()
+            problems.append(f"--- rank {rank} hung (killed at the timeout)\n{err[-3000:]}")
+            outs.append(None)
+            continue
+        lines = [l for l in out.splitlines() if l.startswith("RESULT ")]
+        if p.returncode or not lines:
+            problems.append(f"--- rank {rank} exited {p.returncode}\n{err[-3000:]}")
+            outs.append(None)
+        else:
+            outs.append(json.loads(lines[-1][len("RESULT "):]))
+    if problems:
+        raise AssertionError("world failed:\n" + "\n".join(problems))
+    return outs
 
 
 def _worker() -> None:

@@ -24,6 +24,8 @@ constexpr int kFixedZeroExponent = -126;
 
 // Smallest e with 2^e >= max|x[i]|; throws InvalidArgument on NaN or inf.
 int fixedExponent(const float* x, size_t n);
+// The same without throwing: false (and *exponent untouched) on NaN or inf.
+bool fixedExponentIfFinite(const float* x, size_t n, int* exponent);
 
 // exps[b] = fixedExponent of block b (the last block may be short).
 void fixedBlockExponents(int32_t* exps, const float* x, size_t n, size_t block);

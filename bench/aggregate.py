@@ -1,0 +1,191 @@
+"""Gradient packet aggregation against the ring allreduce, same run.
+
+Each configuration runs the same float32 sum allreduces twice: once with
+RINGFLOW_ALGO=aggregate through an aggregator process, once with the ring.
+  unshaped  workers and aggregator on this host over loopback; the ring
+            runs over loopback TCP (RINGFLOW_SHM=0), so both cross the
+            network stack rather than shared memory.
+  shaped    (root only) one network-namespace host per worker, every worker
+            link shaped with tbf (default 1 Gbit/s, jumbo MTU); the
+            aggregator sits on the bridge in the root namespace, like a
+            switch: its own link is not shaped.  It listens beyond loopback,
+            so the job uses a token (keyed MACs).
+Reported per worker: p50 time (max over ranks), aggregated elements per
+second (tensor elements / p50), bytes sent and received per call (the
+ring's are 2(n-1)/n of the tensor each way, by construction).
+
+    python bench/aggregate.py [--workers 2,4] [--sizes 1M,16M,64M] [--iters 5]
+                              [--shaped auto|yes|no] [--rate 1gbit] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if __package__ in (None, ""):
+    try:
+        import ringflow  # noqa: F401
+    except ImportError:  # a checkout without an install
+        sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
+
+from ringflow import netns  # noqa: E402
+from ringflow._bench_util import environment, load_average, parse_size, print_header  # noqa: E402
+
+
+def timed_allreduces(rank, size, sizes, iters):
+    """One rank: per size, the p50 (max over ranks) and this rank's
+    aggregate traffic per call."""
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    import ringflow
+
+    dist.init_process_group("ringflow", rank=rank, world_size=size, timeout=timedelta(seconds=300))
+    out = {}
+    for nbytes in sizes:
+        x = torch.randn(nbytes // 4, generator=torch.Generator().manual_seed(rank))
+        want = None
+        dist.all_reduce(x.clone())  # warm-up (and the aggregate job's setup)
+        before = ringflow.stats()["aggregate"]
+        times = []
+        for _ in range(iters):
+            y = x.clone()
+            dist.barrier()
+            t0 = time.perf_counter()
+            dist.all_reduce(y)
+            dt = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+            dist.all_reduce(dt, op=dist.ReduceOp.MAX)
+            times.append(float(dt))
+            want = y if want is None else want
+            if not torch.equal(y, want):
+                raise AssertionError("two runs of the same allreduce differ")
+        after = ringflow.stats()["aggregate"]
+        out[str(nbytes)] = {"p50": statistics.median(times),
+                            "sent": (after["bytes_sent"] - before["bytes_sent"]) / iters,
+                            "received": (after["bytes_received"] - before["bytes_received"]) / iters,
+                            "retransmits": (after["retransmits"] - before["retransmits"]) / iters}
+    dist.destroy_process_group()
+    return out
+
+
+class AggregatorProcess:
+    """`ringflow aggregator` as a child process (in the root namespace)."""
+
+    def __init__(self, workers, host, env):
+        cmd = [sys.executable, "-m", "ringflow.cli", "aggregator", "--port", "0", "--workers",
+               str(workers), "--host", host]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, **env, "PYTHONPATH": os.pathsep.join(sys.path)})
+        line = self.proc.stdout.readline()
+        if "listening on" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"the aggregator did not start: {line!r}")
+        self.address = line.split("listening on ")[1].split()[0]
+
+    def close(self) -> dict:
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=30)
+        return json.loads(out.strip().splitlines()[-1])
+
+
+def run_pair(workers, sizes, iters, launch, agg_host, agg_env, ring_env):
+    """(aggregate results, ring results, aggregator counters) of rank 0."""
+    agg = AggregatorProcess(workers, agg_host, agg_env)
+    try:
+        env = {**agg_env, "RINGFLOW_ALGO": "aggregate", "RINGFLOW_AGGREGATOR": agg.address}
+        aggregate = launch(workers, env, sizes, iters)
+    finally:
+        counters = agg.close()
+    ring = launch(workers, {**ring_env, "RINGFLOW_ALGO": "ring"}, sizes, iters)
+    return aggregate, ring, counters
+
+
+def rows_for(workers, sizes, aggregate, ring, shaped):
+    rows = []
+    for nbytes in sizes:
+        a, r = aggregate[str(nbytes)], ring[str(nbytes)]
+        rows.append({"workers": workers, "bytes": nbytes,
+                     "elements_per_s": nbytes / 4 / a["p50"],
+                     "bytes_sent_per_worker": a["sent"], "bytes_received_per_worker": a["received"],
+                     "aggregate_p50_us": a["p50"] * 1e6, "ring_p50_us": r["p50"] * 1e6,
+                     "shaped": shaped, "retransmits_per_call": a["retransmits"]})
+    return rows
+
+
+def print_rows(rows):
+    print(f"#{'shaped':>8} {'workers':>7} {'size (B)':>10} {'agg (us)':>10} {'ring (us)':>10} "
+          f"{'agg/ring':>8} {'elem/s':>9} {'sent/S':>7} {'recv/S':>7} {'ring/S':>7} {'resent':>6}")
+    for r in rows:
+        n = r["workers"]
+        print(f"{str(r['shaped']):>9} {n:>7} {r['bytes']:>10} {r['aggregate_p50_us']:>10.0f} "
+              f"{r['ring_p50_us']:>10.0f} {r['aggregate_p50_us'] / r['ring_p50_us']:>8.2f} "
+              f"{r['elements_per_s']:>9.2e} {r['bytes_sent_per_worker'] / r['bytes']:>7.3f} "
+              f"{r['bytes_received_per_worker'] / r['bytes']:>7.3f} {2 * (n - 1) / n:>7.3f} "
+              f"{r['retransmits_per_call']:>6.1f}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workers", default="2,4")
+    p.add_argument("--sizes", default="1M,16M,64M")
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--shaped", choices=["auto", "yes", "no"], default="auto",
+                   help="also run on shaped namespace hosts (auto: when root)")
+    p.add_argument("--rate", default="1gbit", help="tbf rate of every worker link (default 1gbit)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    sizes = [parse_size(s) for s in args.sizes.split(",")]
+    counts = [int(w) for w in args.workers.split(",")]
+    why = netns.available() if args.shaped != "no" else "not asked for"
+    if args.shaped == "yes" and why:
+        print(f"bench/aggregate.py: {why}", file=sys.stderr)
+        return 2
+    print_header("ringflow aggregate allreduce vs ring (float32 sum)",
+                 environment() + [("load", load_average())])
+
+    def local(workers, env, sizes_, iters):
+        return netns.run_ranks([[]] * workers, [{}] * workers, "127.0.0.1",
+                               "aggregate:timed_allreduces", (sizes_, iters), env, 600, [HERE])[0]
+
+    rows, counters = [], []
+    for n in counts:
+        print(f"[unshaped] {n} workers ...", file=sys.stderr)
+        a, r, c = run_pair(n, sizes, args.iters, local, "127.0.0.1", {}, {"RINGFLOW_SHM": "0"})
+        rows += rows_for(n, sizes, a, r, False)
+        counters.append(("unshaped", n, c))
+    if not why:
+        for n in counts:
+            print(f"[shaped {args.rate}] {n} worker hosts ...", file=sys.stderr)
+            with netns.Hosts(n, mtu=65535) as hosts:
+                hosts.shape(args.rate)
+
+                def shaped(workers, env, sizes_, iters, hosts=hosts):
+                    return hosts.run(list(range(workers)), "aggregate:timed_allreduces",
+                                     args=(sizes_, iters), env=env, timeout=600, path=[HERE])[0]
+
+                token = {"RINGFLOW_AGG_TOKEN": secrets.token_hex(16)}
+                a, r, c = run_pair(n, sizes, args.iters, shaped, f"{netns.SUBNET}.1", token, {})
+                rows += rows_for(n, sizes, a, r, True)
+                counters.append((f"shaped {args.rate}", n, c))
+    print_rows(rows)
+    for what, n, c in counters:
+        print(f"# aggregator ({what}, {n} workers): results={c['results']} "
+              f"duplicates={c['duplicates']} shadow_answers={c['shadow_answers']} "
+              f"stale={c['stale']} malformed={c['malformed']} bad_mac={c['bad_mac']}")
+    if args.json:
+        print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
