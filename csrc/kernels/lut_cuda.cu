@@ -69,6 +69,9 @@ void cudaLutGemv(float* y, const uint8_t* planes, const float* tscales, const fl
                  size_t cols, int bits, size_t block) {
   requireGpu("cuda lut_gemv");
   if (block == 0 || block % 4 != 0) throw InvalidArgument("lut_gemv needs a block size that is a multiple of 4");
+  // An empty grid is a launch error, not an empty result.
+  if (rows == 0) return;
+  if (cols == 0) return cudaCheck(cudaMemset(y, 0, rows * sizeof(float)), "cudaMemset");
   size_t groups = (cols + 3) / 4, nblk = (cols + block - 1) / block, gpb = block / 4;
   float *tables = nullptr, *xsum = nullptr;
   cudaCheck(cudaMalloc(&tables, groups * 16 * sizeof(float)), "cudaMalloc");
