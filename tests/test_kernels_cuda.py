@@ -92,6 +92,19 @@ def test_cuda_lut_gemv_matches_cpu(bits):
 
 @pytest.mark.gpu
 @needs_gpu
+@pytest.mark.parametrize("rows,cols", [(0, 64), (5, 0)])
+def test_cuda_lut_gemv_of_an_empty_matrix(rows, cols):
+    import torch
+
+    packed = np.zeros((rows, (cols * 2 + 7) // 8), np.uint8)
+    scales = np.ones((rows, (cols + 63) // 64), np.float32)
+    prepared = ops.lut_prepare(packed, scales, (rows, cols), 2, 64)
+    y = ops.lut_gemv(prepared, torch.zeros(cols).cuda()).cpu()
+    assert y.shape == (rows,) and not y.any()
+
+
+@pytest.mark.gpu
+@needs_gpu
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
 # (9, 300, 1): one-element blocks leave room for one group's tables per
 # chunk, so the three groups of workers take three passes over shared memory.
