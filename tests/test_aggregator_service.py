@@ -292,6 +292,24 @@ def test_a_lost_result_is_answered_again_from_the_shadow_copy(serve, workers_of)
     assert counters() == dict(contributions=6, results=3, shadow_answers=4, stale=3, duplicates=1)
 
 
+def test_the_round_before_a_fresh_slots_first_is_not_answered_with_a_made_up_sum(
+        serve, workers_of):
+    """A slot's first packet fixes its round (a fresh job, an evicted one, a
+    restarted aggregator); the round before it was never summed here, so a
+    retransmission for it can get no Result, and nothing that is not a packet."""
+    agg = serve(2, packet_elems=4)
+    w0, w1 = workers_of(agg, 2)
+    w0.contribute(0, 5, [1, 2])
+    w1.contribute(0, 4, [3, 4])  # w1 lost round 4's sum, the aggregator never had it
+    w1.expect_silence()
+    assert agg.stats()["shadow_answers"] == 0
+    w1.contribute(0, 5, [10, 20])
+    for w in (w0, w1):
+        r = w.receive()
+        assert r["type"] == RESULT and r["round"] == 5 and r["authentic"], r
+        assert values_of(r).tolist() == [11, 22]
+
+
 # --- Error replies -------------------------------------------------------------------------
 
 def test_a_packet_with_another_worker_count_is_refused(serve, workers_of):

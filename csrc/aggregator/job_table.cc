@@ -116,7 +116,8 @@ void JobTable::contribute(Job& job, const PacketHeader& h, const int32_t* payloa
     // A slot's first packet fixes its round: the other set stands for the
     // round before, long complete (a fresh job, or one evicted while idle).
     slot.used = true;
-    slot.set[1 - v] = Set{h.round - 1, ~uint64_t(0), job.workers, true, {}};
+    // It holds no sum and no worker's bit, so nothing is ever answered from it.
+    slot.set[1 - v] = Set{h.round - 1, 0, 0, true, {}};
     set = Set{h.round, 0, 0, false, {}};
   } else if (h.round == set.round + 2 && slot.set[1 - v].round == h.round - 1 &&
              slot.set[1 - v].complete && set.complete) {
@@ -126,14 +127,16 @@ void JobTable::contribute(Job& job, const PacketHeader& h, const int32_t* payloa
   } else if (h.round != set.round) {
     return bump(counters_.stale);
   }
-  if (set.seen & bit) {
-    if (!set.complete) return bump(counters_.duplicates);
-    // The worker lost its result: answer from this set, adding nothing.
+  if (set.complete) {
+    // A complete set takes no more contributions.  A worker it counted lost
+    // its result: answer from this set, adding nothing.
+    if (!(set.seen & bit)) return bump(counters_.stale);
     bump(counters_.shadowAnswers);
     out.push_back({&job.addrs[h.sender], job.addrLens[h.sender], &set.result,
                    sumsOf(job, index, v), payloadBytes(set.result.count)});
     return;
   }
+  if (set.seen & bit) return bump(counters_.duplicates);
   int32_t* sums = sumsOf(job, index, v);
   if (set.contributed == 0) {
     set.result = h;
