@@ -625,7 +625,8 @@ def test_idle_jobs_are_evicted_and_their_entry_reused(serve, workers_of):
 
 def test_the_aggregator_command_serves_and_prints_its_counters_on_sigterm(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RINGFLOW_AGG")}
-    env["PYTHONPATH"] = str(REPO / "python")
+    # This interpreter's path: the installed package in CI, the checkout here.
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
     stderr = open(tmp_path / "stderr", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "ringflow.cli", "aggregator", "--port", "0",
                              "--workers", "2"], cwd=REPO, env=env, stdout=subprocess.PIPE,

@@ -176,8 +176,10 @@ def sender_to_dead_peer(rank, size):
     dist = init_torch(rank, size, timeout_s=failures.TIMEOUT_S)
     dist.barrier()
     if rank == 1:
+        # Not at once: the barrier's last message to rank 0 may still be queued.
+        time.sleep(0.2)
         os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(0.3)
+    time.sleep(0.6)
     # 16 MiB cannot fit the 1 MiB queue: the rest waits for a reader that is gone.
     return failures._error_of(lambda: dist.send(torch.ones(4 << 20), 1))
 
