@@ -16,6 +16,7 @@ import pytest
 
 import ringflow
 from aggregate_reference import aggregated_sum, error_bound, worker_input
+from test_failures import _error_of
 from worlds import init_torch, run_world
 
 K = 1000  # small packets and few slots: many chunks, windows that wrap
@@ -229,56 +230,31 @@ def test_killed_aggregator_fails_every_worker(tmp_path):
         assert seconds < 30, f"rank {rank} took {seconds:.1f} s to fail"
 
 
-def mismatched(rank, size):
+def allreduce_error(rank, size, timeout_s, counts):
+    """(exception class, message, seconds) of one allreduce of counts[rank]
+    ones; class None when it did not fail."""
     import torch
 
-    dist = init_torch(rank, size, timeout_s=20)
-    x = torch.ones(5000 if rank == 0 else 7000)
-    t0 = time.monotonic()
-    try:
-        dist.all_reduce(x)
-    except Exception as e:  # noqa: BLE001 - the failure is the result
-        return str(e), time.monotonic() - t0
-    return "no error", 0.0
+    dist = init_torch(rank, size, timeout_s=timeout_s)
+    return _error_of(lambda: dist.all_reduce(torch.ones(counts[rank])))
 
 
 def test_mismatched_calls_fail_on_every_rank():
     with ringflow.Aggregator(workers=2) as agg:
-        results = run_world(2, mismatched, env=env_for(agg), timeout=60)
-    for rank, (message, seconds) in enumerate(results):
+        results = run_world(2, allreduce_error, 20, [5000, 7000], env=env_for(agg), timeout=60)
+    for rank, (_, message, seconds) in enumerate(results):
         assert "mismatched" in message or "differ" in message, f"rank {rank}: {message}"
         assert seconds < 15, f"rank {rank} waited {seconds:.1f} s"
 
 
-def wrong_token(rank, size):
-    import torch
-
-    dist = init_torch(rank, size, timeout_s=3)
-    try:
-        dist.all_reduce(torch.ones(10))
-    except Exception as e:  # noqa: BLE001 - the failure is the result
-        return str(e)
-    return "no error"
-
-
 def test_packets_without_the_token_are_dropped_and_the_call_times_out():
     with ringflow.Aggregator(workers=2, token="right") as agg:
-        results = run_world(2, wrong_token, env=env_for(agg, RINGFLOW_AGG_TOKEN="wrong"), timeout=60)
+        results = run_world(2, allreduce_error, 3, [10, 10],
+                            env=env_for(agg, RINGFLOW_AGG_TOKEN="wrong"), timeout=60)
         stats = agg.stats()
-    for message in results:
+    for _, message, _ in results:
         assert "no result from aggregator" in message, message
     assert stats["bad_mac"] > 0 and stats["contributions"] == 0
-
-
-def config_error(rank, size):
-    import torch
-
-    dist = init_torch(rank, size, timeout_s=20)
-    try:
-        dist.all_reduce(torch.ones(10))
-    except Exception as e:  # noqa: BLE001 - the failure is the result
-        return str(e)
-    return "no error"
 
 
 @pytest.mark.parametrize("env, expected", [
@@ -288,7 +264,7 @@ def config_error(rank, size):
     ({"RINGFLOW_ALGO": "aggregate", "RINGFLOW_AGGREGATOR": "127.0.0.1"}, "host:port"),
 ])
 def test_bad_settings_are_named_on_every_rank(env, expected):
-    for message in run_world(2, config_error, env=env, timeout=60):
+    for _, message, _ in run_world(2, allreduce_error, 20, [10, 10], env=env, timeout=60):
         assert expected in message, message
 
 
