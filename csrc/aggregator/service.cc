@@ -27,9 +27,8 @@ void checkConfig(const AggregatorConfig& c) {
     bad("workers must be 1..64 (or 0 for any), got " + std::to_string(c.workers));
   if (c.jobs < 1 || c.jobs > 1024) bad("jobs must be 1..1024, got " + std::to_string(c.jobs));
   if (c.slots < 1 || c.slots > 4096) bad("slots must be 1..4096, got " + std::to_string(c.slots));
-  if (c.packetElems < 1 || sizeof(PacketHeader) + payloadBytes(c.packetElems) > kMaxDatagram)
-    bad("packet_elems must be 1.." +
-        std::to_string((kMaxDatagram - sizeof(PacketHeader)) / sizeof(int32_t)) + ", got " +
+  if (c.packetElems < 1 || c.packetElems > kMaxPacketElems)
+    bad("packet_elems must be 1.." + std::to_string(kMaxPacketElems) + ", got " +
         std::to_string(c.packetElems));
   if (!(c.jobIdleSec > 0)) bad("job_idle_s must be > 0");
 }

@@ -42,8 +42,8 @@ std::shared_ptr<agg::Client> makeClient(Comm& c) {
   agg::ClientConfig cfg;
   cfg.aggregators = agg::parseEndpoints(where);
   cfg.slots = uint32_t(envNumber("RINGFLOW_AGG_SLOTS", agg::kDefaultSlots, 1, 4096));
-  long maxElems = long((agg::kMaxDatagram - sizeof(agg::PacketHeader)) / sizeof(int32_t));
-  cfg.packetElems = uint32_t(envNumber("RINGFLOW_AGG_PACKET_ELEMS", agg::kDefaultPacketElems, 1, maxElems));
+  cfg.packetElems = uint32_t(envNumber("RINGFLOW_AGG_PACKET_ELEMS", agg::kDefaultPacketElems, 1,
+                                       agg::kMaxPacketElems));
   cfg.token = env("RINGFLOW_AGG_TOKEN");
   cfg.faults = agg::faultsFromEnv();
   cfg.rank = c.rank();
@@ -68,23 +68,26 @@ std::shared_ptr<agg::Client> makeClient(Comm& c) {
   return std::make_shared<agg::Client>(std::move(cfg));
 }
 
-// Half and double tensors travel as float32 (fixed point has 31 bits anyway).
+// Half and double tensors travel as float32 (fixed point has 31 bits
+// anyway).  The dtype is chosen once per tensor, not per element.
 std::vector<float> toFloat(const Buffer& b) {
   std::vector<float> f(b.count);
-  for (size_t i = 0; i < b.count; ++i) {
-    if (b.dtype == DType::Float16) f[i] = kernels::halfToFloat(static_cast<const uint16_t*>(b.ptr)[i]);
-    else if (b.dtype == DType::BFloat16) f[i] = kernels::bf16ToFloat(static_cast<const uint16_t*>(b.ptr)[i]);
-    else f[i] = float(static_cast<const double*>(b.ptr)[i]);
-  }
+  auto convert = [&](auto* src, auto cast) {
+    for (size_t i = 0; i < b.count; ++i) f[i] = cast(src[i]);
+  };
+  if (b.dtype == DType::Float16) convert(static_cast<const uint16_t*>(b.ptr), kernels::halfToFloat);
+  else if (b.dtype == DType::BFloat16) convert(static_cast<const uint16_t*>(b.ptr), kernels::bf16ToFloat);
+  else convert(static_cast<const double*>(b.ptr), [](double v) { return float(v); });
   return f;
 }
 
 void fromFloat(const std::vector<float>& f, const Buffer& b) {
-  for (size_t i = 0; i < b.count; ++i) {
-    if (b.dtype == DType::Float16) static_cast<uint16_t*>(b.ptr)[i] = kernels::floatToHalf(f[i]);
-    else if (b.dtype == DType::BFloat16) static_cast<uint16_t*>(b.ptr)[i] = kernels::floatToBf16(f[i]);
-    else static_cast<double*>(b.ptr)[i] = double(f[i]);
-  }
+  auto convert = [&](auto* dst, auto cast) {
+    for (size_t i = 0; i < b.count; ++i) dst[i] = cast(f[i]);
+  };
+  if (b.dtype == DType::Float16) convert(static_cast<uint16_t*>(b.ptr), kernels::floatToHalf);
+  else if (b.dtype == DType::BFloat16) convert(static_cast<uint16_t*>(b.ptr), kernels::floatToBf16);
+  else convert(static_cast<double*>(b.ptr), [](float v) { return double(v); });
 }
 
 }  // namespace

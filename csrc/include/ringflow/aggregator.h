@@ -11,6 +11,8 @@
 #include <string>
 #include <thread>
 
+#include "ringflow/packet.h"
+
 namespace ringflow::agg {
 
 struct AggregatorConfig {
@@ -18,8 +20,8 @@ struct AggregatorConfig {
   int port = 0;                    // 0: any free port (see Aggregator::port)
   int workers = 0;                 // every job's worker count; 0 accepts any (1..64)
   int jobs = 4;                    // jobs served side by side
-  uint32_t slots = 32;             // slots per job: each worker's window
-  uint32_t packetElems = 16352;    // largest payload accepted, in int32 values
+  uint32_t slots = kDefaultSlots;  // slots per job: each worker's window
+  uint32_t packetElems = kDefaultPacketElems;  // largest payload accepted, in int32 values
   std::string token;               // shared secret; packets then carry a keyed MAC
   std::string faults;              // RINGFLOW_AGG_FAULTS syntax, for tests
   double jobIdleSec = 60;          // a job silent this long gives its entry back

@@ -104,6 +104,8 @@ struct PacketHeader {
 };
 #pragma pack(pop)
 static_assert(sizeof(PacketHeader) == 64, "the wire header is 64 bytes");
+// The most int32 values one datagram can carry after the header.
+constexpr uint32_t kMaxPacketElems = (kMaxDatagram - sizeof(PacketHeader)) / sizeof(int32_t);
 
 inline uint32_t slotIndex(const PacketHeader& h) { return h.slot & ~kShadowBit; }
 inline uint32_t slotField(uint32_t index, uint32_t round) {
