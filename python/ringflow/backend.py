@@ -223,7 +223,8 @@ class ProcessGroup(dist.ProcessGroup):
     def allreduce(self, tensors, opts=None):
         t = _Staged(_one(tensors, "allreduce"), write_back=True)
         op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
-        return self._work([self._comm.allreduce(t.ptr, t.count, t.code, op)], tensors, [t])
+        blocking = opts is not None and not opts.asyncOp
+        return self._work([self._comm.allreduce(t.ptr, t.count, t.code, op, blocking)], tensors, [t])
 
     def allreduce_coalesced(self, tensors, opts=None):
         op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
