@@ -21,23 +21,31 @@ from . import _C
 from ._dtypes import REDUCE_OP_CODE, torch_dtype_code
 from .rendezvous import Communicator, close_all
 
+# Keyed by the enum value (ReduceOp.RedOpType), hashable, so a lookup is one
+# dict access; the options carry a ReduceOp object whose .op is that value.
 _REDUCE_OPS = {
-    dist.ReduceOp.SUM: "sum",
-    dist.ReduceOp.PRODUCT: "product",
-    dist.ReduceOp.MIN: "min",
-    dist.ReduceOp.MAX: "max",
-    dist.ReduceOp.AVG: "avg",
-    dist.ReduceOp.BAND: "band",
-    dist.ReduceOp.BOR: "bor",
-    dist.ReduceOp.BXOR: "bxor",
+    dist.ReduceOp.SUM: REDUCE_OP_CODE["sum"],
+    dist.ReduceOp.PRODUCT: REDUCE_OP_CODE["product"],
+    dist.ReduceOp.MIN: REDUCE_OP_CODE["min"],
+    dist.ReduceOp.MAX: REDUCE_OP_CODE["max"],
+    dist.ReduceOp.AVG: REDUCE_OP_CODE["avg"],
+    dist.ReduceOp.BAND: REDUCE_OP_CODE["band"],
+    dist.ReduceOp.BOR: REDUCE_OP_CODE["bor"],
+    dist.ReduceOp.BXOR: REDUCE_OP_CODE["bxor"],
 }
+_SUM = REDUCE_OP_CODE["sum"]
 
 
 def _op_code(op) -> int:
-    for known, name in _REDUCE_OPS.items():
-        if op == known:
-            return REDUCE_OP_CODE[name]
-    raise ValueError(f"ringflow does not support reduce op {op} (PREMUL_SUM is not implemented)")
+    code = _REDUCE_OPS.get(getattr(op, "op", op))
+    if code is None:
+        raise ValueError(f"ringflow does not support reduce op {op} (PREMUL_SUM is not implemented)")
+    return code
+
+
+def _in_place(t) -> bool:
+    """A dense, contiguous CPU tensor: the core can work on its memory directly."""
+    return isinstance(t, torch.Tensor) and t.is_cpu and t.layout is torch.strided and t.is_contiguous()
 
 
 class _Staged:
@@ -221,10 +229,20 @@ class ProcessGroup(dist.ProcessGroup):
         return self._work([], outputs, finish=lambda: [w.wait() for w in works], keep=works)
 
     def allreduce(self, tensors, opts=None):
-        t = _Staged(_one(tensors, "allreduce"), write_back=True)
-        op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
-        blocking = opts is not None and not opts.asyncOp
-        return self._work([self._comm.allreduce(t.ptr, t.count, t.code, op, blocking)], tensors, [t])
+        # The hot path of small blocking calls: a few Python steps here cost
+        # as much as the core's whole call, so the common case (a contiguous
+        # CPU tensor) skips staging and the finish closure.  With blocking
+        # (async_op=False) the core may run the call before returning.
+        t = _one(tensors, "allreduce")
+        if opts is None:
+            op, blocking = _SUM, False
+        else:
+            op, blocking = _op_code(opts.reduceOp), not opts.asyncOp
+        if _in_place(t):
+            core = self._comm.allreduce(t.data_ptr(), t.numel(), torch_dtype_code(t.dtype), op, blocking)
+            return Work(self, (core,), tensors)
+        s = _Staged(t, write_back=True)
+        return self._work([self._comm.allreduce(s.ptr, s.count, s.code, op, blocking)], tensors, [s])
 
     def allreduce_coalesced(self, tensors, opts=None):
         op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
