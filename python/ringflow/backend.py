@@ -43,6 +43,12 @@ def _op_code(op) -> int:
     return code
 
 
+def _blocking(opts) -> bool:
+    """torch waits on the Work at once (async_op=False): the core may then run
+    a small call on this thread before returning."""
+    return opts is not None and not getattr(opts, "asyncOp", True)
+
+
 def _in_place(t) -> bool:
     """A dense, contiguous CPU tensor: the core can work on its memory directly."""
     return isinstance(t, torch.Tensor) and t.is_cpu and t.layout is torch.strided and t.is_contiguous()
@@ -237,7 +243,7 @@ class ProcessGroup(dist.ProcessGroup):
         if opts is None:
             op, blocking = _SUM, False
         else:
-            op, blocking = _op_code(opts.reduceOp), not opts.asyncOp
+            op, blocking = _op_code(opts.reduceOp), not opts.asyncOp  # _blocking(), inlined
         if _in_place(t):
             core = self._comm.allreduce(t.data_ptr(), t.numel(), torch_dtype_code(t.dtype), op, blocking)
             return Work(self, (core,), tensors)
@@ -255,11 +261,12 @@ class ProcessGroup(dist.ProcessGroup):
 
     def broadcast(self, tensors, opts):
         t = _Staged(_one(tensors, "broadcast"), write_back=True)
-        return self._work([self._comm.broadcast(t.ptr, t.count, t.code, opts.rootRank)], tensors, [t])
+        w = self._comm.broadcast(t.ptr, t.count, t.code, opts.rootRank, _blocking(opts))
+        return self._work([w], tensors, [t])
 
     def reduce(self, tensors, opts):
         t = _Staged(_one(tensors, "reduce"), write_back=True)
-        w = self._comm.reduce(t.ptr, t.count, t.code, opts.rootRank, _op_code(opts.reduceOp))
+        w = self._comm.reduce(t.ptr, t.count, t.code, opts.rootRank, _op_code(opts.reduceOp), _blocking(opts))
         return self._work([w], tensors, [t])
 
     def allgather(self, output_lists, input_tensors, opts=None):
@@ -267,7 +274,7 @@ class ProcessGroup(dist.ProcessGroup):
         outs = _one(output_lists, "allgather")
         self._check_list(outs, inp.tensor, "allgather output")
         flat = torch.empty(self.size() * inp.count, dtype=inp.buf.dtype)
-        w = self._comm.allgather(inp.ptr, inp.count, flat.data_ptr(), inp.code)
+        w = self._comm.allgather(inp.ptr, inp.count, flat.data_ptr(), inp.code, _blocking(opts))
         return self._work([w], output_lists, [inp], lambda: _unflatten(flat, outs), keep=flat)
 
     def all_gather_single(self, output, input, opts=None):  # noqa: A002 - torch's name
@@ -275,7 +282,7 @@ class ProcessGroup(dist.ProcessGroup):
         out = _Staged(output, write_back=True)
         self._check_numel(out.count, self.size() * inp.count, "all_gather_into_tensor output")
         self._check_dtype(out, inp, "all_gather_into_tensor")
-        w = self._comm.allgather(inp.ptr, inp.count, out.ptr, inp.code)
+        w = self._comm.allgather(inp.ptr, inp.count, out.ptr, inp.code, _blocking(opts))
         return self._work([w], [output], [inp, out])
 
     _allgather_base = all_gather_single
@@ -291,7 +298,7 @@ class ProcessGroup(dist.ProcessGroup):
         self._check_list(ins, out.tensor, "reduce_scatter input")
         flat = _flatten(ins)
         op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
-        w = self._comm.reduce_scatter(flat.data_ptr(), out.ptr, out.count, out.code, op)
+        w = self._comm.reduce_scatter(flat.data_ptr(), out.ptr, out.count, out.code, op, _blocking(opts))
         return self._work([w], outputs, [out], keep=flat)
 
     def reduce_scatter_single(self, output, input, opts=None):  # noqa: A002
@@ -300,7 +307,7 @@ class ProcessGroup(dist.ProcessGroup):
         self._check_numel(inp.count, self.size() * out.count, "reduce_scatter_tensor input")
         self._check_dtype(out, inp, "reduce_scatter_tensor")
         op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
-        w = self._comm.reduce_scatter(inp.ptr, out.ptr, out.count, out.code, op)
+        w = self._comm.reduce_scatter(inp.ptr, out.ptr, out.count, out.code, op, _blocking(opts))
         return self._work([w], [output], [out, inp])
 
     _reduce_scatter_base = reduce_scatter_single
@@ -360,7 +367,7 @@ class ProcessGroup(dist.ProcessGroup):
                           keep=(flat_in, flat_out))
 
     def barrier(self, opts=None):
-        return self._work([self._comm.barrier()], [])
+        return self._work([self._comm.barrier(_blocking(opts))], [])
 
     def monitored_barrier(self, opts=None, wait_all_ranks=False):
         return self.barrier(opts)
