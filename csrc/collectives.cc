@@ -1,5 +1,7 @@
 #include "ringflow/collectives.h"
 
+#include <cstdlib>
+
 #include "algo/algorithms.h"
 
 namespace ringflow {
@@ -42,35 +44,47 @@ void checkCount(const char* call, const char* name, size_t got, size_t want) {
                           " elements, expected " + std::to_string(want));
 }
 
+// Whether a call of `bytes` may run on the calling thread (collectives.h).
+bool runHere(bool blocking, size_t bytes) {
+  static const size_t limit = [] {
+    const char* v = std::getenv("RINGFLOW_INLINE_BYTES");
+    return v && *v ? size_t(std::atoll(v)) : size_t(256 << 10);
+  }();
+  return blocking && bytes <= limit && limit > 0;
+}
+
 }  // namespace
 
-WorkPtr allreduce(Comm& c, Buffer data, ReduceOp op) {
+WorkPtr allreduce(Comm& c, Buffer data, ReduceOp op, bool blocking) {
   checkBuffer("allreduce", "tensor", data);
   checkReduceOp(data.dtype, op);
   Comm* cp = &c;
   return c.submit(describe(OpKind::AllReduce, data, op),
-                  [cp, data, op] { algo::allreduce(*cp, data, op); });
+                  [cp, data, op] { algo::allreduce(*cp, data, op); },
+                  runHere(blocking, data.bytes()));
 }
 
-WorkPtr broadcast(Comm& c, Buffer data, int root) {
+WorkPtr broadcast(Comm& c, Buffer data, int root, bool blocking) {
   checkBuffer("broadcast", "tensor", data);
   checkRoot("broadcast", c, root);
   Comm* cp = &c;
   return c.submit(describe(OpKind::Broadcast, data, ReduceOp::Sum, root),
-                  [cp, data, root] { algo::chainBroadcast(*cp, data, root); });
+                  [cp, data, root] { algo::chainBroadcast(*cp, data, root); },
+                  runHere(blocking, data.bytes()));
 }
 
-WorkPtr allgather(Comm& c, Buffer in, Buffer out) {
+WorkPtr allgather(Comm& c, Buffer in, Buffer out, bool blocking) {
   checkBuffer("allgather", "input", in);
   checkBuffer("allgather", "output", out);
   checkSameDType("allgather", in, out);
   checkCount("allgather", "output", out.count, in.count * size_t(c.size()));
   Comm* cp = &c;
   return c.submit(describe(OpKind::AllGather, in),
-                  [cp, in, out] { algo::ringAllgather(*cp, in, out); });
+                  [cp, in, out] { algo::ringAllgather(*cp, in, out); },
+                  runHere(blocking, out.bytes()));
 }
 
-WorkPtr reduceScatter(Comm& c, Buffer in, Buffer out, ReduceOp op) {
+WorkPtr reduceScatter(Comm& c, Buffer in, Buffer out, ReduceOp op, bool blocking) {
   checkBuffer("reduce_scatter", "input", in);
   checkBuffer("reduce_scatter", "output", out);
   checkSameDType("reduce_scatter", in, out);
@@ -78,16 +92,18 @@ WorkPtr reduceScatter(Comm& c, Buffer in, Buffer out, ReduceOp op) {
   checkCount("reduce_scatter", "input", in.count, out.count * size_t(c.size()));
   Comm* cp = &c;
   return c.submit(describe(OpKind::ReduceScatter, out, op),
-                  [cp, in, out, op] { algo::ringReduceScatter(*cp, in, out, op); });
+                  [cp, in, out, op] { algo::ringReduceScatter(*cp, in, out, op); },
+                  runHere(blocking, in.bytes()));
 }
 
-WorkPtr reduce(Comm& c, Buffer data, int root, ReduceOp op) {
+WorkPtr reduce(Comm& c, Buffer data, int root, ReduceOp op, bool blocking) {
   checkBuffer("reduce", "tensor", data);
   checkRoot("reduce", c, root);
   checkReduceOp(data.dtype, op);
   Comm* cp = &c;
   return c.submit(describe(OpKind::Reduce, data, op, root),
-                  [cp, data, root, op] { algo::chainReduce(*cp, data, root, op); });
+                  [cp, data, root, op] { algo::chainReduce(*cp, data, root, op); },
+                  runHere(blocking, data.bytes()));
 }
 
 WorkPtr gather(Comm& c, Buffer in, Buffer out, int root) {
@@ -138,11 +154,11 @@ WorkPtr alltoall(Comm& c, Buffer in, Buffer out, std::vector<size_t> inCounts,
   });
 }
 
-WorkPtr barrier(Comm& c) {
+WorkPtr barrier(Comm& c, bool blocking) {
   OpDesc d;
   d.kind = OpKind::Barrier;
   Comm* cp = &c;
-  return c.submit(d, [cp] { algo::disseminationBarrier(*cp); });
+  return c.submit(d, [cp] { algo::disseminationBarrier(*cp); }, runHere(blocking, 0));
 }
 
 }  // namespace ringflow

@@ -59,13 +59,32 @@ void Comm::shutdown(bool closeTransport) {
   if (closeTransport) transport_->close();
 }
 
-WorkPtr Comm::submit(OpDesc desc, std::function<void()> body) {
-  std::lock_guard<std::mutex> lock(mu_);
+WorkPtr Comm::submit(OpDesc desc, std::function<void()> body, bool runHere) {
+  std::unique_lock<std::mutex> lock(mu_);
   if (stopping_) throw Error("communicator has been shut down");
   desc.seq = nextSeq_++;
-  auto work = std::make_shared<Work>(desc.str());
-  queue_.push_back(Task{desc, std::move(body), work});
-  cv_.notify_one();
+  auto work = std::make_shared<Work>(desc);
+  if (!runHere || busy_ || !queue_.empty()) {
+    queue_.push_back(Task{desc, std::move(body), work});
+    cv_.notify_one();
+    return work;
+  }
+  busy_ = true;
+  lock.unlock();
+  // Whatever happens, the queue is the op thread's again afterwards,
+  // including calls queued while this one ran.
+  struct Release {
+    Comm& c;
+    ~Release() {
+      {
+        std::lock_guard<std::mutex> l(c.mu_);
+        c.busy_ = false;
+      }
+      c.cv_.notify_one();
+    }
+  } release{*this};
+  Task task{desc, std::move(body), work};
+  runTask(task);  // a failure goes into the Work, as on the op thread
   return work;
 }
 
@@ -74,12 +93,17 @@ void Comm::opLoop() {
     Task task;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      cv_.wait(lock, [this] {
+        return (!busy_ && !queue_.empty()) || (stopping_ && queue_.empty());
+      });
       if (queue_.empty()) return;  // stopping, and nothing left to run
       task = std::move(queue_.front());
       queue_.pop_front();
+      busy_ = true;
     }
     runTask(task);
+    std::lock_guard<std::mutex> lock(mu_);
+    busy_ = false;
   }
 }
 
@@ -126,12 +150,15 @@ void Comm::wait(const RequestPtr& req) {
   int peer = -1;
   for (size_t i = 0; i < members_.size(); ++i)
     if (members_[i] == req->peer()) peer = int(i);
-  if (req->done()) return req->wait(deadline_, "");
+  if (req->done()) {
+    req->waitUntil(deadline_);  // rethrows its failure
+    return;
+  }
   auto t0 = Clock::now();
-  req->wait(deadline_, op_.str() + " on rank " + std::to_string(rank_) + " timed out after " +
-                           secondsText(timeoutSec_) + " waiting " +
-                           (req->isSend() ? "to send to" : "for") + " rank " +
-                           std::to_string(peer));
+  if (!req->waitUntil(deadline_))
+    throw TimeoutError(op_.str() + " on rank " + std::to_string(rank_) + " timed out after " +
+                       secondsText(timeoutSec_) + " waiting " +
+                       (req->isSend() ? "to send to" : "for") + " rank " + std::to_string(peer));
   if (peer >= 0) creditWait(peer, std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
 }
 
@@ -161,7 +188,7 @@ void Comm::markAggregated() {
 
 void Comm::recordTimings() {
   OpRecord r;
-  r.op = op_.str();
+  r.desc = op_;
   r.rank = rank_;
   r.aggregationMs = aggregationMs_;
   r.totalMs = std::chrono::duration<double, std::milli>(Clock::now() - opStart_).count();

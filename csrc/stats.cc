@@ -44,7 +44,7 @@ std::string Stats::record(const std::string& kind, OpRecord r) {
     }
     if (phase) {
       r.warned = true;
-      warning = "ringflow watchdog: rank " + std::to_string(r.rank) + ": " + r.op + ": " + phase +
+      warning = "ringflow watchdog: rank " + std::to_string(r.rank) + ": " + r.op() + ": " + phase +
                 " took " + ms(took) + " (RINGFLOW_WARN_MS=" + ms(warnMs_) + ")";
       if (r.slowPeer >= 0)
         warning += "; slowest hop: waiting for rank " + std::to_string(r.slowPeer) + " (" +

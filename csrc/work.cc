@@ -25,6 +25,15 @@ bool Work::wait(double timeoutSec) {
   return true;
 }
 
+std::string Work::what() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (describe_) {
+    what_ = desc_.str();
+    describe_ = false;
+  }
+  return what_;
+}
+
 bool Work::completed() {
   std::lock_guard<std::mutex> lock(mu_);
   return done_;

@@ -22,7 +22,7 @@
 // (bench/RESULTS-shm.md).  Without cross-memory reads, large messages go
 // through the slots as a sequence of small steps.
 //
-// Every wait spins briefly, then sleeps on the peer's futex bell, and checks
+// Every wait spins briefly, then yields, then sleeps on the peer's futex bell, and checks
 // the op deadline, the communicator's abort state and whether the peer's TCP
 // link reported it dead.
 #include <sys/uio.h>
@@ -61,8 +61,17 @@ size_t readPieceBytes() {
   return b;
 }
 
+// How long a wait spins, then polls between yields, before it sleeps on the
+// peer's bell (spin.h: spinThenYield).  A small allreduce's whole step is a
+// few microseconds, so a peer that is running arrives well within these;
+// one that is not (skewed ranks, a busy host) costs at most this much CPU
+// per wait.  RINGFLOW_SHM_ARENA_SPIN_US / RINGFLOW_SHM_ARENA_YIELD_US.
 std::chrono::microseconds spinBudget() {
-  static const auto us = std::chrono::microseconds(envBytes("RINGFLOW_SHM_SPIN_US", 50));
+  static const auto us = std::chrono::microseconds(envBytes("RINGFLOW_SHM_ARENA_SPIN_US", 5));
+  return us;
+}
+std::chrono::microseconds yieldBudget() {
+  static const auto us = std::chrono::microseconds(envBytes("RINGFLOW_SHM_ARENA_YIELD_US", 2000));
   return us;
 }
 
@@ -135,10 +144,11 @@ void Arena::waitFor(int q, shm::Counter shm::Header::*which, uint64_t step) {
     Clock::time_point t0 = Clock::now();
     ~Credit() { c.creditWait(q, std::chrono::duration<double, std::milli>(Clock::now() - t0).count()); }
   } credit{c_, q};
-  // Spin (yielding, so a peer sharing this core can run) for a while: the
-  // peer usually arrives within microseconds, far less than a futex
-  // sleep-and-wake costs.  RINGFLOW_SHM_SPIN_US sets the budget.
-  if (spinUntil([&] { return v.load(std::memory_order_acquire) >= step; }, spinBudget())) return;
+  // Spin, then yield, before sleeping: the peer usually arrives within
+  // microseconds, far less than a futex sleep-and-wake costs.
+  if (spinThenYield([&] { return v.load(std::memory_order_acquire) >= step; }, spinBudget(),
+                    yieldBudget(), deadline_))
+    return;
   for (;;) {
     uint32_t seen = hdr_[q]->arBell.word.load();
     if (v.load(std::memory_order_acquire) >= step) return;

@@ -1,6 +1,8 @@
 // Transports, communicators and works.  Buffers cross as (address, count,
 // dtype code) so that torch tensors and numpy arrays both fit; the Python
-// side keeps them alive until the work completes.
+// side keeps them alive until the work completes.  Collectives that take
+// `blocking` may run the whole call before returning (collectives.h), so
+// they drop the GIL.
 #include <pybind11/stl.h>
 
 #include "bind.h"
@@ -55,22 +57,28 @@ void bindComm(py::module_& m) {
            "Hierarchical layout: group_of[r] labels rank r's lower-order group.")
       .def_property_readonly("hierarchical", [](Comm& c) { return c.lower() != nullptr; })
       .def("shutdown", &Comm::shutdown, py::arg("close_transport") = false, Release())
-      .def("allreduce", [](Comm& c, uintptr_t p, size_t n, int dt, int op) {
-            return allreduce(c, buf(p, n, dt), reduceOpFromInt(op));
-          })
-      .def("broadcast", [](Comm& c, uintptr_t p, size_t n, int dt, int root) {
-            return broadcast(c, buf(p, n, dt), root);
-          })
-      .def("allgather", [](Comm& c, uintptr_t in, size_t n, uintptr_t out, int dt) {
-            return allgather(c, buf(in, n, dt), buf(out, n * size_t(c.size()), dt));
-          })
-      .def("reduce_scatter", [](Comm& c, uintptr_t in, uintptr_t out, size_t n, int dt, int op) {
+      .def("allreduce", [](Comm& c, uintptr_t p, size_t n, int dt, int op, bool blocking) {
+            return allreduce(c, buf(p, n, dt), reduceOpFromInt(op), blocking);
+          }, py::arg("ptr"), py::arg("count"), py::arg("dtype"), py::arg("op"),
+          py::arg("blocking") = false, Release())
+      .def("broadcast", [](Comm& c, uintptr_t p, size_t n, int dt, int root, bool blocking) {
+            return broadcast(c, buf(p, n, dt), root, blocking);
+          }, py::arg("ptr"), py::arg("count"), py::arg("dtype"), py::arg("root"),
+          py::arg("blocking") = false, Release())
+      .def("allgather", [](Comm& c, uintptr_t in, size_t n, uintptr_t out, int dt, bool blocking) {
+            return allgather(c, buf(in, n, dt), buf(out, n * size_t(c.size()), dt), blocking);
+          }, py::arg("inp"), py::arg("count"), py::arg("out"), py::arg("dtype"),
+          py::arg("blocking") = false, Release())
+      .def("reduce_scatter", [](Comm& c, uintptr_t in, uintptr_t out, size_t n, int dt, int op,
+                                bool blocking) {
             return reduceScatter(c, buf(in, n * size_t(c.size()), dt), buf(out, n, dt),
-                                 reduceOpFromInt(op));
-          })
-      .def("reduce", [](Comm& c, uintptr_t p, size_t n, int dt, int root, int op) {
-            return reduce(c, buf(p, n, dt), root, reduceOpFromInt(op));
-          })
+                                 reduceOpFromInt(op), blocking);
+          }, py::arg("inp"), py::arg("out"), py::arg("count"), py::arg("dtype"), py::arg("op"),
+          py::arg("blocking") = false, Release())
+      .def("reduce", [](Comm& c, uintptr_t p, size_t n, int dt, int root, int op, bool blocking) {
+            return reduce(c, buf(p, n, dt), root, reduceOpFromInt(op), blocking);
+          }, py::arg("ptr"), py::arg("count"), py::arg("dtype"), py::arg("root"), py::arg("op"),
+          py::arg("blocking") = false, Release())
       .def("gather", [](Comm& c, uintptr_t in, size_t n, uintptr_t out, int dt, int root) {
             size_t outCount = c.rank() == root ? n * size_t(c.size()) : 0;
             return gather(c, buf(in, n, dt), buf(out, outCount, dt), root);
@@ -86,7 +94,8 @@ void bindComm(py::module_& m) {
             for (size_t v : outCounts) no += v;
             return alltoall(c, buf(in, ni, dt), buf(out, no, dt), inCounts, outCounts);
           })
-      .def("barrier", [](Comm& c) { return barrier(c); })
+      .def("barrier", [](Comm& c, bool blocking) { return barrier(c, blocking); },
+           py::arg("blocking") = false, Release())
       .def("send", [](Comm& c, uintptr_t p, size_t n, int dt, int peer, uint64_t tag) {
             return c.send(peer, tag, buf(p, n, dt));
           })

@@ -22,7 +22,7 @@ void bindStats(py::module_& m) {
     py::list recent;
     for (auto& r : s.recent()) {
       py::dict d;
-      d["op"] = r.op;
+      d["op"] = r.op();
       d["rank"] = r.rank;
       d["aggregation_ms"] = r.aggregationMs < 0 ? py::object(py::none()) : py::float_(r.aggregationMs);
       d["total_ms"] = r.totalMs;

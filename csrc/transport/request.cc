@@ -1,4 +1,4 @@
-#include <sstream>
+#include <cstdio>
 
 #include "ringflow/spin.h"
 #include "ringflow/transport.h"
@@ -24,23 +24,25 @@ const char* opKindName(OpKind kind) {
 }
 
 std::string OpDesc::str() const {
-  std::ostringstream s;
-  s << opKindName(kind) << " #" << seq << " (count=" << count << ", " << dtypeName(dtype);
+  // snprintf rather than a stream: no locale or stream set-up per call.
+  char buf[160];
+  int n = std::snprintf(buf, sizeof(buf), "%s #%llu (count=%llu, %s", opKindName(kind),
+                        (unsigned long long)seq, (unsigned long long)count, dtypeName(dtype));
   if (kind == OpKind::AllReduce || kind == OpKind::Reduce || kind == OpKind::ReduceScatter)
-    s << ", " << reduceOpName(op);
+    n += std::snprintf(buf + n, sizeof(buf) - n, ", %s", reduceOpName(op));
   if (kind == OpKind::Broadcast || kind == OpKind::Reduce || kind == OpKind::Gather ||
       kind == OpKind::Scatter)
-    s << ", root=" << root;
-  s << ")";
-  return s.str();
+    n += std::snprintf(buf + n, sizeof(buf) - n, ", root=%u", root);
+  std::snprintf(buf + n, sizeof(buf) - n, ")");
+  return buf;
 }
 
-void Request::wait(Deadline deadline, const std::string& context) {
+bool Request::waitUntil(Deadline deadline) {
   spinUntil(doneFlag_, std::chrono::microseconds(50));
   std::unique_lock<std::mutex> lock(mu_);
-  if (!cv_.wait_until(lock, deadline, [this] { return done_; }))
-    throw TimeoutError(context);
+  if (!cv_.wait_until(lock, deadline, [this] { return done_; })) return false;
   if (error_) std::rethrow_exception(error_);
+  return true;
 }
 
 bool Request::done() {

@@ -32,25 +32,32 @@ def numpy_dtype_code(dtype) -> int:
         raise ValueError(f"ringflow does not support numpy dtype {np.dtype(dtype)}") from None
 
 
+_TORCH_CODE: dict = {}
+
+
 def torch_dtype_code(dtype) -> int:
     """The core's code for a torch dtype; ValueError naming it if unsupported."""
-    import torch
-
-    codes = {
-        torch.float32: 0,
-        torch.float64: 1,
-        torch.float16: 2,
-        torch.bfloat16: 3,
-        torch.int8: 4,
-        torch.uint8: 5,
-        torch.int32: 6,
-        torch.int64: 7,
-        torch.bool: 8,
-    }
     try:
-        return codes[dtype]
+        return _TORCH_CODE[dtype]
     except KeyError:
-        raise ValueError(f"ringflow does not support tensors of dtype {dtype}") from None
+        pass
+    if not _TORCH_CODE:  # built on first use: torch is imported only by those who use it
+        import torch
+
+        _TORCH_CODE.update({
+            torch.float32: 0,
+            torch.float64: 1,
+            torch.float16: 2,
+            torch.bfloat16: 3,
+            torch.int8: 4,
+            torch.uint8: 5,
+            torch.int32: 6,
+            torch.int64: 7,
+            torch.bool: 8,
+        })
+        if dtype in _TORCH_CODE:
+            return _TORCH_CODE[dtype]
+    raise ValueError(f"ringflow does not support tensors of dtype {dtype}")
 
 
 def reduce_op_code(op) -> int:

@@ -21,23 +21,37 @@ from . import _C
 from ._dtypes import REDUCE_OP_CODE, torch_dtype_code
 from .rendezvous import Communicator, close_all
 
+# Keyed by the enum value (ReduceOp.RedOpType), hashable, so a lookup is one
+# dict access; the options carry a ReduceOp object whose .op is that value.
 _REDUCE_OPS = {
-    dist.ReduceOp.SUM: "sum",
-    dist.ReduceOp.PRODUCT: "product",
-    dist.ReduceOp.MIN: "min",
-    dist.ReduceOp.MAX: "max",
-    dist.ReduceOp.AVG: "avg",
-    dist.ReduceOp.BAND: "band",
-    dist.ReduceOp.BOR: "bor",
-    dist.ReduceOp.BXOR: "bxor",
+    dist.ReduceOp.SUM: REDUCE_OP_CODE["sum"],
+    dist.ReduceOp.PRODUCT: REDUCE_OP_CODE["product"],
+    dist.ReduceOp.MIN: REDUCE_OP_CODE["min"],
+    dist.ReduceOp.MAX: REDUCE_OP_CODE["max"],
+    dist.ReduceOp.AVG: REDUCE_OP_CODE["avg"],
+    dist.ReduceOp.BAND: REDUCE_OP_CODE["band"],
+    dist.ReduceOp.BOR: REDUCE_OP_CODE["bor"],
+    dist.ReduceOp.BXOR: REDUCE_OP_CODE["bxor"],
 }
+_SUM = REDUCE_OP_CODE["sum"]
 
 
 def _op_code(op) -> int:
-    for known, name in _REDUCE_OPS.items():
-        if op == known:
-            return REDUCE_OP_CODE[name]
-    raise ValueError(f"ringflow does not support reduce op {op} (PREMUL_SUM is not implemented)")
+    code = _REDUCE_OPS.get(getattr(op, "op", op))
+    if code is None:
+        raise ValueError(f"ringflow does not support reduce op {op} (PREMUL_SUM is not implemented)")
+    return code
+
+
+def _blocking(opts) -> bool:
+    """torch waits on the Work at once (async_op=False): the core may then run
+    a small call on this thread before returning."""
+    return opts is not None and not getattr(opts, "asyncOp", True)
+
+
+def _in_place(t) -> bool:
+    """A dense, contiguous CPU tensor: the core can work on its memory directly."""
+    return isinstance(t, torch.Tensor) and t.is_cpu and t.layout is torch.strided and t.is_contiguous()
 
 
 class _Staged:
@@ -221,9 +235,20 @@ class ProcessGroup(dist.ProcessGroup):
         return self._work([], outputs, finish=lambda: [w.wait() for w in works], keep=works)
 
     def allreduce(self, tensors, opts=None):
-        t = _Staged(_one(tensors, "allreduce"), write_back=True)
-        op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
-        return self._work([self._comm.allreduce(t.ptr, t.count, t.code, op)], tensors, [t])
+        # The hot path of small blocking calls: a few Python steps here cost
+        # as much as the core's whole call, so the common case (a contiguous
+        # CPU tensor) skips staging and the finish closure.  With blocking
+        # (async_op=False) the core may run the call before returning.
+        t = _one(tensors, "allreduce")
+        if opts is None:
+            op, blocking = _SUM, False
+        else:
+            op, blocking = _op_code(opts.reduceOp), not opts.asyncOp  # _blocking(), inlined
+        if _in_place(t):
+            core = self._comm.allreduce(t.data_ptr(), t.numel(), torch_dtype_code(t.dtype), op, blocking)
+            return Work(self, (core,), tensors)
+        s = _Staged(t, write_back=True)
+        return self._work([self._comm.allreduce(s.ptr, s.count, s.code, op, blocking)], tensors, [s])
 
     def allreduce_coalesced(self, tensors, opts=None):
         op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
@@ -236,11 +261,12 @@ class ProcessGroup(dist.ProcessGroup):
 
     def broadcast(self, tensors, opts):
         t = _Staged(_one(tensors, "broadcast"), write_back=True)
-        return self._work([self._comm.broadcast(t.ptr, t.count, t.code, opts.rootRank)], tensors, [t])
+        w = self._comm.broadcast(t.ptr, t.count, t.code, opts.rootRank, _blocking(opts))
+        return self._work([w], tensors, [t])
 
     def reduce(self, tensors, opts):
         t = _Staged(_one(tensors, "reduce"), write_back=True)
-        w = self._comm.reduce(t.ptr, t.count, t.code, opts.rootRank, _op_code(opts.reduceOp))
+        w = self._comm.reduce(t.ptr, t.count, t.code, opts.rootRank, _op_code(opts.reduceOp), _blocking(opts))
         return self._work([w], tensors, [t])
 
     def allgather(self, output_lists, input_tensors, opts=None):
@@ -248,7 +274,7 @@ class ProcessGroup(dist.ProcessGroup):
         outs = _one(output_lists, "allgather")
         self._check_list(outs, inp.tensor, "allgather output")
         flat = torch.empty(self.size() * inp.count, dtype=inp.buf.dtype)
-        w = self._comm.allgather(inp.ptr, inp.count, flat.data_ptr(), inp.code)
+        w = self._comm.allgather(inp.ptr, inp.count, flat.data_ptr(), inp.code, _blocking(opts))
         return self._work([w], output_lists, [inp], lambda: _unflatten(flat, outs), keep=flat)
 
     def all_gather_single(self, output, input, opts=None):  # noqa: A002 - torch's name
@@ -256,7 +282,7 @@ class ProcessGroup(dist.ProcessGroup):
         out = _Staged(output, write_back=True)
         self._check_numel(out.count, self.size() * inp.count, "all_gather_into_tensor output")
         self._check_dtype(out, inp, "all_gather_into_tensor")
-        w = self._comm.allgather(inp.ptr, inp.count, out.ptr, inp.code)
+        w = self._comm.allgather(inp.ptr, inp.count, out.ptr, inp.code, _blocking(opts))
         return self._work([w], [output], [inp, out])
 
     _allgather_base = all_gather_single
@@ -272,7 +298,7 @@ class ProcessGroup(dist.ProcessGroup):
         self._check_list(ins, out.tensor, "reduce_scatter input")
         flat = _flatten(ins)
         op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
-        w = self._comm.reduce_scatter(flat.data_ptr(), out.ptr, out.count, out.code, op)
+        w = self._comm.reduce_scatter(flat.data_ptr(), out.ptr, out.count, out.code, op, _blocking(opts))
         return self._work([w], outputs, [out], keep=flat)
 
     def reduce_scatter_single(self, output, input, opts=None):  # noqa: A002
@@ -281,7 +307,7 @@ class ProcessGroup(dist.ProcessGroup):
         self._check_numel(inp.count, self.size() * out.count, "reduce_scatter_tensor input")
         self._check_dtype(out, inp, "reduce_scatter_tensor")
         op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
-        w = self._comm.reduce_scatter(inp.ptr, out.ptr, out.count, out.code, op)
+        w = self._comm.reduce_scatter(inp.ptr, out.ptr, out.count, out.code, op, _blocking(opts))
         return self._work([w], [output], [out, inp])
 
     _reduce_scatter_base = reduce_scatter_single
@@ -341,7 +367,7 @@ class ProcessGroup(dist.ProcessGroup):
                           keep=(flat_in, flat_out))
 
     def barrier(self, opts=None):
-        return self._work([self._comm.barrier()], [])
+        return self._work([self._comm.barrier(_blocking(opts))], [])
 
     def monitored_barrier(self, opts=None, wait_all_ranks=False):
         return self.barrier(opts)

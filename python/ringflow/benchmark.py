@@ -1,6 +1,6 @@
 """Allreduce benchmark: ringflow against gloo, in the same run, nccl-tests style.
 
-    python bench/allreduce.py --world 2 [--sizes 4K,64K,1M,16M,64M] [--algo shm] [--json]
+    python bench/allreduce.py --world 2 [--sizes 4K,64K,1M,16M,64M] [--algo shm] [--no-barrier] [--json]
 
 Spawns --world real processes on this host.  Each initialises the default
 group with ringflow and a gloo group over the same ranks, then, per size and
@@ -9,6 +9,12 @@ the gloo group, so both backends are timed behind the same synchroniser).
 Every result is checked: inputs are small integers, so sums are exact.
 The parent prints the header and the table (rank 0's view: the slowest rank
 per iteration, then the median), and with --json a last line of JSON.
+
+With --no-barrier the timed allreduces run back to back instead: a barrier
+only before each of ROUNDS rounds, a round's time per iteration is its total
+over its iterations on each rank, and a row's samples are the rounds (max
+over ranks).  A barrier's exit skew is then spread over a round instead of
+counted in every iteration.
 
 Exit status: 0 ok; 1 a wrong result, or a rank raised, died or hung.
 """
@@ -37,6 +43,9 @@ DTYPES = {
 }
 OPS = ("sum", "prod", "min", "max")
 DEFAULT_SIZES = "4K,64K,1M,16M,64M"
+# --no-barrier: rounds per row (the samples of p50/p99), each one barrier
+# then back-to-back iterations.
+ROUNDS = 5
 
 
 def default_iters(nbytes: int) -> int:
@@ -46,6 +55,16 @@ def default_iters(nbytes: int) -> int:
     if nbytes >= 16 << 20:
         return 10
     return 20
+
+
+def default_round_iters(nbytes: int) -> int:
+    """--no-barrier iterations per round: enough that one barrier's skew
+    (tens to hundreds of us) is small beside a round."""
+    if nbytes <= 64 << 10:
+        return 200
+    if nbytes <= 1 << 20:
+        return 50
+    return default_iters(nbytes)
 
 
 # ---------------------------------------------------------------- one rank
@@ -99,23 +118,46 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
         count = max(1, nbytes // itemsize)
         src, expected = _inputs(torch, cfg["op"], count, rank, world, dtype)
         buf = torch.empty_like(src)
-        iters = cfg["iters"] or default_iters(nbytes)
         for backend in cfg["backends"]:
             step += 1
             report(step, total, f"{bu.format_size(nbytes)} {backend}")
-            times, bad_iters, wrong = [], 0, 0
-            for it in range(cfg["warmup"] + iters):
+            group = groups[backend]
+
+            def checked_allreduce():
+                """Refill, barrier, one timed allreduce; (seconds, wrong elements)."""
                 buf.copy_(src)
                 dist.barrier(group=gloo)
                 t0 = time.perf_counter()
-                dist.all_reduce(buf, op=op, group=groups[backend])
+                dist.all_reduce(buf, op=op, group=group)
                 elapsed = time.perf_counter() - t0
-                wrong = int(torch.count_nonzero(buf != expected))
+                return elapsed, int(torch.count_nonzero(buf != expected))
+
+            times, bad_iters, wrong = [], 0, 0
+            for _ in range(cfg["warmup"]):
+                _, wrong = checked_allreduce()
                 bad_iters += wrong > 0
-                if it >= cfg["warmup"]:
+            if cfg["no_barrier"]:
+                per_round = cfg["iters"] or default_round_iters(nbytes)
+                for _ in range(ROUNDS):
+                    # Each iteration reduces the previous result in place:
+                    # the same work for both backends, and no refill timed.
+                    # (Values grow; only the checked calls compare them.)
+                    dist.barrier(group=gloo)
+                    t0 = time.perf_counter()
+                    for _ in range(per_round):
+                        dist.all_reduce(buf, op=op, group=group)
+                    times.append((time.perf_counter() - t0) / per_round)
+                _, wrong = checked_allreduce()  # and check once more, from a fresh input
+                bad_iters += wrong > 0
+                iters = ROUNDS * per_round
+            else:
+                iters = cfg["iters"] or default_iters(nbytes)
+                for _ in range(iters):
+                    elapsed, wrong = checked_allreduce()
+                    bad_iters += wrong > 0
                     times.append(elapsed)
             out.append({"backend": backend, "bytes": count * itemsize, "count": count,
-                        "times": times, "wrong": wrong, "wrong_iters": bad_iters})
+                        "times": times, "iters": iters, "wrong": wrong, "wrong_iters": bad_iters})
         del src, expected, buf
     dist.barrier(group=gloo)
     dist.destroy_process_group()
@@ -126,7 +168,8 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
 
 
 def _rows(per_rank: list[dict], cfg: dict, world: int) -> list[dict]:
-    """Per (size, backend): the slowest rank per iteration, then p50 and p99."""
+    """Per (size, backend): the slowest rank per sample (an iteration, or a
+    --no-barrier round's mean), then p50 and p99 over samples."""
     rows = []
     for k, first in enumerate(per_rank[0]["rows"]):
         mine = [r["rows"][k] for r in per_rank]
@@ -141,7 +184,7 @@ def _rows(per_rank: list[dict], cfg: dict, world: int) -> list[dict]:
             # nccl-tests sums wrong elements over ranks; so do we.
             "wrong": sum(m["wrong"] for m in mine),
             "wrong_iters": max(m["wrong_iters"] for m in mine),
-            "iters": len(times), "warmup": cfg["warmup"],
+            "iters": first["iters"], "warmup": cfg["warmup"],
         })
     gloo_p50 = {r["bytes"]: r["p50_us"] for r in rows if r["backend"] == "gloo"}
     for r in rows:
@@ -163,7 +206,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--op", default="sum", choices=OPS)
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations per row (default 3)")
     p.add_argument("--iters", type=int, default=0,
-                   help="timed iterations per row (default: 20 below 16M, 10 below 256M, else 5)")
+                   help="timed iterations per row (default: 20 below 16M, 10 below 256M, else 5); "
+                        "with --no-barrier, per round (default: 200 to 64K, 50 to 1M, else as above)")
+    p.add_argument("--no-barrier", action="store_true",
+                   help=f"time back-to-back allreduces: {ROUNDS} rounds, each a barrier then "
+                        "--iters calls; a sample is a round's total / iterations (max over ranks)")
     p.add_argument("--timeout", type=float, default=300,
                    help="seconds for the whole run; a hung rank kills the world (default 300)")
     p.add_argument("--algo", choices=("auto", "ring", "shm"),
@@ -191,7 +238,8 @@ def _config(args, p) -> dict:
     if args.warmup < 0 or args.iters < 0 or args.timeout <= 0:
         p.error("--warmup and --iters must be >= 0, --timeout > 0")
     return {"sizes": sizes, "backends": backends, "dtype": args.dtype, "op": args.op,
-            "warmup": args.warmup, "iters": args.iters, "timeout": args.timeout}
+            "warmup": args.warmup, "iters": args.iters, "timeout": args.timeout,
+            "no_barrier": args.no_barrier}
 
 
 def main(argv=None) -> int:
@@ -201,15 +249,24 @@ def main(argv=None) -> int:
     if args.algo:
         os.environ["RINGFLOW_ALGO"] = args.algo  # the spawned ranks inherit it
 
+    no_barrier = cfg["no_barrier"]
+    where = "each round" if no_barrier else "each iteration"
     header = [("world", f"{args.world} processes on this host, MASTER_ADDR=127.0.0.1"),
-              ("backends", ",".join(cfg["backends"]) + " (the barrier before each iteration is gloo's)")]
+              ("backends", ",".join(cfg["backends"]) + f" (the barrier before {where} is gloo's)")]
     header += bu.environment()
+    per = default_round_iters if no_barrier else default_iters
     iters = str(cfg["iters"]) if cfg["iters"] else "adaptive " + ", ".join(
-        f"{bu.format_size(s)}:{default_iters(s)}" for s in cfg["sizes"])
-    header += [("run", f"allreduce {cfg['dtype']} {cfg['op']}, warm-up {cfg['warmup']}, "
-                       f"timed iterations {iters}"),
-               ("time", "perf_counter around each blocking all_reduce; max over ranks per "
-                        "iteration, then p50/p99 over iterations"),
+        f"{bu.format_size(s)}:{per(s)}" for s in cfg["sizes"])
+    if no_barrier:
+        run = f"{ROUNDS} rounds of back-to-back iterations ({iters} per round)"
+        timing = (f"no barrier between iterations: perf_counter around each round, / its iterations; "
+                  f"max over ranks per round, then p50/p99 over the {ROUNDS} rounds")
+    else:
+        run = f"timed iterations {iters}"
+        timing = ("perf_counter around each blocking all_reduce; max over ranks per "
+                  "iteration, then p50/p99 over iterations")
+    header += [("run", f"allreduce {cfg['dtype']} {cfg['op']}, warm-up {cfg['warmup']}, {run}"),
+               ("time", timing),
                ("busbw", "algbw * 2(n-1)/n; 'x gloo' = gloo p50 / ringflow p50 (>1: ringflow faster)")]
 
     started, load_before = time.monotonic(), bu.load_average()

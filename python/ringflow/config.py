@@ -41,6 +41,11 @@ SETTINGS = {
                                 "single-copy reduce-scatter + allgather (default 262144)",
     "RINGFLOW_SHM_PIECE_BYTES": "shm allreduce: bytes read from a peer per piece (default 262144)",
     "RINGFLOW_SHM_SPIN_US": "shm reader thread: microseconds of polling before it sleeps (default 50)",
+    "RINGFLOW_SHM_ARENA_SPIN_US": "shm allreduce waits: microseconds of pure spinning (default 5)",
+    "RINGFLOW_SHM_ARENA_YIELD_US": "shm allreduce waits: then microseconds of polling between "
+                                   "sched_yield calls before sleeping on the peer's bell (default 2000)",
+    "RINGFLOW_INLINE_BYTES": "blocking collectives up to this size run on the calling thread when "
+                             "nothing is queued (default 262144; 0 = never)",
 }
 
 _logged = False

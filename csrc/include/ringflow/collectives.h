@@ -2,6 +2,11 @@
 // (a bad argument raises InvalidArgument at once and touches no peer), then
 // queues the algorithm on the communicator and returns its Work.  Buffers
 // must stay alive until the Work completes.
+//
+// `blocking`: the caller waits for the Work at once (torch's async_op=False).
+// Such a call of at most RINGFLOW_INLINE_BYTES (default 256 KiB; 0: never)
+// runs on the calling thread when nothing else is queued or running, and
+// returns completed (Comm::submit's runHere); errors still come from wait().
 #pragma once
 
 #include <vector>
@@ -12,14 +17,14 @@
 
 namespace ringflow {
 
-WorkPtr allreduce(Comm& c, Buffer data, ReduceOp op);
-WorkPtr broadcast(Comm& c, Buffer data, int root);
+WorkPtr allreduce(Comm& c, Buffer data, ReduceOp op, bool blocking = false);
+WorkPtr broadcast(Comm& c, Buffer data, int root, bool blocking = false);
 // out holds size() blocks of in.count elements, in rank order.
-WorkPtr allgather(Comm& c, Buffer in, Buffer out);
+WorkPtr allgather(Comm& c, Buffer in, Buffer out, bool blocking = false);
 // in holds size() blocks of out.count elements; rank r gets block r reduced.
-WorkPtr reduceScatter(Comm& c, Buffer in, Buffer out, ReduceOp op);
+WorkPtr reduceScatter(Comm& c, Buffer in, Buffer out, ReduceOp op, bool blocking = false);
 // In place; only the root's buffer receives the result.
-WorkPtr reduce(Comm& c, Buffer data, int root, ReduceOp op);
+WorkPtr reduce(Comm& c, Buffer data, int root, ReduceOp op, bool blocking = false);
 // out (root only) holds size() blocks of in.count elements.
 WorkPtr gather(Comm& c, Buffer in, Buffer out, int root);
 // in (root only) holds size() blocks of out.count elements.
@@ -27,6 +32,6 @@ WorkPtr scatter(Comm& c, Buffer in, Buffer out, int root);
 // inCounts[r] elements go to rank r, outCounts[r] come from it.
 WorkPtr alltoall(Comm& c, Buffer in, Buffer out, std::vector<size_t> inCounts,
                  std::vector<size_t> outCounts);
-WorkPtr barrier(Comm& c);
+WorkPtr barrier(Comm& c, bool blocking = false);
 
 }  // namespace ringflow

@@ -61,14 +61,21 @@ class Comm : public std::enable_shared_from_this<Comm> {
 
   // Queues `body` to run on the op thread after every earlier call, with
   // `desc` (its seq filled in here) announced to the peers' frames.
-  WorkPtr submit(OpDesc desc, std::function<void()> body);
+  // With runHere, when no call is queued or running, it runs on the calling
+  // thread instead and returns a completed Work: a blocking caller then
+  // skips two thread hand-offs (op-thread wake-up, Work wake-up), which
+  // cost more than a small message's whole arena step.  Order is kept: the
+  // call takes its seq like any other, and calls submitted meanwhile wait
+  // in the queue until it ends.
+  WorkPtr submit(OpDesc desc, std::function<void()> body, bool runHere = false);
 
   // Point-to-point calls are posted at once, outside the queue, so a receive
   // never holds up a send queued after it.  Matched by (peer, tag, order).
   WorkPtr send(int peer, uint64_t tag, const Buffer& buf);
   WorkPtr recv(int peer, uint64_t tag, const Buffer& buf);
 
-  // For algorithms, on the op thread, while `body` runs.
+  // For algorithms, on the thread running `body` (the op thread, or the
+  // caller's for a call run inline), while it runs.
   const OpDesc& op() const { return op_; }
   Deadline deadline() const { return deadline_; }
   // The aggregate algorithm's client (its sockets and slot rounds outlive a
@@ -114,11 +121,12 @@ class Comm : public std::enable_shared_from_this<Comm> {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Task> queue_;
+  bool busy_ = false;  // a call runs (on the op thread or inline); under mu_
   uint64_t nextSeq_ = 0;
   std::atomic<bool> stopping_{false};
   std::thread thread_;
 
-  // Op-thread state of the running call.
+  // State of the running call (busy_ keeps it to one thread at a time).
   OpDesc op_;
   Deadline deadline_;
   std::vector<RequestPtr> inflight_;

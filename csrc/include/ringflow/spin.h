@@ -6,6 +6,7 @@
 
 #include <sched.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 
@@ -21,6 +22,34 @@ bool spinUntil(Done done, std::chrono::microseconds budget) {
       if (std::chrono::steady_clock::now() > until) return false;
       sched_yield();
     }
+  }
+}
+
+// For waits on another process (a flag in shared memory): first a pure spin
+// for `spin` (the peer usually runs on the other core and is microseconds
+// away; a pause keeps the spin polite to a hyperthread sibling), then polls
+// between sched_yield calls until `yield` more has passed: on an
+// oversubscribed host that hands the core to the peer being waited for,
+// and on an idle one it still sees the peer at once, where a futex sleep
+// would add a wake-up (tens of microseconds in a VM).  Never past `limit`
+// (the op deadline).  Returns true as soon as done() holds.
+template <typename Done>
+bool spinThenYield(Done done, std::chrono::microseconds spin, std::chrono::microseconds yield,
+                   std::chrono::steady_clock::time_point limit) {
+  auto now = std::chrono::steady_clock::now();
+  auto spinUntilT = std::min(limit, now + spin);
+  for (int i = 0;; ++i) {
+    if (done()) return true;
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() > spinUntilT) break;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+  }
+  auto yieldUntil = std::min(limit, std::chrono::steady_clock::now() + yield);
+  for (;;) {
+    if (done()) return true;
+    if (std::chrono::steady_clock::now() > yieldUntil) return false;
+    sched_yield();
   }
 }
 

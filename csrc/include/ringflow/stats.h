@@ -10,10 +10,13 @@
 #include <mutex>
 #include <string>
 
+#include "ringflow/transport.h"
+
 namespace ringflow {
 
 struct OpRecord {
-  std::string op;              // the call, e.g. "allreduce #5 (count=..)"
+  OpDesc desc;                 // the call; kept unformatted, as few are ever read
+  std::string op() const { return desc.str(); }  // e.g. "allreduce #5 (count=..)"
   int rank = -1;               // this rank in the call's communicator
   double aggregationMs = -1;   // -1: the call has no aggregation phase
   double totalMs = 0;          // aggregation + dispatch

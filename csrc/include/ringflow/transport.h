@@ -85,9 +85,9 @@ class Request {
   int peer() const { return peer_; }
   bool isSend() const { return isSend_; }
 
-  // Returns once done; rethrows the failure; throws TimeoutError at `deadline`
-  // with `context` in the message.
-  void wait(Deadline deadline, const std::string& context);
+  // Returns true once done, false at `deadline` (the caller words the
+  // timeout, so nothing is formatted unless one happens); rethrows the failure.
+  bool waitUntil(Deadline deadline);
   bool done();
 
   void complete();

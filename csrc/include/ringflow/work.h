@@ -8,11 +8,16 @@
 #include <mutex>
 #include <string>
 
+#include "ringflow/transport.h"
+
 namespace ringflow {
 
 class Work {
  public:
   explicit Work(std::string what) : what_(std::move(what)) {}
+  // A collective's Work: its description is formatted only when asked for,
+  // as most calls never are and formatting costs a small call microseconds.
+  explicit Work(const OpDesc& desc) : desc_(desc), describe_(true) {}
 
   // Blocks until the call ends (its own timeout bounds that) or, when
   // timeoutSec >= 0, until timeoutSec passes; returns false on the latter.
@@ -21,7 +26,7 @@ class Work {
   bool completed();
   // The error's message, or "" while running or after success.
   std::string errorMessage();
-  const std::string& what() const { return what_; }
+  std::string what();
   // Seconds the call ran, once completed.
   double seconds();
 
@@ -30,8 +35,10 @@ class Work {
   void fail(std::exception_ptr error);
 
  private:
-  std::string what_;
   std::mutex mu_;
+  std::string what_;  // formatted from desc_ on first use when describe_
+  OpDesc desc_;
+  bool describe_ = false;
   std::condition_variable cv_;
   bool done_ = false;
   std::atomic<bool> doneFlag_{false};  // done_, readable without the lock
