@@ -106,7 +106,7 @@ WorkPtr reduce(Comm& c, Buffer data, int root, ReduceOp op, bool blocking) {
                   runHere(blocking, data.bytes()));
 }
 
-WorkPtr gather(Comm& c, Buffer in, Buffer out, int root) {
+WorkPtr gather(Comm& c, Buffer in, Buffer out, int root, bool blocking) {
   checkBuffer("gather", "input", in);
   checkRoot("gather", c, root);
   if (c.rank() == root) {
@@ -116,10 +116,11 @@ WorkPtr gather(Comm& c, Buffer in, Buffer out, int root) {
   }
   Comm* cp = &c;
   return c.submit(describe(OpKind::Gather, in, ReduceOp::Sum, root),
-                  [cp, in, out, root] { algo::directGather(*cp, in, out, root); });
+                  [cp, in, out, root] { algo::directGather(*cp, in, out, root); },
+                  runHere(blocking, in.bytes() * size_t(c.size())));
 }
 
-WorkPtr scatter(Comm& c, Buffer in, Buffer out, int root) {
+WorkPtr scatter(Comm& c, Buffer in, Buffer out, int root, bool blocking) {
   checkBuffer("scatter", "output", out);
   checkRoot("scatter", c, root);
   if (c.rank() == root) {
@@ -129,11 +130,12 @@ WorkPtr scatter(Comm& c, Buffer in, Buffer out, int root) {
   }
   Comm* cp = &c;
   return c.submit(describe(OpKind::Scatter, out, ReduceOp::Sum, root),
-                  [cp, in, out, root] { algo::directScatter(*cp, in, out, root); });
+                  [cp, in, out, root] { algo::directScatter(*cp, in, out, root); },
+                  runHere(blocking, out.bytes() * size_t(c.size())));
 }
 
 WorkPtr alltoall(Comm& c, Buffer in, Buffer out, std::vector<size_t> inCounts,
-                 std::vector<size_t> outCounts) {
+                 std::vector<size_t> outCounts, bool blocking) {
   checkBuffer("alltoall", "input", in);
   checkBuffer("alltoall", "output", out);
   checkSameDType("alltoall", in, out);
@@ -151,7 +153,7 @@ WorkPtr alltoall(Comm& c, Buffer in, Buffer out, std::vector<size_t> inCounts,
   Comm* cp = &c;
   return c.submit(d, [cp, in, out, inCounts, outCounts] {
     algo::pairwiseAlltoall(*cp, in, out, inCounts, outCounts);
-  });
+  }, runHere(blocking, in.bytes() + out.bytes()));
 }
 
 WorkPtr barrier(Comm& c, bool blocking) {

@@ -79,21 +79,27 @@ void bindComm(py::module_& m) {
             return reduce(c, buf(p, n, dt), root, reduceOpFromInt(op), blocking);
           }, py::arg("ptr"), py::arg("count"), py::arg("dtype"), py::arg("root"), py::arg("op"),
           py::arg("blocking") = false, Release())
-      .def("gather", [](Comm& c, uintptr_t in, size_t n, uintptr_t out, int dt, int root) {
+      .def("gather", [](Comm& c, uintptr_t in, size_t n, uintptr_t out, int dt, int root,
+                        bool blocking) {
             size_t outCount = c.rank() == root ? n * size_t(c.size()) : 0;
-            return gather(c, buf(in, n, dt), buf(out, outCount, dt), root);
-          })
-      .def("scatter", [](Comm& c, uintptr_t in, uintptr_t out, size_t n, int dt, int root) {
+            return gather(c, buf(in, n, dt), buf(out, outCount, dt), root, blocking);
+          }, py::arg("inp"), py::arg("count"), py::arg("out"), py::arg("dtype"), py::arg("root"),
+          py::arg("blocking") = false, Release())
+      .def("scatter", [](Comm& c, uintptr_t in, uintptr_t out, size_t n, int dt, int root,
+                         bool blocking) {
             size_t inCount = c.rank() == root ? n * size_t(c.size()) : 0;
-            return scatter(c, buf(in, inCount, dt), buf(out, n, dt), root);
-          })
+            return scatter(c, buf(in, inCount, dt), buf(out, n, dt), root, blocking);
+          }, py::arg("inp"), py::arg("out"), py::arg("count"), py::arg("dtype"), py::arg("root"),
+          py::arg("blocking") = false, Release())
       .def("alltoall", [](Comm& c, uintptr_t in, uintptr_t out, int dt,
-                          std::vector<size_t> inCounts, std::vector<size_t> outCounts) {
+                          std::vector<size_t> inCounts, std::vector<size_t> outCounts,
+                          bool blocking) {
             size_t ni = 0, no = 0;
             for (size_t v : inCounts) ni += v;
             for (size_t v : outCounts) no += v;
-            return alltoall(c, buf(in, ni, dt), buf(out, no, dt), inCounts, outCounts);
-          })
+            return alltoall(c, buf(in, ni, dt), buf(out, no, dt), inCounts, outCounts, blocking);
+          }, py::arg("inp"), py::arg("out"), py::arg("dtype"), py::arg("in_counts"),
+          py::arg("out_counts"), py::arg("blocking") = false, Release())
       .def("barrier", [](Comm& c, bool blocking) { return barrier(c, blocking); },
            py::arg("blocking") = false, Release())
       .def("send", [](Comm& c, uintptr_t p, size_t n, int dt, int peer, uint64_t tag) {

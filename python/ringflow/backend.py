@@ -321,12 +321,12 @@ class ProcessGroup(dist.ProcessGroup):
         inp = _Staged(_one(input_tensors, "gather"), write_back=False)
         root = opts.rootRank
         if self.rank() != root:
-            w = self._comm.gather(inp.ptr, inp.count, 0, inp.code, root)
+            w = self._comm.gather(inp.ptr, inp.count, 0, inp.code, root, _blocking(opts))
             return self._work([w], output_lists, [inp])
         outs = _one(output_lists, "gather")
         self._check_list(outs, inp.tensor, "gather output")
         flat = torch.empty(self.size() * inp.count, dtype=inp.buf.dtype)
-        w = self._comm.gather(inp.ptr, inp.count, flat.data_ptr(), inp.code, root)
+        w = self._comm.gather(inp.ptr, inp.count, flat.data_ptr(), inp.code, root, _blocking(opts))
         return self._work([w], output_lists, [inp], lambda: _unflatten(flat, outs), keep=flat)
 
     def scatter(self, output_tensors, input_lists, opts):
@@ -338,7 +338,7 @@ class ProcessGroup(dist.ProcessGroup):
             self._check_list(ins, out.tensor, "scatter input")
             flat = _flatten(ins)
         ptr = flat.data_ptr() if flat is not None else 0
-        w = self._comm.scatter(ptr, out.ptr, out.count, out.code, root)
+        w = self._comm.scatter(ptr, out.ptr, out.count, out.code, root, _blocking(opts))
         return self._work([w], output_tensors, [out], keep=flat)
 
     def all_to_all_single(self, output, input, output_split_sizes, input_split_sizes, opts=None):  # noqa: A002
@@ -347,7 +347,7 @@ class ProcessGroup(dist.ProcessGroup):
         self._check_dtype(out, inp, "all_to_all_single")
         in_counts = self._split_counts(input, input_split_sizes, "input")
         out_counts = self._split_counts(output, output_split_sizes, "output")
-        w = self._comm.alltoall(inp.ptr, out.ptr, inp.code, in_counts, out_counts)
+        w = self._comm.alltoall(inp.ptr, out.ptr, inp.code, in_counts, out_counts, _blocking(opts))
         return self._work([w], [output], [out, inp])
 
     alltoall_base = all_to_all_single
@@ -362,7 +362,8 @@ class ProcessGroup(dist.ProcessGroup):
         flat_in = _flatten(input_tensors)
         flat_out = torch.empty(sum(t.numel() for t in output_tensors), dtype=flat_in.dtype)
         w = self._comm.alltoall(flat_in.data_ptr(), flat_out.data_ptr(), torch_dtype_code(flat_in.dtype),
-                                [t.numel() for t in input_tensors], [t.numel() for t in output_tensors])
+                                [t.numel() for t in input_tensors], [t.numel() for t in output_tensors],
+                                _blocking(opts))
         return self._work([w], output_tensors, (), lambda: _unflatten(flat_out, output_tensors),
                           keep=(flat_in, flat_out))
 

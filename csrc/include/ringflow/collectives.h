@@ -26,12 +26,12 @@ WorkPtr reduceScatter(Comm& c, Buffer in, Buffer out, ReduceOp op, bool blocking
 // In place; only the root's buffer receives the result.
 WorkPtr reduce(Comm& c, Buffer data, int root, ReduceOp op, bool blocking = false);
 // out (root only) holds size() blocks of in.count elements.
-WorkPtr gather(Comm& c, Buffer in, Buffer out, int root);
+WorkPtr gather(Comm& c, Buffer in, Buffer out, int root, bool blocking = false);
 // in (root only) holds size() blocks of out.count elements.
-WorkPtr scatter(Comm& c, Buffer in, Buffer out, int root);
+WorkPtr scatter(Comm& c, Buffer in, Buffer out, int root, bool blocking = false);
 // inCounts[r] elements go to rank r, outCounts[r] come from it.
 WorkPtr alltoall(Comm& c, Buffer in, Buffer out, std::vector<size_t> inCounts,
-                 std::vector<size_t> outCounts);
+                 std::vector<size_t> outCounts, bool blocking = false);
 WorkPtr barrier(Comm& c, bool blocking = false);
 
 }  // namespace ringflow
