@@ -50,6 +50,10 @@ def timed_allreduces(rank, size, sizes, iters):
 
     import ringflow
 
+    # One intra-op thread per rank, as torchrun sets for several ranks per
+    # host: otherwise torch's OpenMP workers spin after the clone() and
+    # equal() around each call, on the CPUs the communication needs.
+    torch.set_num_threads(1)
     dist.init_process_group("ringflow", rank=rank, world_size=size, timeout=timedelta(seconds=300))
     out = {}
     for nbytes in sizes:

@@ -147,13 +147,26 @@ struct Client::Call {
     transmit(l);
   }
 
+  // Jacobson's srtt + 4 rttvar, but never under 1.5 srtt: a full window
+  // queued at a shaped link gives every round nearly the same RTT, so
+  // rttvar shrinks to almost nothing, and a few milliseconds of scheduling
+  // jitter would otherwise fire spurious retransmissions that lengthen the
+  // very queue that delayed them.
+  double currentRtoMs() const {
+    if (cl.srttMs_ < 0) return cl.config_.initialRtoMs;
+    double margin = std::max(4 * cl.rttvarMs_, cl.srttMs_ / 2);
+    return std::clamp(cl.srttMs_ + margin, kMinRtoMs, kMaxRtoMs);
+  }
+
+  void setDue(Lane& lane) {
+    lane.due = lane.sentAt + std::chrono::microseconds(int64_t(lane.rtoMs * 1000));
+  }
+
   void transmit(size_t l) {
     Lane& lane = lanes[l];
     lane.sentAt = Clock::now();
-    double rto = cl.srttMs_ < 0 ? cl.config_.initialRtoMs
-                                : std::clamp(cl.srttMs_ + 4 * cl.rttvarMs_, kMinRtoMs, kMaxRtoMs);
-    lane.rtoMs = lane.sends == 0 ? rto : std::min(lane.rtoMs * 2, kMaxRtoMs);  // backoff
-    lane.due = lane.sentAt + std::chrono::microseconds(int64_t(lane.rtoMs * 1000));
+    lane.rtoMs = lane.sends == 0 ? currentRtoMs() : std::min(lane.rtoMs * 2, kMaxRtoMs);  // backoff
+    setDue(lane);
     if (lane.sends++) clientTraffic().retransmits++;
     cl.sendFaults_[l / slots].add(out[l / slots], nullptr, 0, cl.packets_[l].data(), lane.bytes);
   }
@@ -174,8 +187,10 @@ struct Client::Call {
   }
 
   // Karn: only rounds sent once say anything about the round-trip time.
+  // Exponent-only rounds are 64-byte packets that skip the queue full
+  // chunks wait in, so they would teach an RTT far below a chunk's.
   void sampleRtt(const Lane& lane) {
-    if (lane.sends != 1) return;
+    if (lane.sends != 1 || lane.exponentOnly) return;
     double r = msBetween(lane.sentAt, Clock::now());
     if (cl.srttMs_ < 0) {
       cl.srttMs_ = r;
@@ -285,8 +300,16 @@ struct Client::Call {
       for (auto& [a, d] : held)
         if (active) onDatagram(a, d.data(), d.size());
       now = Clock::now();
-      for (size_t l = 0; l < lanes.size(); ++l)
-        if (lanes[l].active && lanes[l].due <= now) transmit(l);
+      for (size_t l = 0; l < lanes.size(); ++l) {
+        Lane& lane = lanes[l];
+        if (!lane.active || lane.due > now) continue;
+        if (lane.sends == 1) {  // sent before the RTT estimate grew? judge by today's
+          lane.rtoMs = std::max(lane.rtoMs, currentRtoMs());
+          setDue(lane);
+          if (lane.due > now) continue;
+        }
+        transmit(l);
+      }
       flush();
       if (!active) break;
       if (std::string why = aborted(); !why.empty()) throw PeerError(why);

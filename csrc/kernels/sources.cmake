@@ -25,8 +25,11 @@ if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64")
 endif()
 
 # Quantisation must round exactly as its numpy reference: no fused multiply-add.
+# -fno-trapping-math lets GCC turn the clamp and NaN selects into blends (it
+# keeps results; it only stops caring which FP exception flags get raised),
+# without which the fixed-point loops stay scalar and branchy.
 set_source_files_properties(csrc/kernels/quantize_fixed.cc csrc/kernels/quantize_lowbit.cc
-  PROPERTIES COMPILE_OPTIONS "-O3;-ffp-contract=off")
+  PROPERTIES COMPILE_OPTIONS "-O3;-ffp-contract=off;-fno-trapping-math")
 
 # GPU kernels only where nvcc is present; otherwise stubs that raise a clear error.
 if(RINGFLOW_HAVE_CUDA)
