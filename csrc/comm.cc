@@ -76,11 +76,13 @@ WorkPtr Comm::submit(OpDesc desc, std::function<void()> body, bool runHere) {
   struct Release {
     Comm& c;
     ~Release() {
+      bool queued;
       {
         std::lock_guard<std::mutex> l(c.mu_);
         c.busy_ = false;
+        queued = !c.queue_.empty();
       }
-      c.cv_.notify_one();
+      if (queued) c.cv_.notify_one();  // waking an idle op thread costs a context switch
     }
   } release{*this};
   Task task{desc, std::move(body), work};
