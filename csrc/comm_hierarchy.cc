@@ -13,19 +13,20 @@ void Comm::setGroups(const std::vector<int>& groupOf) {
                           std::to_string(size()) + " ranks");
   std::map<int, std::vector<int>> groups;  // label -> ranks, in rank order
   for (int r = 0; r < size(); ++r) groups[groupOf[r]].push_back(r);
-  size_t per = groups.begin()->second.size();
-  for (auto& [label, ranks] : groups)
-    if (ranks.size() != per)
-      throw InvalidArgument("setGroups: hierarchical rings need groups of equal size; group " +
-                            std::to_string(label) + " has " + std::to_string(ranks.size()) +
-                            " ranks, another has " + std::to_string(per));
+  size_t shards = size_t(size());
+  for (auto& [label, ranks] : groups) shards = std::min(shards, ranks.size());
   const std::vector<int>& mine = groups[groupOf[rank_]];
-  int local = int(std::find(mine.begin(), mine.end(), rank_) - mine.begin());
-  std::vector<int> across;  // the rank with my local index in every group
-  for (auto& [label, ranks] : groups) across.push_back(ranks[local]);
+  size_t local = size_t(std::find(mine.begin(), mine.end(), rank_) - mine.begin());
   // Tags differ per group / per local index so concurrent sub-rings never share an id.
   lower_ = subgroup(mine, 0x10000000ull + uint64_t(uint32_t(groupOf[rank_])));
-  higher_ = subgroup(across, 0x20000000ull + uint64_t(local));
+  higher_ = nullptr;
+  if (local < shards) {
+    std::vector<int> across;  // the rank with my local index in every group
+    for (auto& [label, ranks] : groups) across.push_back(ranks[local]);
+    higher_ = subgroup(across, 0x20000000ull + uint64_t(local));
+  }
+  hierarchyGroups_ = int(groups.size());
+  hierarchyShards_ = int(shards);
 }
 
 void Comm::runInline(OpDesc desc, Comm& parent, const std::function<void()>& body) {

@@ -22,16 +22,19 @@ def hierarchical_matrix(rank, size):
     return ck.count, ck.failures, used, len(recent) > 0 and all(r["aggregation_ms"] is not None for r in recent)
 
 
-@pytest.mark.parametrize("groups", ["0,0,1,1", "a,b,a,b"])
+# Equal groups, interleaved labels, and unequal groups (the smallest group
+# sets the shard count; a larger group's extra ranks hold no shard).
+@pytest.mark.parametrize("groups", ["0,0,1,1", "a,b,a,b", "0,0,0,1", "x,y,y,y", "0,1,1"])
 def test_hierarchical_allreduce_matches_gloo(groups):
     env = {"RINGFLOW_GROUPS": groups, "RINGFLOW_ALGO": "hierarchical"}
-    for count, failures, used, timed in run_world(4, hierarchical_matrix, env=env, timeout=300):
+    world = len(groups.split(","))
+    for count, failures, used, timed in run_world(world, hierarchical_matrix, env=env, timeout=300):
         assert count > 0 and used == count
         assert not failures, "\n".join(failures[:20])
         assert timed
 
 
-def uneven_layout(rank, size):
+def bad_layout(rank, size):
     import torch
 
     import ringflow
@@ -39,14 +42,14 @@ def uneven_layout(rank, size):
     dist = init_torch(rank, size)
     x = torch.full((100_000,), float(rank))
     dist.all_reduce(x)
-    with pytest.raises(ValueError, match="equal size"):
-        ringflow.backend.set_groups(None, ["0", "0", "1"])
+    with pytest.raises(ValueError, match="2 group labels for a group of 3 ranks"):
+        ringflow.backend.set_groups(None, ["0", "0"])
     return x[:3].tolist()
 
 
-def test_uneven_layout_falls_back_to_the_flat_ring():
-    # RINGFLOW_GROUPS with unequal groups is logged and ignored; the API raises.
-    for res in run_world(3, uneven_layout, env={"RINGFLOW_GROUPS": "0,0,1"}, timeout=60):
+def test_bad_layout_falls_back_to_the_flat_ring():
+    # RINGFLOW_GROUPS of the wrong length is logged and ignored; the API raises.
+    for res in run_world(3, bad_layout, env={"RINGFLOW_GROUPS": "0,1"}, timeout=60):
         assert res == [3.0, 3.0, 3.0]
 
 

@@ -41,3 +41,15 @@ def test_two_hosts_two_ranks(algo):
         assert count > 0
         assert not failures, f"rank {rank}: " + "\n".join(failures[:20])
         assert chosen == ("ring" if algo == "ring" else "hierarchical"), (rank, chosen)
+
+
+def test_three_ranks_and_one_rank_auto_uses_the_uneven_hierarchy():
+    # Hosts of unequal size: auto still picks the hierarchy (one shard
+    # crosses, held by each host's first rank), and results equal gloo's.
+    with netns.Hosts(2) as hosts:
+        results = hosts.run([0, 0, 0, 1], "test_multihost:matrix", env={"RINGFLOW_ALGO": "auto"},
+                            timeout=300, path=[os.path.dirname(os.path.abspath(__file__))])
+    for rank, (count, failures, chosen) in enumerate(results):
+        assert count > 0
+        assert not failures, f"rank {rank}: " + "\n".join(failures[:20])
+        assert chosen == "hierarchical", (rank, chosen)

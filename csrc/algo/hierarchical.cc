@@ -1,10 +1,12 @@
-// Hierarchical ring aggregation (mechanism 1).  With G groups of L ranks
-// (by default one group per host), each group reduce-scatters over its own
-// lower-order ring, so local rank i holds block i summed over the group; the
-// G ranks holding block i form the higher-order ring and allreduce it; each
-// group then allgathers the blocks back down.  Only 1/L of the message
-// crosses the higher-order (slow, inter-host) links, and the L higher rings
-// run side by side.
+// Hierarchical ring aggregation (mechanism 1).  With G groups (by default
+// one per host), each group reduce-scatters over its own lower-order ring so
+// that local rank i holds shard i summed over the group; the G ranks holding
+// shard i form the higher-order ring and allreduce it; each group then
+// allgathers the shards back down.  Only 1/K of the message crosses the
+// higher-order (slow, inter-host) links per ring, and the K higher rings run
+// side by side.  K is the smallest group's size: in a larger group, local
+// ranks K and up get empty blocks (they only add their data in and receive
+// the result), so every group cuts the message at the same offsets.
 #include "algorithms.h"
 #include "ringflow/kernels.h"
 
@@ -23,25 +25,30 @@ OpDesc subCall(const OpDesc& parent, OpKind kind, size_t count) {
 
 void hierarchicalAllreduce(Comm& c, Buffer data, ReduceOp op) {
   Comm* lower = c.lower();
-  Comm* higher = c.higher();
-  if (!lower || !higher)
+  Comm* higher = c.higher();  // null on a rank that holds no shard
+  if (!lower)
     throw InvalidArgument("hierarchical allreduce needs a group layout (RINGFLOW_GROUPS or setGroups)");
-  Blocks blocks(data.count, lower->size());
+  Blocks shards(data.count, c.hierarchyShards());
+  std::vector<size_t> counts(size_t(lower->size()), 0);
+  for (int s = 0; s < c.hierarchyShards(); ++s) counts[size_t(s)] = shards.count(s);
+  Blocks blocks(counts);
   const int mine = lower->rank();
   Buffer shard{data.at(blocks.offset(mine)), blocks.count(mine), data.dtype, data.device};
 
   lower->runInline(subCall(c.op(), OpKind::ReduceScatter, data.count), c, [&] {
     if (lower->size() > 1) reduceScatterInPlace(*lower, data, blocks, op);
   });
-  higher->runInline(subCall(c.op(), OpKind::AllReduce, shard.count), c, [&] {
-    if (higher->size() > 1) {
-      Blocks across(shard.count, higher->size());
-      reduceScatterInPlace(*higher, shard, across, op);
-      allgatherInPlace(*higher, shard, across);
-    }
-  });
+  if (higher)
+    higher->runInline(subCall(c.op(), OpKind::AllReduce, shard.count), c, [&] {
+      if (higher->size() > 1) {
+        Blocks across(shard.count, higher->size());
+        reduceScatterInPlace(*higher, shard, across, op);
+        allgatherInPlace(*higher, shard, across);
+      }
+    });
   c.markAggregated();
-  if (op == ReduceOp::Avg) kernels::divide(shard.ptr, shard.count, shard.dtype, double(c.size()));
+  if (op == ReduceOp::Avg && shard.count)
+    kernels::divide(shard.ptr, shard.count, shard.dtype, double(c.size()));
   lower->runInline(subCall(c.op(), OpKind::AllGather, data.count), c, [&] {
     if (lower->size() > 1) allgatherInPlace(*lower, data, blocks);
   });

@@ -51,8 +51,9 @@ size_t hierarchicalMinBytes() {
   return v;
 }
 
+// From facts every rank shares (a rank outside the higher rings has none).
 bool layoutWorthIt(Comm& c) {
-  return c.lower() && c.higher() && c.lower()->size() > 1 && c.higher()->size() > 1;
+  return c.hierarchyGroups() > 1 && c.hierarchyGroups() < c.size();
 }
 
 }  // namespace

@@ -113,8 +113,9 @@ class Communicator:
     def set_groups(self, labels, strict: bool = True) -> bool:
         """Hierarchical layout: labels[r] names rank r's lower-order group.
 
-        Every rank must pass the same labels.  Groups must be of equal size;
-        with strict=False an unusable layout is logged and the flat ring kept.
+        Every rank must pass the same labels.  Groups may differ in size (the
+        smallest sets how many shards cross between groups); with
+        strict=False an unusable layout is logged and the flat ring kept.
         """
         labels = [str(x).strip() for x in labels]
         if len(labels) != self.size:
@@ -160,9 +161,8 @@ def _attach_shm(store, prefix, tcp, rank, local_ranks, token, timeout):
 
 
 def _hierarchy_pays(hosts: list[str]) -> bool:
-    """Several hosts, each with the same number (> 1) of ranks."""
-    counts = {h: hosts.count(h) for h in hosts}
-    return len(counts) > 1 and len(set(counts.values())) == 1 and min(counts.values()) > 1
+    """Several hosts, and at least one of them with several ranks."""
+    return 1 < len(set(hosts)) < len(hosts)
 
 
 def _to_str(v) -> str:

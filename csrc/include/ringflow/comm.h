@@ -48,10 +48,16 @@ class Comm : public std::enable_shared_from_this<Comm> {
   // Hierarchical layout (mechanism 1): `groupOf[r]` labels the lower-order
   // group of rank r (e.g. its host).  Every rank passes the same labels.
   // Builds the lower ring (my group) and the higher ring (the ranks holding
-  // the same shard in every group); needs groups of equal size, else throws.
+  // the same shard in every group).  Groups may differ in size: the message
+  // is cut into as many shards as the smallest group has ranks, and the
+  // first that many ranks of each group hold one each; the other ranks of
+  // a larger group hold none and have no higher ring (higher() is null).
   void setGroups(const std::vector<int>& groupOf);
   Comm* lower() const { return lower_.get(); }
   Comm* higher() const { return higher_.get(); }
+  // Facts of the layout every rank shares (0 without one).
+  int hierarchyGroups() const { return hierarchyGroups_; }
+  int hierarchyShards() const { return hierarchyShards_; }
 
   // Runs `body` as a call of this (private sub-)communicator on the calling
   // thread, inside a call of `parent` whose deadline it shares.  Waits are
@@ -110,6 +116,7 @@ class Comm : public std::enable_shared_from_this<Comm> {
 
   std::shared_ptr<Transport> transport_;
   std::shared_ptr<Comm> lower_, higher_;
+  int hierarchyGroups_ = 0, hierarchyShards_ = 0;
   std::shared_ptr<agg::Client> aggregateClient_;
   Comm* creditWaitsTo_ = nullptr;  // parent of a call run inline
   uint64_t id_;
