@@ -29,7 +29,8 @@
 // back all NaN on every worker.
 //
 // Integrity.  `mac` covers the header (with mac = 0) and the payload.  It is
-// a keyed SipHash-2-4 when the job has a token (flag kFlagKeyed; required
+// a keyed MAC of four SipHash-2-4 lanes (csrc/aggregator/siphash.h defines
+// it exactly) when the job has a token (flag kFlagKeyed; required
 // whenever the aggregator listens beyond loopback), else a fast 64-bit
 // Fletcher-style checksum that catches truncation and corruption but
 // authenticates nothing.
@@ -44,6 +45,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace ringflow::agg {
@@ -113,8 +115,10 @@ inline uint32_t slotField(uint32_t index, uint32_t round) {
 }
 inline size_t payloadBytes(uint32_t count) { return size_t(count) * sizeof(int32_t); }
 
-// Signs and checks packets: SipHash-2-4 keyed from the token when there is
-// one, else the checksum.  The token never travels.
+class SipHashX4;
+
+// Signs and checks packets: four-lane SipHash-2-4 keyed from the token when
+// there is one, else the checksum.  The token never travels.
 class PacketAuth {
  public:
   explicit PacketAuth(const std::string& token = "");
@@ -131,6 +135,7 @@ class PacketAuth {
   uint64_t digest(const PacketHeader& h, const void* payload, size_t bytes) const;
   bool keyed_;
   uint64_t k0_ = 0, k1_ = 0;
+  std::shared_ptr<const SipHashX4> lanes_;  // the keyed MAC, when keyed_
 };
 
 // The unkeyed checksum of `bytes` bytes, exposed for tests of the format.
