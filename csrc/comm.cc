@@ -71,23 +71,27 @@ WorkPtr Comm::submit(OpDesc desc, std::function<void()> body, bool runHere) {
   }
   busy_ = true;
   lock.unlock();
-  // Whatever happens, the queue is the op thread's again afterwards,
-  // including calls queued while this one ran.
-  struct Release {
-    Comm& c;
-    ~Release() {
-      bool queued;
-      {
-        std::lock_guard<std::mutex> l(c.mu_);
-        c.busy_ = false;
-        queued = !c.queue_.empty();
-      }
-      if (queued) c.cv_.notify_one();  // waking an idle op thread costs a context switch
-    }
-  } release{*this};
   Task task{desc, std::move(body), work};
-  runTask(task);  // a failure goes into the Work, as on the op thread
+  std::exception_ptr failure;
+  try {
+    failure = runTask(task);  // catches what a body throws
+  } catch (...) {
+    release();
+    throw;
+  }
+  release();
+  complete(task, failure);
   return work;
+}
+
+void Comm::release() {
+  bool queued;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    busy_ = false;
+    queued = !queue_.empty();
+  }
+  if (queued) cv_.notify_one();  // waking an idle op thread costs a context switch
 }
 
 void Comm::opLoop() {
@@ -103,13 +107,18 @@ void Comm::opLoop() {
       queue_.pop_front();
       busy_ = true;
     }
-    runTask(task);
-    std::lock_guard<std::mutex> lock(mu_);
-    busy_ = false;
+    std::exception_ptr failure = runTask(task);
+    // Idle before the caller can see its Work done, so that the blocking
+    // call it makes next finds the communicator free and runs inline.
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      busy_ = false;
+    }
+    complete(task, failure);
   }
 }
 
-void Comm::runTask(Task& task) {
+std::exception_ptr Comm::runTask(Task& task) {
   op_ = task.desc;
   task.work->markStarted();
   opStart_ = Clock::now();
@@ -122,7 +131,7 @@ void Comm::runTask(Task& task) {
     transport_->endOp(id_);
     inflight_.clear();
     recordTimings();
-    task.work->finish();
+    return nullptr;
   } catch (const std::exception& e) {
     // Nothing may touch the caller's buffers once the work reports failure.
     for (auto& r : inflight_) transport_->cancel(r);
@@ -130,8 +139,15 @@ void Comm::runTask(Task& task) {
     transport_->endOp(id_);
     std::string why = "rank " + std::to_string(rank_) + " failed: " + e.what();
     transport_->abort(id_, why);
-    task.work->fail(std::current_exception());
+    return std::current_exception();
   }
+}
+
+void Comm::complete(Task& task, std::exception_ptr failure) {
+  if (failure)
+    task.work->fail(failure);
+  else
+    task.work->finish();
 }
 
 RequestPtr Comm::isend(int to, uint64_t slot, const void* data, size_t bytes) {

@@ -74,3 +74,39 @@ def test_blocking_and_async_calls_interleave_in_order():
     for big, small in results:
         assert big == want_big
         assert small == want_small
+
+
+def queued_during_inline(rank, size):
+    import threading
+
+    from ringflow._dtypes import DTYPE_CODE, REDUCE_OP_CODE
+
+    owner = _comm(rank, size)
+    c = owner.comm
+    f32, total = DTYPE_CODE["float32"], REDUCE_OP_CODE["sum"]
+    a = np.full(16, rank + 1.0, dtype=np.float32)
+    b = np.full(16, 10.0 * (rank + 1), dtype=np.float32)
+    later = {}
+    if rank == 0:
+        # While this thread's blocking call runs inline (rank 1 is late),
+        # another thread queues an async call: it must still run once the
+        # inline call ends, though the op thread was idle when it was queued.
+        def submit():
+            time.sleep(0.2)
+            later["work"] = c.allreduce(b.ctypes.data, b.size, f32, total)
+        t = threading.Thread(target=submit)
+        t.start()
+        c.allreduce(a.ctypes.data, a.size, f32, total, blocking=True).wait()
+        t.join()
+        later["work"].wait(20.0)
+    else:
+        time.sleep(0.6)
+        c.allreduce(a.ctypes.data, a.size, f32, total, blocking=True).wait()
+        c.allreduce(b.ctypes.data, b.size, f32, total, blocking=True).wait()
+    owner.close()
+    return float(a[0]), float(b[0])
+
+
+def test_a_call_queued_while_an_inline_one_runs_is_run_after_it():
+    for a, b in run_world(2, queued_during_inline, timeout=60):
+        assert (a, b) == (3.0, 30.0)

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <exception>
 #include <functional>
 #include <map>
 #include <memory>
@@ -110,7 +111,11 @@ class Comm : public std::enable_shared_from_this<Comm> {
     WorkPtr work;
   };
   void opLoop();
-  void runTask(Task& task);
+  // Runs a task's body; returns its failure (null on success) without
+  // completing its Work, so the caller can mark the communicator idle first.
+  std::exception_ptr runTask(Task& task);
+  void complete(Task& task, std::exception_ptr failure);
+  void release();  // an inline call ends: idle again, wake the op thread if needed
   void watchP2P();
   WorkPtr trackP2P(RequestPtr req, const OpDesc& desc, int peer, const char* verb);
 
