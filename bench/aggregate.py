@@ -24,10 +24,8 @@ import argparse
 import json
 import os
 import secrets
-import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if __package__ in (None, ""):
@@ -37,7 +35,8 @@ if __package__ in (None, ""):
         sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
 
 from ringflow import netns  # noqa: E402
-from ringflow._bench_util import environment, load_average, parse_size, print_header  # noqa: E402
+from ringflow._bench_util import (allreduce_p50, environment, load_average, parse_size,  # noqa: E402
+                                  print_header)
 
 
 def timed_allreduces(rank, size, sizes, iters):
@@ -58,23 +57,19 @@ def timed_allreduces(rank, size, sizes, iters):
     out = {}
     for nbytes in sizes:
         x = torch.randn(nbytes // 4, generator=torch.Generator().manual_seed(rank))
-        want = None
+        first = []  # the first timed result: every later one must equal it
+
+        def same_as_first(y):
+            if not first:
+                first.append(y)
+            elif not torch.equal(y, first[0]):
+                raise AssertionError("two runs of the same allreduce differ")
+
         dist.all_reduce(x.clone())  # warm-up (and the aggregate job's setup)
         before = ringflow.stats()["aggregate"]
-        times = []
-        for _ in range(iters):
-            y = x.clone()
-            dist.barrier()
-            t0 = time.perf_counter()
-            dist.all_reduce(y)
-            dt = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
-            dist.all_reduce(dt, op=dist.ReduceOp.MAX)
-            times.append(float(dt))
-            want = y if want is None else want
-            if not torch.equal(y, want):
-                raise AssertionError("two runs of the same allreduce differ")
+        p50 = allreduce_p50(x.clone, iters, check=same_as_first)
         after = ringflow.stats()["aggregate"]
-        out[str(nbytes)] = {"p50": statistics.median(times),
+        out[str(nbytes)] = {"p50": p50,
                             "sent": (after["bytes_sent"] - before["bytes_sent"]) / iters,
                             "received": (after["bytes_received"] - before["bytes_received"]) / iters,
                             "retransmits": (after["retransmits"] - before["retransmits"]) / iters}

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -34,7 +33,7 @@ if __package__ in (None, ""):
         sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
 
 from ringflow import netns  # noqa: E402
-from ringflow._bench_util import parse_size  # noqa: E402
+from ringflow._bench_util import allreduce_p50, parse_size  # noqa: E402
 
 
 def timed_allreduces(rank, size, sizes, iters, late_ms):
@@ -52,17 +51,10 @@ def timed_allreduces(rank, size, sizes, iters, late_ms):
     for nbytes in sizes:
         x = torch.ones(nbytes // 4)
         dist.all_reduce(x)  # warm-up
-        times = []
-        for _ in range(iters):
-            dist.barrier()
-            t0 = time.perf_counter()
-            dist.all_reduce(x)
-            dt = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
-            dist.all_reduce(dt, op=dist.ReduceOp.MAX)
-            times.append(float(dt))
+        p50 = allreduce_p50(lambda: x, iters)  # in place: x grows by a factor of size per call
         if float(x[0]) != size ** (iters + 1):
             raise AssertionError(f"wrong allreduce result {float(x[0])}")
-        out[str(nbytes)] = statistics.median(times)
+        out[str(nbytes)] = p50
     if late_ms:
         ringflow.reset_stats()
         x = torch.ones(1 << 16)

@@ -1,8 +1,7 @@
 #include "ringflow/collectives.h"
 
-#include <cstdlib>
-
 #include "algo/algorithms.h"
+#include "ringflow/env.h"
 
 namespace ringflow {
 namespace {
@@ -46,10 +45,7 @@ void checkCount(const char* call, const char* name, size_t got, size_t want) {
 
 // Whether a call of `bytes` may run on the calling thread (collectives.h).
 bool runHere(bool blocking, size_t bytes) {
-  static const size_t limit = [] {
-    const char* v = std::getenv("RINGFLOW_INLINE_BYTES");
-    return v && *v ? size_t(std::atoll(v)) : size_t(256 << 10);
-  }();
+  static const size_t limit = envSize("RINGFLOW_INLINE_BYTES", 256 << 10);
   return blocking && bytes <= limit && limit > 0;
 }
 

@@ -29,6 +29,9 @@ Comm::Comm(std::shared_ptr<Transport> transport, uint64_t id, std::vector<int> m
     : transport_(std::move(transport)), id_(id), members_(std::move(members)),
       timeoutSec_(timeoutSec) {
   if (timeoutSec_ <= 0) throw InvalidArgument("timeout must be positive");
+  // The first use reads RINGFLOW_WARN_MS: a bad value fails here, for the
+  // caller to see, not at the end of the first call on the op thread.
+  Stats::global();
   for (size_t i = 0; i < members_.size(); ++i)
     if (members_[i] == transport_->rank()) rank_ = int(i);
   if (rank_ < 0) throw InvalidArgument("this process is not a member of the communicator");

@@ -1,7 +1,8 @@
 #include "ringflow/stats.h"
 
 #include <cstdio>
-#include <cstdlib>
+
+#include "ringflow/env.h"
 
 namespace ringflow {
 namespace {
@@ -19,10 +20,7 @@ Stats& Stats::global() {
   return *s;
 }
 
-Stats::Stats() {
-  const char* env = std::getenv("RINGFLOW_WARN_MS");
-  warnMs_ = env && *env ? std::atof(env) : 10000.0;
-}
+Stats::Stats() : warnMs_(envDouble("RINGFLOW_WARN_MS", 10000.0)) {}
 
 void Stats::setWarnMs(double v) {
   std::lock_guard<std::mutex> lock(mu_);

@@ -262,6 +262,7 @@ def test_packets_without_the_token_are_dropped_and_the_call_times_out():
     ({"RINGFLOW_ALGO": "aggregate", "RINGFLOW_AGGREGATOR": "127.0.0.1:1",
       "RINGFLOW_AGG_FAULTS": "drop:2"}, "RINGFLOW_AGG_FAULTS"),
     ({"RINGFLOW_ALGO": "aggregate", "RINGFLOW_AGGREGATOR": "127.0.0.1"}, "host:port"),
+    ({"RINGFLOW_ALGO": "aggregate", "RINGFLOW_AGGREGATOR": "[::1]"}, "host:port"),
 ])
 def test_bad_settings_are_named_on_every_rank(env, expected):
     for _, message, _ in run_world(2, allreduce_error, 20, [10, 10], env=env, timeout=60):

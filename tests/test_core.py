@@ -96,3 +96,13 @@ def test_point_to_point_matching_and_errors():
     assert res["payload"] == list(range(10))
     assert "count=4" in res["mismatch"] and "count=5" in res["mismatch"], res["mismatch"]
     assert res["timeout"]
+
+
+@pytest.mark.parametrize("addr", ["127.0.0.1", "127.0.0.1:", "[::1]", "[::1"])
+def test_peer_address_without_a_port_is_named(addr):
+    import ringflow
+    from ringflow import _C
+
+    t = _C.TcpTransport(1, 2, "127.0.0.1")  # rank 1 connects to rank 0 at addrs[0]
+    with pytest.raises(ringflow.InvalidArgument, match="has no :port"):
+        t.connect([addr, "127.0.0.1:1"], 1, 1.0)

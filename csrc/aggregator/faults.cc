@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "ringflow/env.h"
 #include "ringflow/types.h"
 
 namespace ringflow::agg {
@@ -34,10 +35,7 @@ FaultSpec parseFaults(const std::string& spec) {
   return f;
 }
 
-FaultSpec faultsFromEnv() {
-  const char* v = std::getenv("RINGFLOW_AGG_FAULTS");
-  return parseFaults(v ? v : "");
-}
+FaultSpec faultsFromEnv() { return parseFaults(envString("RINGFLOW_AGG_FAULTS")); }
 
 FaultInjector::FaultInjector(FaultSpec spec, uint64_t seed)
     : spec_(spec), state_(seed | 1) {}

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "ringflow/host_port.h"
 #include "ringflow/types.h"
 
 namespace ringflow::agg {
@@ -19,12 +20,9 @@ namespace {
 }  // namespace
 
 Endpoint parseEndpoint(const std::string& hostPort) {
-  auto colon = hostPort.rfind(':');
-  if (colon == std::string::npos || colon + 1 == hostPort.size())
+  std::string host, port;
+  if (!splitHostPort(hostPort, &host, &port))
     throw InvalidArgument("aggregator address '" + hostPort + "' is not host:port");
-  std::string host = hostPort.substr(0, colon), port = hostPort.substr(colon + 1);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
-    host = host.substr(1, host.size() - 2);
   char* end = nullptr;
   long p = std::strtol(port.c_str(), &end, 10);
   if (*end || p < 0 || p > 65535)

@@ -4,47 +4,31 @@
 // RINGFLOW_AGGREGATOR=host:port[,host:port...] (several aggregators share
 // the chunks), RINGFLOW_AGG_SLOTS, RINGFLOW_AGG_PACKET_ELEMS,
 // RINGFLOW_AGG_TOKEN and RINGFLOW_AGG_FAULTS.
-#include <cstdlib>
 #include <random>
 #include <vector>
 
 #include "aggregator/client.h"
 #include "algorithms.h"
 #include "kernels/half.h"
+#include "ringflow/env.h"
 #include "ringflow/kernels.h"
 
 namespace ringflow::algo {
 namespace {
 
-std::string env(const char* name, const char* fallback = "") {
-  const char* v = std::getenv(name);
-  return v && *v ? v : fallback;
-}
-
-long envNumber(const char* name, long fallback, long lo, long hi) {
-  std::string v = env(name);
-  if (v.empty()) return fallback;
-  char* end = nullptr;
-  long x = std::strtol(v.c_str(), &end, 10);
-  if (*end || x < lo || x > hi)
-    throw InvalidArgument(std::string(name) + "=" + v + ": expected an integer in " +
-                          std::to_string(lo) + ".." + std::to_string(hi));
-  return x;
-}
-
 // Every rank must agree on the job and the shape of the protocol; rank 0's
 // random job id is everyone's.  Checked with one small allgather, so a
 // mismatch fails on every rank alike.
 std::shared_ptr<agg::Client> makeClient(Comm& c) {
-  std::string where = env("RINGFLOW_AGGREGATOR");
+  std::string where = envString("RINGFLOW_AGGREGATOR");
   if (where.empty())
     throw InvalidArgument("RINGFLOW_ALGO=aggregate needs RINGFLOW_AGGREGATOR=host:port[,host:port...]");
   agg::ClientConfig cfg;
   cfg.aggregators = agg::parseEndpoints(where);
-  cfg.slots = uint32_t(envNumber("RINGFLOW_AGG_SLOTS", agg::kDefaultSlots, 1, 4096));
-  cfg.packetElems = uint32_t(envNumber("RINGFLOW_AGG_PACKET_ELEMS", agg::kDefaultPacketElems, 1,
-                                       agg::kMaxPacketElems));
-  cfg.token = env("RINGFLOW_AGG_TOKEN");
+  cfg.slots = uint32_t(envSize("RINGFLOW_AGG_SLOTS", agg::kDefaultSlots, 1, 4096));
+  cfg.packetElems = uint32_t(envSize("RINGFLOW_AGG_PACKET_ELEMS", agg::kDefaultPacketElems, 1,
+                                     agg::kMaxPacketElems));
+  cfg.token = envString("RINGFLOW_AGG_TOKEN");
   cfg.faults = agg::faultsFromEnv();
   cfg.rank = c.rank();
   cfg.workers = c.size();

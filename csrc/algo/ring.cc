@@ -1,10 +1,10 @@
 // The ring: reduce-scatter then allgather, each a pipeline of pieces.  Rank r
 // sends to r+1 and receives from r-1; after n-1 reduce-scatter steps rank r
 // holds block r fully reduced, and n-1 allgather steps hand every block round.
-#include <cstdlib>
 #include <cstring>
 
 #include "algorithms.h"
+#include "ringflow/env.h"
 #include "ringflow/kernels.h"
 
 namespace ringflow::algo {
@@ -98,9 +98,9 @@ void allgatherInPlace(Comm& c, const Buffer& work, const Blocks& blocks) {
 
 size_t pieceBytes() {
   static const size_t bytes = [] {
-    const char* env = std::getenv("RINGFLOW_PIECE_BYTES");
-    long v = env ? std::atol(env) : 0;
-    return v >= 64 ? size_t(v) : size_t(256 << 10);
+    constexpr size_t kDefault = 256 << 10;
+    size_t v = envSize("RINGFLOW_PIECE_BYTES", kDefault);
+    return v >= 64 ? v : kDefault;  // below 64 B (0 included) means the default
   }();
   return bytes;
 }

@@ -18,36 +18,25 @@
 // Elsewhere (sub-groups, several hosts, no shared memory) every setting
 // falls back to the ring.  Every rank decides the same way, from facts all
 // ranks share.
-#include <cstdlib>
-#include <cstring>
-
 #include "algorithms.h"
+#include "ringflow/env.h"
 #include "ringflow/routed.h"
 
 namespace ringflow::algo {
 namespace {
 
+// In the order of their names in fromEnv.
 enum class Choice { Auto, Ring, Shm, Hierarchical, Aggregate };
 
 Choice fromEnv() {
-  static const Choice c = [] {
-    const char* v = std::getenv("RINGFLOW_ALGO");
-    if (!v || !*v || !std::strcmp(v, "auto")) return Choice::Auto;
-    if (!std::strcmp(v, "ring")) return Choice::Ring;
-    if (!std::strcmp(v, "shm")) return Choice::Shm;
-    if (!std::strcmp(v, "hierarchical")) return Choice::Hierarchical;
-    if (!std::strcmp(v, "aggregate")) return Choice::Aggregate;
-    throw InvalidArgument(std::string("RINGFLOW_ALGO=") + v +
-                          ": expected auto, ring, shm, hierarchical or aggregate");
-  }();
+  static const Choice c = Choice(
+      envChoice("RINGFLOW_ALGO", size_t(Choice::Auto),
+                {"auto", "ring", "shm", "hierarchical", "aggregate"}));
   return c;
 }
 
 size_t hierarchicalMinBytes() {
-  static const size_t v = [] {
-    const char* e = std::getenv("RINGFLOW_HIER_MIN_BYTES");
-    return e && *e ? size_t(std::atoll(e)) : size_t(64 << 10);
-  }();
+  static const size_t v = envSize("RINGFLOW_HIER_MIN_BYTES", 64 << 10);
   return v;
 }
 

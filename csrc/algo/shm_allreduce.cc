@@ -33,6 +33,7 @@
 #include <thread>
 
 #include "algorithms.h"
+#include "ringflow/env.h"
 #include "ringflow/kernels.h"
 #include "ringflow/shm.h"
 #include "ringflow/spin.h"
@@ -42,10 +43,14 @@
 namespace ringflow::algo {
 namespace {
 
+// In these settings 0 means the default.
 size_t envBytes(const char* name, size_t fallback) {
-  const char* v = std::getenv(name);
-  long n = v ? std::atol(v) : 0;
-  return n > 0 ? size_t(n) : fallback;
+  size_t n = envSize(name, fallback);
+  return n > 0 ? n : fallback;
+}
+std::chrono::microseconds envWait(const char* name, std::chrono::microseconds fallback) {
+  auto us = envMicros(name, fallback);
+  return us.count() > 0 ? us : fallback;
 }
 
 // At or below this size one copy-in step beats the three-phase single-copy
@@ -67,11 +72,11 @@ size_t readPieceBytes() {
 // one that is not (skewed ranks, a busy host) costs at most this much CPU
 // per wait.  RINGFLOW_SHM_ARENA_SPIN_US / RINGFLOW_SHM_ARENA_YIELD_US.
 std::chrono::microseconds spinBudget() {
-  static const auto us = std::chrono::microseconds(envBytes("RINGFLOW_SHM_ARENA_SPIN_US", 5));
+  static const auto us = envWait("RINGFLOW_SHM_ARENA_SPIN_US", std::chrono::microseconds(5));
   return us;
 }
 std::chrono::microseconds yieldBudget() {
-  static const auto us = std::chrono::microseconds(envBytes("RINGFLOW_SHM_ARENA_YIELD_US", 2000));
+  static const auto us = envWait("RINGFLOW_SHM_ARENA_YIELD_US", std::chrono::microseconds(2000));
   return us;
 }
 
@@ -128,6 +133,9 @@ class Arena {
   Comm& c_;
   ShmTransport& shm_;
   const int n_, me_;
+  // Read before step_ is taken: a bad setting fails the call on every rank
+  // before it touches the arena, not midway on whichever rank waits first.
+  const std::chrono::microseconds spin_ = spinBudget(), yield_ = yieldBudget();
   const uint64_t step_;
   const Deadline deadline_;
   std::vector<shm::Header*> hdr_;
@@ -146,8 +154,8 @@ void Arena::waitFor(int q, shm::Counter shm::Header::*which, uint64_t step) {
   } credit{c_, q};
   // Spin, then yield, before sleeping: the peer usually arrives within
   // microseconds, far less than a futex sleep-and-wake costs.
-  if (spinThenYield([&] { return v.load(std::memory_order_acquire) >= step; }, spinBudget(),
-                    yieldBudget(), deadline_))
+  if (spinThenYield([&] { return v.load(std::memory_order_acquire) >= step; }, spin_, yield_,
+                    deadline_))
     return;
   for (;;) {
     uint32_t seen = hdr_[q]->arBell.word.load();
@@ -238,13 +246,13 @@ void slotStep(Arena& a, char* data, size_t count, DType dtype, ReduceOp op) {
 
 void singleCopy(Arena& a, Buffer data, ReduceOp op) {
   const size_t es = elementSize(data.dtype);
+  const size_t piece = std::max<size_t>(1, readPieceBytes() / es);  // before the protocol starts
   a.announce(data.ptr);
   a.publish(&shm::Header::arrive, a.step_);
   a.checkPeers();
   Blocks blocks(data.count, a.n_);
   // Reduce-scatter: block `me` of every peer's buffer, piece by piece.
   static thread_local std::vector<char> scratch;
-  const size_t piece = std::max<size_t>(1, readPieceBytes() / es);
   if (scratch.size() < piece * es * size_t(a.n_)) scratch.resize(piece * es * size_t(a.n_));
   std::vector<const void*> srcs(a.n_);
   for (size_t done = 0; done < blocks.count(a.me_); done += piece) {

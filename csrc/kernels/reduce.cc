@@ -2,14 +2,15 @@
 // set this CPU has (checked once at run time, so the binary stays baseline
 // x86-64), and split very large N-way reductions over a few threads.
 #include <atomic>
-#include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "half.h"
 #include "reduce_isa.h"
+#include "ringflow/env.h"
 #include "ringflow/kernels.h"
 
 namespace ringflow::kernels {
@@ -39,11 +40,9 @@ int parseLevel(const std::string& name) {
 // would crash on the first instruction it lacks.
 int initialLevel() {
   int level = detectLevel();
-  if (const char* env = std::getenv("RINGFLOW_SIMD")) {
-    int want = parseLevel(env);
-    if (want < level) level = want;
-  }
-  return level;
+  int want = int(envChoice("RINGFLOW_SIMD", kAvx512,
+                           {std::begin(kLevelNames), std::end(kLevelNames)}));
+  return want < level ? want : level;
 }
 
 std::atomic<int>& currentLevel() {
@@ -58,12 +57,9 @@ constexpr size_t kBytesPerThread = 8u << 20;
 
 size_t maxThreads() {
   static size_t n = [] {
-    if (const char* env = std::getenv("RINGFLOW_KERNEL_THREADS")) {
-      long v = std::strtol(env, nullptr, 10);
-      return size_t(v < 1 ? 1 : v);
-    }
     unsigned hw = std::thread::hardware_concurrency();
-    return size_t(hw == 0 ? 1 : (hw > 4 ? 4 : hw));
+    size_t v = envSize("RINGFLOW_KERNEL_THREADS", hw == 0 ? 1 : (hw > 4 ? 4 : hw));
+    return v < 1 ? 1 : v;  // 0 means one thread, as 1 does
   }();
   return n;
 }

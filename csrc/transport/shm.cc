@@ -15,16 +15,6 @@
 namespace ringflow {
 namespace {
 
-// How long the reader thread keeps polling after its last piece of work
-// before it sleeps on its bell; RINGFLOW_SHM_SPIN_US overrides.
-std::chrono::microseconds spinBudget() {
-  static const auto us = [] {
-    const char* v = std::getenv("RINGFLOW_SHM_SPIN_US");
-    return std::chrono::microseconds(v ? std::atol(v) : 50);
-  }();
-  return us;
-}
-
 // Copies `n` bytes into the ring at stream position `pos` (wrapping).
 void ringPut(char* ring, size_t cap, uint64_t pos, const char* src, size_t n) {
   size_t off = size_t(pos % cap), first = std::min(n, cap - off);
@@ -214,7 +204,7 @@ void ShmTransport::progressLoop() {
       continue;
     }
     if ((++rounds & 15) == 0) sched_yield();
-    if (Clock::now() - idleSince < spinBudget()) continue;
+    if (Clock::now() - idleSince < idleSpin_) continue;
     failDeadPeers();
     // Senders and draining consumers ring this bell; the timeout bounds how
     // late a dead peer's pending sends are noticed.

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "ringflow/env.h"
 #include "shm_internal.h"
 #include "trace.h"
 
@@ -54,7 +55,8 @@ char* mapSegment(int fd, size_t bytes, const std::string& name) {
 ShmTransport::ShmTransport(int rank, int size, std::vector<int> localRanks,
                            std::shared_ptr<Mailbox> mailbox, uint64_t token, Options options)
     : rank_(rank), size_(size), localRanks_(std::move(localRanks)), localOf_(size, -1),
-      mailbox_(std::move(mailbox)), options_(options) {
+      mailbox_(std::move(mailbox)), options_(options),
+      idleSpin_(envMicros("RINGFLOW_SHM_SPIN_US", std::chrono::microseconds(50))) {
   for (size_t i = 0; i < localRanks_.size(); ++i) {
     int g = localRanks_[i];
     if (g < 0 || g >= size || localOf_[g] >= 0)

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <thread>
 
+#include "ringflow/host_port.h"
 #include "tcp_internal.h"
 
 namespace ringflow::tcp {
@@ -20,15 +21,6 @@ namespace {
 int msUntil(Deadline d) {
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(d - Clock::now()).count();
   return ms < 0 ? 0 : int(ms > 1000000 ? 1000000 : ms);
-}
-
-void splitHostPort(const std::string& addr, std::string* host, std::string* port) {
-  auto colon = addr.rfind(':');
-  if (colon == std::string::npos) throw InvalidArgument("address '" + addr + "' has no :port");
-  *host = addr.substr(0, colon);
-  *port = addr.substr(colon + 1);
-  if (host->size() >= 2 && host->front() == '[' && host->back() == ']')
-    *host = host->substr(1, host->size() - 2);
 }
 
 addrinfo* resolve(const std::string& host, const std::string& port, bool passive) {
@@ -74,7 +66,8 @@ int listenOn(const std::string& host, int* port) {
 
 int connectWithRetry(const std::string& addr, Deadline deadline, const std::string& what) {
   std::string host, port;
-  splitHostPort(addr, &host, &port);
+  if (!splitHostPort(addr, &host, &port))
+    throw InvalidArgument("address '" + addr + "' has no :port");
   std::string lastError = "no attempt made";
   auto backoff = std::chrono::milliseconds(5);
   do {

@@ -23,6 +23,7 @@ struct Hello {
 
 TcpTransport::TcpTransport(int rank, int size, const std::string& bindHost)
     : rank_(rank), size_(size) {
+  traceEnabled();  // a bad RINGFLOW_TRACE fails here, not later on the progress thread
   if (size <= 0 || rank < 0 || rank >= size)
     throw InvalidArgument("rank " + std::to_string(rank) + " is outside a group of size " +
                           std::to_string(size));

@@ -3,16 +3,17 @@
 #pragma once
 
 #include <cstdio>
-#include <cstdlib>
 #include <string>
+
+#include "ringflow/env.h"
 
 namespace ringflow {
 
+// Throws on a malformed RINGFLOW_TRACE, so TcpTransport's constructor calls
+// it first: trace() also runs on progress threads, where a throw would end
+// the process.
 inline bool traceEnabled() {
-  static const bool on = [] {
-    const char* v = std::getenv("RINGFLOW_TRACE");
-    return v && *v && *v != '0';
-  }();
+  static const bool on = envBool("RINGFLOW_TRACE", false);
   return on;
 }
 

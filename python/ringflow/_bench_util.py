@@ -15,6 +15,7 @@ import os
 import platform
 import queue
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -86,6 +87,29 @@ def percentile(values, q: float) -> float:
 def max_over_ranks(per_rank: list[list[float]]) -> list[float]:
     """Iteration i took as long as its slowest rank."""
     return [max(ts) for ts in zip(*per_rank)]
+
+
+def allreduce_p50(tensor_for, iters: int, check=None) -> float:
+    """One rank's part of timing `iters` allreduces: each iteration takes
+    tensor_for() (untimed: the tensor, or a fresh copy of it), a barrier,
+    one timed dist.all_reduce of it, then an all_reduce MAX of the elapsed
+    time, so every rank holds the slowest rank's time; then check(tensor) if
+    given (untimed).  Returns the median of those maxima, in seconds."""
+    import torch
+    import torch.distributed as dist
+
+    times = []
+    for _ in range(iters):
+        x = tensor_for()
+        dist.barrier()
+        t0 = time.perf_counter()
+        dist.all_reduce(x)
+        dt = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+        dist.all_reduce(dt, op=dist.ReduceOp.MAX)
+        times.append(float(dt))
+        if check is not None:
+            check(x)
+    return statistics.median(times)
 
 
 def bandwidths(collective: str, world: int, nbytes: int, seconds: float) -> tuple[float, float]:

@@ -1,4 +1,14 @@
-"""RINGFLOW_* environment settings, logged once per process."""
+"""RINGFLOW_* environment settings, logged once per process.
+
+Unset or empty means the default.  The settings the C++ core reads
+(csrc/env.cc; all below but ADDR, BIND, GROUPS, LOG, HOST_ID, SHM, SHM_CMA,
+SHM_QUEUE_BYTES and SHM_SLOT_BYTES, which Python reads) are checked: a
+malformed or out-of-range value raises ringflow.InvalidArgument (a
+ValueError) naming the variable and the value, when the group is built or at
+the first call that needs it.  Numbers there are whole and non-negative
+unless said otherwise; booleans are 1/true/yes/on or 0/false/no/off;
+microsecond settings are at most an hour.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +21,18 @@ log = logging.getLogger("ringflow")
 SETTINGS = {
     "RINGFLOW_ADDR": "address advertised to peers (default: route towards MASTER_ADDR)",
     "RINGFLOW_BIND": "address the TCP listener binds (default 0.0.0.0)",
-    "RINGFLOW_PIECE_BYTES": "pipelining piece size of ring/chain algorithms (default 262144)",
-    "RINGFLOW_WARN_MS": "watchdog: warn when a call's aggregation phase or whole call exceeds this (default 10000, 0 = off)",
+    "RINGFLOW_PIECE_BYTES": "pipelining piece size of ring/chain algorithms (default 262144; "
+                            "below 64 means the default)",
+    "RINGFLOW_WARN_MS": "watchdog: warn when a call's aggregation phase or whole call exceeds this "
+                        "many ms, a decimal number (default 10000, 0 or less = off)",
     "RINGFLOW_SIMD": "caps the CPU kernels' instruction set (avx512, avx2, scalar)",
-    "RINGFLOW_KERNEL_THREADS": "threads for very large N-way reductions (1 = none)",
+    "RINGFLOW_KERNEL_THREADS": "threads for very large N-way reductions (default: one per CPU, "
+                               "at most 4; 0 or 1 = none)",
     "RINGFLOW_GROUPS": "hierarchical layout: one group label per rank, e.g. 0,0,1,1",
     "RINGFLOW_HIER_MIN_BYTES": "auto picks hierarchical from this message size up (default 65536)",
     "RINGFLOW_LOG": "log level of the 'ringflow' logger (default WARNING)",
-    "RINGFLOW_TRACE": "1 prints control events (aborts, goodbyes, lost peers) to stderr",
+    "RINGFLOW_TRACE": "1 (or true/yes/on) prints control events (aborts, goodbyes, lost "
+                      "peers) to stderr",
     "RINGFLOW_ALGO": "allreduce algorithm: auto (default: shared-memory arena when every rank "
                      "is on this host, hierarchical rings for a multi-group layout, ring "
                      "otherwise), ring, shm, hierarchical, or aggregate",
@@ -38,12 +52,16 @@ SETTINGS = {
     "RINGFLOW_SHM_QUEUE_BYTES": "bytes of each per-sender shared-memory queue (default 1048576)",
     "RINGFLOW_SHM_SLOT_BYTES": "bytes of each rank's allreduce slot (default 1048576)",
     "RINGFLOW_SHM_SMALL_BYTES": "shm allreduce: at or below this, one copy-in step; above, "
-                                "single-copy reduce-scatter + allgather (default 262144)",
-    "RINGFLOW_SHM_PIECE_BYTES": "shm allreduce: bytes read from a peer per piece (default 262144)",
+                                "single-copy reduce-scatter + allgather (default 262144; "
+                                "0 = default)",
+    "RINGFLOW_SHM_PIECE_BYTES": "shm allreduce: bytes read from a peer per piece (default 262144; "
+                                "0 = default)",
     "RINGFLOW_SHM_SPIN_US": "shm reader thread: microseconds of polling before it sleeps (default 50)",
-    "RINGFLOW_SHM_ARENA_SPIN_US": "shm allreduce waits: microseconds of pure spinning (default 5)",
+    "RINGFLOW_SHM_ARENA_SPIN_US": "shm allreduce waits: microseconds of pure spinning (default 5; "
+                                  "0 = default)",
     "RINGFLOW_SHM_ARENA_YIELD_US": "shm allreduce waits: then microseconds of polling between "
-                                   "sched_yield calls before sleeping on the peer's bell (default 2000)",
+                                   "sched_yield calls before sleeping on the peer's bell "
+                                   "(default 2000; 0 = default)",
     "RINGFLOW_INLINE_BYTES": "blocking collectives up to this size run on the calling thread when "
                              "nothing is queued (default 262144; 0 = never)",
 }

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -90,6 +91,10 @@ class ShmTransport {
   std::vector<int> localRanks_, localOf_;
   std::shared_ptr<Mailbox> mailbox_;
   Options options_;
+  // How long the reader thread keeps polling after its last piece of work
+  // before it sleeps on its bell; RINGFLOW_SHM_SPIN_US overrides.  Read
+  // here, on the caller's thread: a bad value must not throw on the reader's.
+  std::chrono::microseconds idleSpin_;
   std::string name_;
   bool unlinked_ = false;
   size_t mapBytes_ = 0;
