@@ -45,11 +45,16 @@ void checkCount(const char* call, const char* name, size_t got, size_t want) {
 
 // Whether a call of `bytes` may run on the calling thread (collectives.h).
 bool runHere(bool blocking, size_t bytes) {
-  static const size_t limit = envSize("RINGFLOW_INLINE_BYTES", 256 << 10);
+  const size_t limit = inlineLimit();
   return blocking && bytes <= limit && limit > 0;
 }
 
 }  // namespace
+
+size_t inlineLimit() {
+  static const size_t limit = envSize("RINGFLOW_INLINE_BYTES", 256 << 10);
+  return limit;
+}
 
 WorkPtr allreduce(Comm& c, Buffer data, ReduceOp op, bool blocking) {
   checkBuffer("allreduce", "tensor", data);

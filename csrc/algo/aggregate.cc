@@ -19,6 +19,18 @@ namespace {
 // Every rank must agree on the job and the shape of the protocol; rank 0's
 // random job id is everyone's.  Checked with one small allgather, so a
 // mismatch fails on every rank alike.
+}  // namespace
+
+void readAggregateSettings() {
+  // RINGFLOW_AGGREGATOR is left to the first aggregate call: resolving its
+  // host names at start-up would fail jobs that never use it.
+  envSize("RINGFLOW_AGG_SLOTS", agg::kDefaultSlots, 1, 4096);
+  envSize("RINGFLOW_AGG_PACKET_ELEMS", agg::kDefaultPacketElems, 1, agg::kMaxPacketElems);
+  agg::faultsFromEnv();
+}
+
+namespace {
+
 std::shared_ptr<agg::Client> makeClient(Comm& c) {
   std::string where = envString("RINGFLOW_AGGREGATOR");
   if (where.empty())

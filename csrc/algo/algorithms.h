@@ -37,6 +37,13 @@ struct Blocks {
 // everywhere (block r being this rank's contribution).
 void reduceScatterInPlace(Comm& c, const Buffer& work, const Blocks& blocks, ReduceOp op);
 void allgatherInPlace(Comm& c, const Buffer& work, const Blocks& blocks);
+// Each reads (and so checks) the RINGFLOW_* settings of its file, so that a
+// bad one fails at start-up rather than at the first call that needs it
+// (settings.cc).
+void readSelectSettings();
+void readShmArenaSettings();
+void readAggregateSettings();
+
 // The allreduce RINGFLOW_ALGO and the communicator's placement select
 // (select.cc): the shared-memory arena, the hierarchical rings or the ring.
 void allreduce(Comm& c, Buffer data, ReduceOp op);

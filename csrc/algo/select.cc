@@ -40,6 +40,16 @@ size_t hierarchicalMinBytes() {
   return v;
 }
 
+}  // namespace
+
+void readSelectSettings() {
+  fromEnv();
+  hierarchicalMinBytes();
+  pieceBytes();
+}
+
+namespace {
+
 // From facts every rank shares (a rank outside the higher rings has none).
 bool layoutWorthIt(Comm& c) {
   return c.hierarchyGroups() > 1 && c.hierarchyGroups() < c.size();

@@ -80,6 +80,17 @@ std::chrono::microseconds yieldBudget() {
   return us;
 }
 
+}  // namespace
+
+void readShmArenaSettings() {
+  smallBytes();
+  readPieceBytes();
+  spinBudget();
+  yieldBudget();
+}
+
+namespace {
+
 class Arena {
  public:
   Arena(Comm& c, ShmTransport& shm)

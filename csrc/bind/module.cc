@@ -3,6 +3,7 @@
 #include "bind.h"
 #include "ringflow/config.h"
 #include "ringflow/kernels.h"
+#include "ringflow/settings.h"
 #include "ringflow/types.h"
 
 namespace py = pybind11;
@@ -18,6 +19,8 @@ PYBIND11_MODULE(_C, m) {
     d["transports"] = std::vector<std::string>{"tcp", "shm", "udp-aggregator"};
     return d;
   });
+  m.def("check_settings", &ringflow::checkSettings,
+        "Reads every RINGFLOW_* setting of the core; raises ValueError naming a bad one.");
   ringflow::bind::bindErrors(m);
   ringflow::bind::bindComm(m);
   ringflow::bind::bindShm(m);

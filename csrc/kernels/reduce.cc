@@ -149,6 +149,11 @@ void divide(void* data, size_t n, DType dtype, double divisor) {
   }
 }
 
+void readKernelSettings() {
+  currentLevel();
+  maxThreads();
+}
+
 const char* simdLevel() { return kLevelNames[currentLevel().load(std::memory_order_relaxed)]; }
 
 const char* setSimdLevel(const char* name) {

@@ -62,8 +62,16 @@ def host_identity() -> str:
 
 
 def _env_int(name: str, default: int) -> int:
-    v = os.environ.get(name)
-    return int(v) if v else default
+    v = os.environ.get(name, "").strip()
+    if not v:
+        return default
+    try:
+        n = int(v)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise ValueError(f"{name}={v!r} is not a non-negative integer")
+    return n
 
 
 def _format(host: str, port: int) -> str:
@@ -78,6 +86,11 @@ class Communicator:
         log_config_once()
         if not 0 <= rank < size:
             raise ValueError(f"rank {rank} is outside a group of size {size}")
+        # Before any store traffic: a bad setting fails here, alike on every
+        # rank that has it, instead of at the first call that reads it.
+        _C.check_settings()
+        for name in ("RINGFLOW_SHM_QUEUE_BYTES", "RINGFLOW_SHM_SLOT_BYTES"):
+            _env_int(name, 0)
         self.rank, self.size, self.timeout = rank, size, float(timeout_s)
         bind = os.environ.get("RINGFLOW_BIND", "0.0.0.0")
         self.transport = _C.TcpTransport(rank, size, bind)

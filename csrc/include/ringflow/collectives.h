@@ -17,6 +17,9 @@
 
 namespace ringflow {
 
+// RINGFLOW_INLINE_BYTES, read once.
+size_t inlineLimit();
+
 WorkPtr allreduce(Comm& c, Buffer data, ReduceOp op, bool blocking = false);
 WorkPtr broadcast(Comm& c, Buffer data, int root, bool blocking = false);
 // out holds size() blocks of in.count elements, in rank order.

@@ -28,6 +28,8 @@ void reduceNScalar(void* dst, const void* const* srcs, size_t k, size_t n, DType
 // The instruction set the CPU kernels dispatch to on this machine: "avx512",
 // "avx2" or "scalar".  RINGFLOW_SIMD=<level> in the environment lowers it.
 const char* simdLevel();
+// Reads (and so checks) RINGFLOW_SIMD and RINGFLOW_KERNEL_THREADS.
+void readKernelSettings();
 
 // Lowers (or restores, up to what the CPU has) the level the kernels use, so
 // tests and benchmarks can compare paths; returns the level now in force.
