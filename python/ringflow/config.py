@@ -2,10 +2,12 @@
 
 Unset or empty means the default.  The settings the C++ core reads
 (csrc/env.cc; all below but ADDR, BIND, GROUPS, LOG, HOST_ID, SHM, SHM_CMA,
-SHM_QUEUE_BYTES and SHM_SLOT_BYTES, which Python reads) are checked: a
-malformed or out-of-range value raises ringflow.InvalidArgument (a
-ValueError) naming the variable and the value, when the group is built or at
-the first call that needs it.  Numbers there are whole and non-negative
+SHM_QUEUE_BYTES and SHM_SLOT_BYTES, which Python reads) are checked, with
+SHM_QUEUE_BYTES and SHM_SLOT_BYTES, when the group is built and before the
+store is used: a malformed or out-of-range value raises
+ringflow.InvalidArgument (a ValueError) naming the variable and the value.
+RINGFLOW_AGGREGATOR alone waits for the first aggregate call (resolving its
+host names would fail jobs that never use it).  Numbers there are whole and non-negative
 unless said otherwise; booleans are 1/true/yes/on or 0/false/no/off;
 microsecond settings are at most an hour.
 """
