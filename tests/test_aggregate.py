@@ -231,12 +231,16 @@ def test_killed_aggregator_fails_every_worker(tmp_path):
 
 
 def allreduce_error(rank, size, timeout_s, counts):
-    """(exception class, message, seconds) of one allreduce of counts[rank]
-    ones; class None when it did not fail."""
+    """(exception class, message, seconds) of building the group, or if that
+    worked of one allreduce of counts[rank] ones; class None when neither
+    failed.  (A bad setting fails the former: settings are checked then.)"""
     import torch
 
-    dist = init_torch(rank, size, timeout_s=timeout_s)
-    return _error_of(lambda: dist.all_reduce(torch.ones(counts[rank])))
+    group = []
+    failed_init = _error_of(lambda: group.append(init_torch(rank, size, timeout_s=timeout_s)))
+    if not group:
+        return failed_init
+    return _error_of(lambda: group[0].all_reduce(torch.ones(counts[rank])))
 
 
 def test_mismatched_calls_fail_on_every_rank():
