@@ -37,8 +37,8 @@ def aggregated_sum(inputs: list[np.ndarray], packet_elems: int) -> np.ndarray:
         e = max(exponent(c) for c in chunks)
         total = sum(quantize(c, e, workers) for c in chunks)
         assert np.abs(total).max(initial=0) <= INT32_MAX  # headroom: never overflows
-        out[start:start + packet_elems] = (total.astype(np.float64) /
-                                           np.ldexp(INT32_MAX / workers, -e)).astype(np.float32)
+        inverse = np.ldexp(1.0 / (INT32_MAX / workers), e)  # 1 / scale, rounded once
+        out[start:start + packet_elems] = (total.astype(np.float64) * inverse).astype(np.float32)
     return out
 
 

@@ -36,7 +36,8 @@ def np_dequantize_fixed(q, exps, workers, block):
     out = np.empty(q.size, np.float32)
     for b, e in enumerate(exps):
         sl = slice(b * block, (b + 1) * block)
-        out[sl] = (q[sl].astype(np.float64) / np.ldexp(INT32_MAX / workers, -int(e))).astype(np.float32)
+        inverse = np.ldexp(1.0 / (INT32_MAX / workers), int(e))  # 1 / scale, rounded once
+        out[sl] = (q[sl].astype(np.float64) * inverse).astype(np.float32)
     return out
 
 
@@ -83,6 +84,35 @@ def test_fixed_point_saturates_and_rejects_nonfinite():
         ops.quantize_fixed(np.zeros(10, np.float32), 0)
     with pytest.raises(ValueError, match="int32"):
         ops.dequantize_fixed(np.zeros(4, np.int64), 2, np.zeros(1, np.int32))
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 64])
+def test_fixed_point_simd_matches_scalar_and_numpy(workers):
+    """The AVX2 loops against the portable ones and numpy, on what a SIMD
+    rewrite gets wrong: NaN, +-inf, -0, subnormals, saturation, a rounding
+    tie, and a tail that is not a multiple of the vector width."""
+    rng = np.random.default_rng(workers)
+    n = 8 * 4096 + 5
+    x = (rng.standard_normal(n) * 10 ** rng.uniform(-3, 3, n)).astype(np.float32)
+    x[:8] = [np.nan, np.inf, -np.inf, -0.0, 2.0**-149, -(2.0**-140), 1e30, -1e30]
+    e = 4
+    # 2^(e-1) scales to exactly (INT32_MAX / 1) / 2 = 2^30 - 0.5 for one
+    # worker: a rounding tie (to the even 2^30).  The scheme makes ties rare.
+    x[8:10] = [2.0 ** (e - 1), -(2.0 ** (e - 1))]
+    exps = np.full(-(-n // 256), e, np.int32)
+    q_int = rng.integers(-INT32_MAX, INT32_MAX, n, dtype=np.int64).astype(np.int32)
+    detected = _C.kernels.detected_simd_level()
+    fast = ops.quantize_fixed(x, workers, exps)[0], ops.dequantize_fixed(q_int, workers, exps)
+    try:
+        ops.set_simd_level("scalar")
+        slow = ops.quantize_fixed(x, workers, exps)[0], ops.dequantize_fixed(q_int, workers, exps)
+    finally:
+        ops.set_simd_level(detected)
+    want = np_quantize_fixed(np.nan_to_num(x, nan=0.0), exps, workers, 256)  # NaN quantises to 0
+    assert np.array_equal(fast[0], want) and np.array_equal(slow[0], want)
+    want = np_dequantize_fixed(q_int, exps, workers, 256)
+    assert np.array_equal(fast[1].view(np.int32), want.view(np.int32))
+    assert np.array_equal(slow[1].view(np.int32), want.view(np.int32))
 
 
 def np_quantize_lowbit(x, bits, block, error=None):

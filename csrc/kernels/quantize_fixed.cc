@@ -1,17 +1,20 @@
 // Fixed-point quantisation for packet aggregation (see quantize.h).  All
 // arithmetic is in double with explicit round-half-even, so a worker, the
-// aggregator and numpy agree bit for bit.
+// aggregator and numpy agree bit for bit.  quantizeFixed and dequantizeFixed
+// run the AVX2 loops of quantize_fixed_avx2.cc where the CPU has them (the
+// same operations, so the same bits); the loops here are their reference.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string>
 
+#include "quantize_isa.h"
+#include "ringflow/kernels.h"
 #include "ringflow/quantize.h"
 #include "ringflow/types.h"
 
-// The loops below are built for baseline x86-64 and for AVX2, picked at
-// load time (GCC function multi-versioning): the same IEEE operations, so
-// the same bits, four doubles at a time.  No FMA: -ffp-contract=off.
+// The exponent scan is built for baseline x86-64 and for AVX2, picked at
+// load time (GCC function multi-versioning).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define RINGFLOW_CLONES __attribute__((target_clones("avx2", "default")))
 #else
@@ -42,6 +45,18 @@ void checkBlock(size_t block) {
 // INT32_MAX / (workers * 2^e): one multiply per element.
 double fixedScale(int exponent, int workers) {
   return std::ldexp(kInt32Max / double(workers), -exponent);
+}
+
+// Its reciprocal, for dequantising with a multiply: within an ulp of the
+// quotient in double, far below the float result's rounding, and a divide
+// costs several times a multiply in the loop.
+double fixedInverse(int exponent, int workers) {
+  return std::ldexp(1.0 / (kInt32Max / double(workers)), exponent);
+}
+
+bool useAvx2() {
+  // simdLevel() is "avx2" or "avx512" exactly when the CPU has AVX2 + FMA.
+  return std::strcmp(simdLevel(), "scalar") != 0;
 }
 
 }  // namespace
@@ -82,10 +97,11 @@ void fixedBlockExponents(int32_t* exps, const float* x, size_t n, size_t block) 
     exps[b] = fixedExponent(x + i, n - i < block ? n - i : block);
 }
 
-RINGFLOW_CLONES void quantizeFixed(int32_t* q, const float* x, size_t n, int exponent, int workers) {
+void quantizeFixed(int32_t* q, const float* x, size_t n, int exponent, int workers) {
   checkWorkers(workers);
   const double scale = fixedScale(exponent, workers);
   const double limit = double(2147483647 / workers);  // floor: N * limit <= INT32_MAX
+  if (useAvx2()) return avx2::quantizeFixed(q, x, n, scale, limit);
   for (size_t i = 0; i < n; ++i) {
     // Clamping before rounding is the same as after: the limits are integers.
     double v = double(x[i]) * scale;
@@ -95,10 +111,11 @@ RINGFLOW_CLONES void quantizeFixed(int32_t* q, const float* x, size_t n, int exp
   }
 }
 
-RINGFLOW_CLONES void dequantizeFixed(float* x, const int32_t* q, size_t n, int exponent, int workers) {
+void dequantizeFixed(float* x, const int32_t* q, size_t n, int exponent, int workers) {
   checkWorkers(workers);
-  const double scale = fixedScale(exponent, workers);
-  for (size_t i = 0; i < n; ++i) x[i] = float(double(q[i]) / scale);
+  const double inverse = fixedInverse(exponent, workers);
+  if (useAvx2()) return avx2::dequantizeFixed(x, q, n, inverse);
+  for (size_t i = 0; i < n; ++i) x[i] = float(double(q[i]) * inverse);
 }
 
 void quantizeFixedBlocks(int32_t* q, const float* x, size_t n, size_t block, const int32_t* exps,

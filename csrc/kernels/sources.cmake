@@ -5,6 +5,7 @@ set(RINGFLOW_KERNEL_SOURCES
   csrc/kernels/reduce_avx2.cc
   csrc/kernels/reduce_avx512.cc
   csrc/kernels/quantize_fixed.cc
+  csrc/kernels/quantize_fixed_avx2.cc
   csrc/kernels/quantize_lowbit.cc
   csrc/kernels/lut_scalar.cc
   csrc/kernels/lut.cc
@@ -18,6 +19,8 @@ set(RINGFLOW_KERNEL_SOURCES
 if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64")
   set_source_files_properties(csrc/kernels/reduce_avx2.cc PROPERTIES
     COMPILE_OPTIONS "-O3;-mavx2;-mfma;-mf16c;-ffp-contract=off")
+  set_source_files_properties(csrc/kernels/quantize_fixed_avx2.cc PROPERTIES
+    COMPILE_OPTIONS "-O3;-mavx2;-mfma;-ffp-contract=off")
   set_source_files_properties(csrc/kernels/lut_avx2.cc PROPERTIES
     COMPILE_OPTIONS "-O3;-mavx2;-mfma")
   set_source_files_properties(csrc/kernels/reduce_avx512.cc PROPERTIES

@@ -34,7 +34,8 @@ void fixedBlockExponents(int32_t* exps, const float* x, size_t n, size_t block);
 // saturated to +-(INT32_MAX / workers) so N workers' sum always fits.
 void quantizeFixed(int32_t* q, const float* x, size_t n, int exponent, int workers);
 
-// x[i] = q[i] / scale: the inverse of quantizeFixed, for a summed span too.
+// x[i] = float(q[i] * (1 / scale)), 1 / scale rounded to double once: the
+// inverse of quantizeFixed, for a summed span too.
 void dequantizeFixed(float* x, const int32_t* q, size_t n, int exponent, int workers);
 
 // Per-block forms: block b of `block` elements uses exps[b].
