@@ -44,6 +44,8 @@ def bad_setting(rank, size):
     ("RINGFLOW_ALGO", "rign", {}),
     ("RINGFLOW_SHM_SPIN_US", "50us", {}),          # used by the shm transport, built mid-rendezvous
     ("RINGFLOW_SHM_QUEUE_BYTES", "1M", {}),        # read in Python
+    ("RINGFLOW_SHM", "maybe", {}),                 # read in Python; used to mean "on"
+    ("RINGFLOW_SHM_CMA", "nope", {}),              # likewise
     ("RINGFLOW_AGG_SLOTS", "0", {}),               # used only by RINGFLOW_ALGO=aggregate calls
     ("RINGFLOW_SIMD", "avx3", {}),
 ])

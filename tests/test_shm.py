@@ -112,6 +112,12 @@ def test_same_host_ranks_found_by_host_identity():
     assert all(r[0] == "tcp" and r[2] == "ring" for r in alone), alone
 
 
+@pytest.mark.parametrize("off", ["0", "off", "False"])
+def test_shm_can_be_turned_off(off):
+    results = run_world(2, placement, None, timeout=60, env={"RINGFLOW_SHM": off})
+    assert all(r == ("tcp", [0, 1], "ring", True, True) for r in results), results
+
+
 def bit_identical(rank, size):
     import hashlib
 
