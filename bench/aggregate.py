@@ -12,7 +12,9 @@ RINGFLOW_ALGO=aggregate through an aggregator process, once with the ring.
             so the job uses a token (keyed MACs).
 Reported per worker: p50 time (max over ranks), aggregated elements per
 second (tensor elements / p50), bytes sent and received per call (the
-ring's are 2(n-1)/n of the tensor each way, by construction).
+ring's are 2(n-1)/n of the tensor each way, by construction), and the CPU
+time per call of the aggregator and of a worker process (every thread),
+which says whether the host's CPUs, not the links, set the pace.
 
     python bench/aggregate.py [--workers 2,4] [--sizes 1M,16M,64M] [--iters 5]
                               [--shaped auto|yes|no] [--rate 1gbit] [--json]
@@ -35,8 +37,8 @@ if __package__ in (None, ""):
         sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
 
 from ringflow import netns  # noqa: E402
-from ringflow._bench_util import (allreduce_p50, environment, load_average, parse_size,  # noqa: E402
-                                  print_header)
+from ringflow._bench_util import (CpuMeter, allreduce_p50, environment, load_average,  # noqa: E402
+                                  parse_size, print_header)
 
 
 def timed_allreduces(rank, size, sizes, iters):
@@ -54,6 +56,11 @@ def timed_allreduces(rank, size, sizes, iters):
     # equal() around each call, on the CPUs the communication needs.
     torch.set_num_threads(1)
     dist.init_process_group("ringflow", rank=rank, world_size=size, timeout=timedelta(seconds=300))
+    # CPU per call: this rank's process (all threads), and rank 0 also
+    # watches the aggregator's (same host, same pid namespace).
+    cpu_pids = {"worker": "self"}
+    if rank == 0 and os.environ.get("BENCH_AGGREGATOR_PID"):
+        cpu_pids["aggregator"] = int(os.environ["BENCH_AGGREGATOR_PID"])
     out = {}
     for nbytes in sizes:
         x = torch.randn(nbytes // 4, generator=torch.Generator().manual_seed(rank))
@@ -67,9 +74,10 @@ def timed_allreduces(rank, size, sizes, iters):
 
         dist.all_reduce(x.clone())  # warm-up (and the aggregate job's setup)
         before = ringflow.stats()["aggregate"]
-        p50 = allreduce_p50(x.clone, iters, check=same_as_first)
+        meter = CpuMeter(cpu_pids)
+        p50 = allreduce_p50(x.clone, iters, check=same_as_first, meter=meter)
         after = ringflow.stats()["aggregate"]
-        out[str(nbytes)] = {"p50": p50,
+        out[str(nbytes)] = {"p50": p50, "cpu": meter.medians(),
                             "sent": (after["bytes_sent"] - before["bytes_sent"]) / iters,
                             "received": (after["bytes_received"] - before["bytes_received"]) / iters,
                             "retransmits": (after["retransmits"] - before["retransmits"]) / iters}
@@ -101,7 +109,8 @@ def run_pair(workers, sizes, iters, launch, agg_host, agg_env, ring_env):
     """(aggregate results, ring results, aggregator counters) of rank 0."""
     agg = AggregatorProcess(workers, agg_host, agg_env)
     try:
-        env = {**agg_env, "RINGFLOW_ALGO": "aggregate", "RINGFLOW_AGGREGATOR": agg.address}
+        env = {**agg_env, "RINGFLOW_ALGO": "aggregate", "RINGFLOW_AGGREGATOR": agg.address,
+               "BENCH_AGGREGATOR_PID": str(agg.proc.pid)}
         aggregate = launch(workers, env, sizes, iters)
     finally:
         counters = agg.close()
@@ -117,20 +126,31 @@ def rows_for(workers, sizes, aggregate, ring, shaped):
                      "elements_per_s": nbytes / 4 / a["p50"],
                      "bytes_sent_per_worker": a["sent"], "bytes_received_per_worker": a["received"],
                      "aggregate_p50_us": a["p50"] * 1e6, "ring_p50_us": r["p50"] * 1e6,
-                     "shaped": shaped, "retransmits_per_call": a["retransmits"]})
+                     "shaped": shaped, "retransmits_per_call": a["retransmits"],
+                     "aggregator_cpu_us": a["cpu"]["aggregator"] * 1e6,
+                     "worker_cpu_us": a["cpu"]["worker"] * 1e6,
+                     "ring_worker_cpu_us": r["cpu"]["worker"] * 1e6})
     return rows
 
 
 def print_rows(rows):
+    """The table; the CPU columns are per call in ms (medians): the
+    aggregator's, one worker's (rank 0's process), the ring's worker, and
+    `busy`: (aggregator + n workers) / (CPUs x aggregate p50), how much of
+    the host's CPU the aggregate call used while it ran."""
+    cpus = os.cpu_count() or 1
     print(f"#{'shaped':>8} {'workers':>7} {'size (B)':>10} {'agg (us)':>10} {'ring (us)':>10} "
-          f"{'agg/ring':>8} {'elem/s':>9} {'sent/S':>7} {'recv/S':>7} {'ring/S':>7} {'resent':>6}")
+          f"{'agg/ring':>8} {'elem/s':>9} {'sent/S':>7} {'recv/S':>7} {'ring/S':>7} {'resent':>6} "
+          f"{'aggr cpu':>8} {'wkr cpu':>7} {'ring cpu':>8} {'busy':>5}")
     for r in rows:
         n = r["workers"]
+        busy = (r["aggregator_cpu_us"] + n * r["worker_cpu_us"]) / (cpus * r["aggregate_p50_us"])
         print(f"{str(r['shaped']):>9} {n:>7} {r['bytes']:>10} {r['aggregate_p50_us']:>10.0f} "
               f"{r['ring_p50_us']:>10.0f} {r['aggregate_p50_us'] / r['ring_p50_us']:>8.2f} "
               f"{r['elements_per_s']:>9.2e} {r['bytes_sent_per_worker'] / r['bytes']:>7.3f} "
               f"{r['bytes_received_per_worker'] / r['bytes']:>7.3f} {2 * (n - 1) / n:>7.3f} "
-              f"{r['retransmits_per_call']:>6.1f}")
+              f"{r['retransmits_per_call']:>6.1f} {r['aggregator_cpu_us'] / 1e3:>8.1f} "
+              f"{r['worker_cpu_us'] / 1e3:>7.1f} {r['ring_worker_cpu_us'] / 1e3:>8.1f} {busy:>5.2f}")
 
 
 def main(argv=None) -> int:

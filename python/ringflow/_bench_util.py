@@ -89,12 +89,49 @@ def max_over_ranks(per_rank: list[list[float]]) -> list[float]:
     return [max(ts) for ts in zip(*per_rank)]
 
 
-def allreduce_p50(tensor_for, iters: int, check=None) -> float:
+def process_cpu_seconds(pid="self") -> float:
+    """CPU time of every thread of process `pid` so far, in seconds, from
+    /proc/<pid>/task/*/schedstat (nanoseconds; /proc/<pid>/stat counts in
+    10 ms ticks, too coarse for one call).  A thread that exits takes its
+    time with it, so measure processes whose threads live on."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            pass  # the thread exited between the listing and the read
+    return total / 1e9
+
+
+class CpuMeter:
+    """CPU seconds some processes spend inside timed windows: `pids` maps a
+    name to a pid ("self" for this process); start() and stop() bracket one
+    window; medians() gives each name's median over the windows."""
+
+    def __init__(self, pids: dict):
+        self.pids = dict(pids)
+        self.samples = {name: [] for name in self.pids}
+        self._at = {}
+
+    def start(self) -> None:
+        self._at = {name: process_cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self) -> None:
+        for name, pid in self.pids.items():
+            self.samples[name].append(process_cpu_seconds(pid) - self._at[name])
+
+    def medians(self) -> dict:
+        return {name: statistics.median(v) if v else math.nan for name, v in self.samples.items()}
+
+
+def allreduce_p50(tensor_for, iters: int, check=None, meter: CpuMeter | None = None) -> float:
     """One rank's part of timing `iters` allreduces: each iteration takes
     tensor_for() (untimed: the tensor, or a fresh copy of it), a barrier,
     one timed dist.all_reduce of it, then an all_reduce MAX of the elapsed
     time, so every rank holds the slowest rank's time; then check(tensor) if
-    given (untimed).  Returns the median of those maxima, in seconds."""
+    given (untimed).  A `meter` brackets each timed all_reduce (its reads
+    fall outside the timing).  Returns the median of those maxima, in
+    seconds."""
     import torch
     import torch.distributed as dist
 
@@ -102,9 +139,14 @@ def allreduce_p50(tensor_for, iters: int, check=None) -> float:
     for _ in range(iters):
         x = tensor_for()
         dist.barrier()
+        if meter:
+            meter.start()
         t0 = time.perf_counter()
         dist.all_reduce(x)
-        dt = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+        elapsed = time.perf_counter() - t0
+        if meter:
+            meter.stop()
+        dt = torch.tensor([elapsed], dtype=torch.float64)
         dist.all_reduce(dt, op=dist.ReduceOp.MAX)
         times.append(float(dt))
         if check is not None:
