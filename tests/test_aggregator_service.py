@@ -416,6 +416,34 @@ def test_a_corrupted_packet_is_dropped_as_bad_mac(serve, workers_of, where):
     np.testing.assert_array_equal(values_of(w0.receive()), [1, 2, 3, 4])
 
 
+
+@pytest.mark.parametrize("count", [3, 8, 21, 4096])
+@pytest.mark.parametrize("bad_rank", [0, 1, 2], ids=["first", "added", "completing"])
+@pytest.mark.parametrize("where", ["payload", "total"])
+def test_a_corrupted_contribution_leaves_the_sum_exact(serve, workers_of, count, bad_rank, where):
+    """Unkeyed packets are checked in the pass that copies or adds them;
+    one that fails is taken back out (and a round it would have completed
+    is neither completed nor signed): the sum stays exact, for every place
+    in the round and for payloads with and without a ragged tail."""
+    agg = serve(3, packet_elems=4096)
+    ws = workers_of(agg, 3)
+    rng = np.random.default_rng(count * 7 + bad_rank)
+    vals = [rng.integers(-(2**29), 2**29, count) for _ in ws]
+    for r, w in enumerate(ws):
+        if r == bad_rank:
+            bad = bytearray(w.packet(0, 0, vals[r]))
+            bad[HEADER + 4 * (count // 2) if where == "payload" else 40] ^= 0x10
+            w.send(bytes(bad))
+            w.expect_silence()
+        w.contribute(0, 0, vals[r])
+    want = np.sum(vals, axis=0)
+    for w in ws:
+        reply = w.receive()
+        assert reply["type"] == RESULT and reply["authentic"], reply
+        np.testing.assert_array_equal(values_of(reply), want)
+    stats = agg.stats()
+    assert (stats["bad_mac"], stats["contributions"], stats["refused"]) == (1, 3, 1)
+
 MALFORMED = {
     "empty": lambda w: b"",
     "short": lambda w: b"RFAG" + bytes(6),

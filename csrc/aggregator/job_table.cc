@@ -2,7 +2,33 @@
 
 #include <cstring>
 
+#include "checksum.h"
+
 namespace ringflow::agg {
+
+// Whether a packet's checksum or MAC holds, found once.  Unkeyed packets
+// may instead be checked while contribute() copies or adds their payload
+// (deferred()): one pass over the bytes instead of two; a path that acts on
+// a packet any other way asks ok() first.
+struct JobTable::PacketCheck {
+  const PacketAuth& auth;
+  const PacketHeader& h;
+  const char* payload;
+  size_t bytes;
+  int state = 0;  // 0 not yet known, 1 good, -1 bad
+
+  bool ok() {
+    if (state == 0) state = auth.verify(h, payload, bytes) ? 1 : -1;
+    return state > 0;
+  }
+  bool deferred() const { return state == 0 && !auth.keyed(); }
+  // The checksum a fused copy or add computed over header and payload.
+  bool settle(const Checksum& c) {
+    state = !(h.flags & kFlagKeyed) && c.finish() == h.mac ? 1 : -1;
+    return state > 0;
+  }
+};
+
 namespace {
 
 // Payload words as they sit in a receive buffer (any alignment, any type).
@@ -19,6 +45,15 @@ void addInto(int32_t* sum, const char* payload, size_t n) {
 template <class T>
 void bump(std::atomic<T>& c, T n = 1) {
   c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+// The checksum's state after header h, its mac taken as 0.
+Checksum checksumOfHeader(const PacketHeader& h) {
+  PacketHeader c = h;
+  c.mac = 0;
+  Checksum s;
+  s.update(&c, sizeof c);
+  return s;
 }
 
 }  // namespace
@@ -57,22 +92,27 @@ void JobTable::handle(const char* data, size_t len, bool truncated, const sockad
       h.type != uint8_t(PacketType::Data) || len != sizeof h + payloadBytes(h.count))
     return bump(counters_.malformed);
   const char* payload = data + sizeof h;
-  if (!auth_.verify(h, payload, payloadBytes(h.count))) return bump(counters_.badMac);
-  // Authentic from here on: field errors are answered, so the worker can
-  // fail with a reason instead of a timeout.
+  PacketCheck check{auth_, h, payload, payloadBytes(h.count)};
+  if (!check.deferred() && !check.ok()) return bump(counters_.badMac);
+  // Field errors are answered once the packet is known authentic, so the
+  // worker can fail with a reason instead of a timeout.
   if (h.workers == 0 || h.workers > 64 || h.sender >= h.workers || h.reserved != 0 ||
       (h.slot & kShadowBit) != (slotField(0, h.round) & kShadowBit))
-    return bump(counters_.malformed);
-  if (h.count > config_.packetElems) return refuse(h, ErrorCode::TooManyElements, from, fromLen, out);
-  if (slotIndex(h) >= config_.slots) return refuse(h, ErrorCode::SlotOutOfRange, from, fromLen, out);
-  ErrorCode why;
-  Job* job = findOrOpen(h, now, &why);
-  if (!job) return refuse(h, why, from, fromLen, out);
+    return bump(check.ok() ? counters_.malformed : counters_.badMac);
+  ErrorCode why{};
+  Job* job = nullptr;
+  if (h.count > config_.packetElems) why = ErrorCode::TooManyElements;
+  else if (slotIndex(h) >= config_.slots) why = ErrorCode::SlotOutOfRange;
+  else job = findOrOpen(h, now, &why);
+  if (!job) {
+    if (!check.ok()) return bump(counters_.badMac);
+    return refuse(h, why, from, fromLen, out);
+  }
   job->lastSeen = now;
   // The latest address a worker sent from is where its results go.
   std::memcpy(&job->addrs[h.sender], &from, fromLen);
   job->addrLens[h.sender] = fromLen;
-  contribute(*job, h, reinterpret_cast<const int32_t*>(payload), out);
+  contribute(*job, h, check, out);
 }
 
 JobTable::Job* JobTable::findOrOpen(const PacketHeader& h, SteadyClock::time_point now,
@@ -105,61 +145,94 @@ JobTable::Job* JobTable::findOrOpen(const PacketHeader& h, SteadyClock::time_poi
   return &j;
 }
 
-void JobTable::contribute(Job& job, const PacketHeader& h, const int32_t* payload,
+void JobTable::contribute(Job& job, const PacketHeader& h, PacketCheck& check,
                           std::vector<Reply>& out) {
   const uint32_t index = slotIndex(h);
   const int v = int(h.round & 1);
   Slot& slot = job.slots[index];
   Set& set = slot.set[v];
   const uint64_t bit = uint64_t(1) << h.sender;
-  if (!slot.used) {
-    // A slot's first packet fixes its round: the other set stands for the
-    // round before, long complete (a fresh job, or one evicted while idle).
-    slot.used = true;
-    // It holds no sum and no worker's bit, so nothing is ever answered from it.
-    slot.set[1 - v] = Set{h.round - 1, 0, 0, true, {}};
-    set = Set{h.round, 0, 0, false, {}};
-  } else if (h.round == set.round + 2 && slot.set[1 - v].round == h.round - 1 &&
-             slot.set[1 - v].complete && set.complete) {
-    // The next use of this set: the round before it is complete (every
-    // worker had this set's old result before moving on), so overwrite it.
-    set = Set{h.round, 0, 0, false, {}};
-  } else if (h.round != set.round) {
-    return bump(counters_.stale);
+  // A slot's first packet fixes its round.  The next use of a set may
+  // overwrite it once the round before is complete (every worker had this
+  // set's old result before moving on).  Neither happens unless the packet
+  // proves authentic.
+  const bool first = !slot.used;
+  const bool reuse = !first && h.round == set.round + 2 && slot.set[1 - v].round == h.round - 1 &&
+                     slot.set[1 - v].complete && set.complete;
+  if (!first && !reuse) {
+    if (h.round != set.round) return bump(check.ok() ? counters_.stale : counters_.badMac);
+    if (set.complete) {
+      // A complete set takes no more contributions.  A worker it counted
+      // lost its result: answer from this set, adding nothing.
+      if (!check.ok()) return bump(counters_.badMac);
+      if (!(set.seen & bit)) return bump(counters_.stale);
+      bump(counters_.shadowAnswers);
+      out.push_back({&job.addrs[h.sender], job.addrLens[h.sender], &set.result,
+                     sumsOf(job, index, v), payloadBytes(set.result.count)});
+      return;
+    }
+    if (set.seen & bit) return bump(check.ok() ? counters_.duplicates : counters_.badMac);
   }
-  if (set.complete) {
-    // A complete set takes no more contributions.  A worker it counted lost
-    // its result: answer from this set, adding nothing.
-    if (!(set.seen & bit)) return bump(counters_.stale);
-    bump(counters_.shadowAnswers);
-    out.push_back({&job.addrs[h.sender], job.addrLens[h.sender], &set.result,
-                   sumsOf(job, index, v), payloadBytes(set.result.count)});
-    return;
-  }
-  if (set.seen & bit) return bump(counters_.duplicates);
   int32_t* sums = sumsOf(job, index, v);
-  if (set.contributed == 0) {
-    set.result = h;
+  const char* payload = check.payload;
+  bool signedAlready = false;
+  if (first || reuse || set.contributed == 0) {
+    // The set's old sums belong to a round every worker has finished with,
+    // so a copy that turns out forged loses nothing.
+    if (check.deferred()) {
+      Checksum c = checksumOfHeader(h);
+      copyChecksummed(sums, payload, h.count, c);
+      if (!check.settle(c)) return bump(counters_.badMac);
+    } else {
+      if (!check.ok()) return bump(counters_.badMac);
+      std::memcpy(sums, payload, payloadBytes(h.count));
+    }
+    if (first) {
+      slot.used = true;
+      // It holds no sum and no worker's bit, so nothing is ever answered from it.
+      slot.set[1 - v] = Set{h.round - 1, 0, 0, true, {}};
+    }
+    set = Set{h.round, 0, 0, false, h};
     set.result.type = uint8_t(PacketType::Result);
     set.result.sender = kNoWorker;
-    std::memcpy(sums, payload, payloadBytes(h.count));
   } else {
     if (h.offset != set.result.offset || h.count != set.result.count ||
         h.exponent != set.result.exponent || h.call != set.result.call ||
         h.total != set.result.total) {
+      if (!check.ok()) return bump(counters_.badMac);
       // Every worker hears of it, so none waits for a round that cannot end.
       for (int w = 0; w < job.workers; ++w)
         if (job.addrLens[w]) refuse(h, ErrorCode::Inconsistent, job.addrs[w], job.addrLens[w], out);
       return;
     }
-    addInto(sums, reinterpret_cast<const char*>(payload), h.count);
-    if (h.nextExponent > set.result.nextExponent) set.result.nextExponent = h.nextExponent;
+    PacketHeader result = set.result;
+    if (h.nextExponent > result.nextExponent) result.nextExponent = h.nextExponent;
+    if (check.deferred()) {
+      // Check the packet and, when it completes the round, sign the sum, in
+      // the pass that adds it; a forged one is subtracted again.
+      const bool completes = set.contributed + 1 == job.workers;
+      Checksum in = checksumOfHeader(h), sum;
+      if (completes) {
+        result.flags = uint16_t(result.flags & ~kFlagKeyed);
+        sum = checksumOfHeader(result);
+      }
+      addChecksummed(sums, payload, h.count, in, completes ? &sum : nullptr);
+      if (!check.settle(in)) {
+        subtract(sums, payload, h.count);
+        return bump(counters_.badMac);
+      }
+      if (completes) result.mac = sum.finish(), signedAlready = true;
+    } else {
+      if (!check.ok()) return bump(counters_.badMac);
+      addInto(sums, payload, h.count);
+    }
+    set.result = result;
   }
   set.seen |= bit;
   bump(counters_.contributions);
   if (++set.contributed < job.workers) return;
   set.complete = true;
-  auth_.sign(set.result, sums, payloadBytes(set.result.count));
+  if (!signedAlready) auth_.sign(set.result, sums, payloadBytes(set.result.count));
   bump(counters_.results);
   bump(counters_.elements, uint64_t(set.result.count));
   for (int w = 0; w < job.workers; ++w)

@@ -63,9 +63,9 @@ class JobTable {
     SteadyClock::time_point lastSeen;
   };
 
+  struct PacketCheck;
   Job* findOrOpen(const PacketHeader& h, SteadyClock::time_point now, ErrorCode* why);
-  void contribute(Job& job, const PacketHeader& h, const int32_t* payload,
-                  std::vector<Reply>& out);
+  void contribute(Job& job, const PacketHeader& h, PacketCheck& check, std::vector<Reply>& out);
   void refuse(const PacketHeader& h, ErrorCode code, const sockaddr_storage& to,
               socklen_t toLen, std::vector<Reply>& out);
   int32_t* sumsOf(Job& job, uint32_t slot, int set) {

@@ -3,6 +3,7 @@
 // payload as 64-bit little-endian words, so neither needs the two contiguous.
 #include <cstring>
 
+#include "checksum.h"
 #include "ringflow/packet.h"
 #include "siphash.h"
 
@@ -15,50 +16,6 @@ PacketHeader unsignedCopy(const PacketHeader& h) {
   c.mac = 0;
   return c;
 }
-
-// Fletcher-style: four lanes (word i goes to lane i % 4), each keeping a
-// running sum a and a sum of running sums b, so both the value and the
-// position of every word count.  Four independent lanes vectorise.
-struct Checksum {
-  uint64_t a[4] = {0, 0, 0, 0}, b[4] = {0, 0, 0, 0};
-  uint64_t words = 0, bytes = 0;
-
-  void word(uint64_t w) {
-    int l = int(words++ & 3);
-    a[l] += w;
-    b[l] += a[l];
-  }
-  void update(const void* data, size_t n) {
-    auto* p = static_cast<const unsigned char*>(data);
-    bytes += n;
-    while (n >= 8 && (words & 3)) word(load64(p)), p += 8, n -= 8;
-    for (; n >= 32; p += 32, n -= 32) {
-      for (int l = 0; l < 4; ++l) {
-        a[l] += load64(p + 8 * l);
-        b[l] += a[l];
-      }
-      words += 4;
-    }
-    for (; n >= 8; p += 8, n -= 8) word(load64(p));
-    if (n) {  // the tail, zero-padded to a word; only ever at the very end
-      unsigned char last[8] = {0};
-      std::memcpy(last, p, n);
-      word(load64(last));
-    }
-  }
-  uint64_t finish() const {
-    constexpr uint64_t k1 = 0x9e3779b97f4a7c15ull, k2 = 0xbf58476d1ce4e5b9ull;
-    uint64_t h = 0;
-    for (int l = 0; l < 4; ++l) {
-      h = (h ^ a[l]) * k1;
-      h = (h ^ b[l]) * k1;
-    }
-    h ^= bytes;
-    h ^= h >> 33;
-    h *= k2;
-    return h ^ (h >> 29);
-  }
-};
 
 }  // namespace
 

@@ -1,6 +1,7 @@
 # The packet-aggregation service and its worker-side client (mechanism 3).
 set(RINGFLOW_AGGREGATOR_SOURCES
   csrc/aggregator/packet_auth.cc
+  csrc/aggregator/checksum.cc
   csrc/aggregator/siphash.cc
   csrc/aggregator/udp.cc
   csrc/aggregator/faults.cc

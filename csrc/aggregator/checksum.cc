@@ -1,0 +1,143 @@
+#include "checksum.h"
+
+#include <cstring>
+
+#include "siphash.h"  // load64
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define RINGFLOW_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define RINGFLOW_CLONES
+#endif
+
+namespace ringflow::agg {
+namespace {
+
+// Vectors stay inside always-inlined code: none crosses a call, whose ABI
+// would differ between the AVX2 and baseline clones.
+typedef uint64_t u64x4 __attribute__((vector_size(32)));
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
+typedef uint32_t __attribute__((may_alias, aligned(1))) Word32;
+#define RINGFLOW_INLINE inline __attribute__((always_inline))
+
+// A checksum's lanes as vectors, for the loops below; whole 32-byte blocks
+// only, so the lanes line up with the vector's.
+struct Lanes {
+  u64x4 a, b;
+  uint64_t blocks = 0;
+  RINGFLOW_INLINE explicit Lanes(const Checksum& c) {
+    for (int l = 0; l < 4; ++l) a[l] = c.a[l], b[l] = c.b[l];
+  }
+  RINGFLOW_INLINE void fold(const void* block) {
+    u64x4 w;
+    std::memcpy(&w, block, 32);
+    a += w;
+    b += a;
+    ++blocks;
+  }
+  RINGFLOW_INLINE void into(Checksum& c) const {
+    for (int l = 0; l < 4; ++l) c.a[l] = a[l], c.b[l] = b[l];
+    c.words += 4 * blocks;
+    c.bytes += 32 * blocks;
+  }
+};
+
+// What the vector loops leave: at most 7 int32, done word by word.
+void tail(int32_t* dst, const unsigned char* src, size_t n, Checksum& in, Checksum* out, int mode) {
+  auto* d = reinterpret_cast<uint32_t*>(dst);
+  auto* s = reinterpret_cast<const Word32*>(src);
+  for (size_t i = 0; i < n; ++i) d[i] = mode == 0 ? s[i] : d[i] + s[i];
+  in.update(src, n * 4);
+  if (out) out->update(dst, n * 4);
+}
+
+}  // namespace
+
+void Checksum::update(const void* data, size_t n) {
+  auto* p = static_cast<const unsigned char*>(data);
+  auto word = [this](uint64_t w) {
+    int l = int(words++ & 3);
+    a[l] += w;
+    b[l] += a[l];
+  };
+  bytes += n;
+  while (n >= 8 && (words & 3)) word(load64(p)), p += 8, n -= 8;
+  for (; n >= 32; p += 32, n -= 32) {
+    for (int l = 0; l < 4; ++l) {
+      a[l] += load64(p + 8 * l);
+      b[l] += a[l];
+    }
+    words += 4;
+  }
+  for (; n >= 8; p += 8, n -= 8) word(load64(p));
+  if (n) {  // the tail, zero-padded to a word; only ever at the very end
+    unsigned char last[8] = {0};
+    std::memcpy(last, p, n);
+    word(load64(last));
+  }
+}
+
+uint64_t Checksum::finish() const {
+  constexpr uint64_t k1 = 0x9e3779b97f4a7c15ull, k2 = 0xbf58476d1ce4e5b9ull;
+  uint64_t h = 0;
+  for (int l = 0; l < 4; ++l) {
+    h = (h ^ a[l]) * k1;
+    h = (h ^ b[l]) * k1;
+  }
+  h ^= bytes;
+  h ^= h >> 33;
+  h *= k2;
+  return h ^ (h >> 29);
+}
+
+RINGFLOW_CLONES void copyChecksummed(int32_t* dst, const void* src, size_t n, Checksum& in) {
+  auto* s = static_cast<const unsigned char*>(src);
+  size_t i = 0;
+  if (in.aligned()) {
+    Lanes l(in);
+    for (; i + 8 <= n; i += 8) {
+      l.fold(s + 4 * i);
+      std::memcpy(dst + i, s + 4 * i, 32);
+    }
+    l.into(in);
+  }
+  tail(dst + i, s + 4 * i, n - i, in, nullptr, 0);
+}
+
+// The add loop, built once with and once without the second checksum (a
+// branch in the loop would keep it from vectorising cleanly).
+template <bool kOut>
+RINGFLOW_INLINE size_t addBlocks(int32_t* dst, const unsigned char* s, size_t n, Checksum& in,
+                                 Checksum* out) {
+  Lanes li(in), lo(kOut ? *out : in);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    u32x8 sum, add;
+    std::memcpy(&sum, dst + i, 32);
+    std::memcpy(&add, s + 4 * i, 32);
+    sum += add;
+    std::memcpy(dst + i, &sum, 32);
+    li.fold(s + 4 * i);
+    if constexpr (kOut) lo.fold(&sum);
+  }
+  li.into(in);
+  if constexpr (kOut) lo.into(*out);
+  return i;
+}
+
+RINGFLOW_CLONES void addChecksummed(int32_t* dst, const void* src, size_t n, Checksum& in,
+                                    Checksum* out) {
+  auto* s = static_cast<const unsigned char*>(src);
+  size_t i = 0;
+  if (in.aligned() && (!out || out->aligned()))
+    i = out ? addBlocks<true>(dst, s, n, in, out) : addBlocks<false>(dst, s, n, in, out);
+  tail(dst + i, s + 4 * i, n - i, in, out, 1);
+}
+
+RINGFLOW_CLONES void subtract(int32_t* dst, const void* src, size_t n) {
+  auto* d = reinterpret_cast<uint32_t*>(dst);
+  auto* s = static_cast<const Word32*>(src);
+  for (size_t i = 0; i < n; ++i) d[i] -= s[i];
+}
+
+}  // namespace ringflow::agg

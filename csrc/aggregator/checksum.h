@@ -1,0 +1,34 @@
+// The unkeyed packet checksum (packet.h, "Integrity"), and the aggregator's
+// loops that compute it while they copy or add a payload, so a packet's
+// bytes are read once instead of once to check and once to use.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace ringflow::agg {
+
+// Fletcher-style: four lanes (64-bit word i goes to lane i % 4), each keeping
+// a running sum a and a sum of running sums b, so both the value and the
+// position of every word count.  Four independent lanes vectorise.
+struct Checksum {
+  uint64_t a[4] = {0, 0, 0, 0}, b[4] = {0, 0, 0, 0};
+  uint64_t words = 0, bytes = 0;
+
+  // The tail of a piece that is not whole words is zero-padded to a word,
+  // so only the last piece may have one.
+  void update(const void* data, size_t n);
+  uint64_t finish() const;
+  // True when whole 32-byte blocks may follow: lane 0 comes next.
+  bool aligned() const { return (words & 3) == 0 && bytes % 8 == 0; }
+};
+
+// dst[i] = src[i] for n int32, folding src's bytes into `in`.
+void copyChecksummed(int32_t* dst, const void* src, size_t n, Checksum& in);
+// dst[i] += src[i] (wrapping) for n int32, folding src's bytes into `in` and,
+// when `out` is given, the new dst's into `out`.
+void addChecksummed(int32_t* dst, const void* src, size_t n, Checksum& in, Checksum* out);
+// dst[i] -= src[i] (wrapping): undoes an add whose packet failed its check.
+void subtract(int32_t* dst, const void* src, size_t n);
+
+}  // namespace ringflow::agg
