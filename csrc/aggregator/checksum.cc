@@ -51,6 +51,12 @@ void tail(int32_t* dst, const unsigned char* src, size_t n, Checksum& in, Checks
   if (out) out->update(dst, n * 4);
 }
 
+RINGFLOW_CLONES void foldBlocks(Checksum& c, const unsigned char* p, size_t blocks) {
+  Lanes l(c);
+  for (size_t i = 0; i < blocks; ++i) l.fold(p + 32 * i);
+  l.into(c);
+}
+
 }  // namespace
 
 void Checksum::update(const void* data, size_t n) {
@@ -60,15 +66,13 @@ void Checksum::update(const void* data, size_t n) {
     a[l] += w;
     b[l] += a[l];
   };
-  bytes += n;
-  while (n >= 8 && (words & 3)) word(load64(p)), p += 8, n -= 8;
-  for (; n >= 32; p += 32, n -= 32) {
-    for (int l = 0; l < 4; ++l) {
-      a[l] += load64(p + 8 * l);
-      b[l] += a[l];
-    }
-    words += 4;
+  while (n >= 8 && (words & 3)) word(load64(p)), p += 8, n -= 8, bytes += 8;
+  if (n >= 32 && bytes % 8 == 0) {
+    size_t whole = n & ~size_t(31);
+    foldBlocks(*this, p, whole / 32);
+    p += whole, n -= whole;
   }
+  bytes += n;
   for (; n >= 8; p += 8, n -= 8) word(load64(p));
   if (n) {  // the tail, zero-padded to a word; only ever at the very end
     unsigned char last[8] = {0};
