@@ -38,3 +38,20 @@ def test_cpu_of_another_process():
         child.kill()
         child.wait()
     assert 0.1 < spent < 0.45, spent  # one spinning thread, on a shared 2-CPU host
+
+
+def test_hugepage_buffers_are_backed_by_huge_pages():
+    import pytest
+    import torch
+
+    from ringflow._bench_util import hugepage_empty, huge_page_fraction, thp_mode
+
+    if thp_mode() not in ("always", "madvise"):
+        pytest.skip(f"transparent huge pages are {thp_mode()} here")
+    x = hugepage_empty(torch, 3 << 20, torch.float32)  # 12 MiB: six huge pages
+    assert x.data_ptr() % (2 << 20) == 0 and x.numel() == 3 << 20
+    x.fill_(1.0)
+    assert huge_page_fraction(x) > 0.5
+    y = torch.ones(3 << 20)  # small pages, unless THP is 'always'
+    if thp_mode() == "madvise":
+        assert huge_page_fraction(y) == 0.0

@@ -89,6 +89,56 @@ def max_over_ranks(per_rank: list[list[float]]) -> list[float]:
     return [max(ts) for ts in zip(*per_rank)]
 
 
+HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14
+
+
+def thp_mode() -> str:
+    """The kernel's transparent-huge-page mode: always, madvise or never."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "unknown"
+    return text.split("[")[1].split("]")[0] if "[" in text else text.strip()
+
+
+def hugepage_empty(torch, count: int, dtype):
+    """An uninitialised tensor of `count` elements on 2 MiB boundaries,
+    madvise(MADV_HUGEPAGE)d before anything touches it, so the kernel backs
+    it with transparent huge pages as it faults it in (THP mode 'always' or
+    'madvise'), as an application allocating its buffers that way would get."""
+    import ctypes
+
+    nbytes = count * torch.empty((), dtype=dtype).element_size()
+    length = -(-nbytes // HUGE_PAGE) * HUGE_PAGE
+    raw = torch.empty(length + HUGE_PAGE, dtype=torch.uint8)  # large: fresh, untouched mmap
+    start = -raw.data_ptr() % HUGE_PAGE
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.madvise(ctypes.c_void_p(raw.data_ptr() + start), ctypes.c_size_t(length),
+                    _MADV_HUGEPAGE) != 0:
+        raise OSError(ctypes.get_errno(), "madvise(MADV_HUGEPAGE) failed")
+    return raw[start:start + nbytes].view(dtype)
+
+
+def huge_page_fraction(tensor) -> float:
+    """How much of `tensor`'s mapping the kernel backs with huge pages
+    (AnonHugePages / Size of the VMA holding it, from /proc/self/smaps)."""
+    addr = tensor.data_ptr()
+    size = huge = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0] if line else ""
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            size = huge = None
+            inside = lo <= addr < hi
+        elif inside and head == "Size:":
+            size = int(line.split()[1])
+        elif inside and head == "AnonHugePages:":
+            huge = int(line.split()[1])
+            return huge / size if size else math.nan
+    return math.nan
+
+
 def process_cpu_seconds(pid="self") -> float:
     """CPU time of every thread of process `pid` so far, in seconds, from
     /proc/<pid>/task/*/schedstat (nanoseconds; /proc/<pid>/stat counts in

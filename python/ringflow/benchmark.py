@@ -111,13 +111,16 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
     dtype = getattr(torch, DTYPES[cfg["dtype"]][0])
     itemsize = torch.empty((), dtype=dtype).element_size()
 
-    out = []
+    out, huge_fractions = [], {}
     total = len(cfg["sizes"]) * len(cfg["backends"])
     step = 0
     for nbytes in cfg["sizes"]:
         count = max(1, nbytes // itemsize)
         src, expected = _inputs(torch, cfg["op"], count, rank, world, dtype)
-        buf = torch.empty_like(src)
+        buf = bu.hugepage_empty(torch, count, dtype) if cfg["hugepages"] else torch.empty_like(src)
+        buf.copy_(src)  # faults it in (as huge pages where asked) before any timing
+        if cfg["hugepages"] and rank == 0:
+            huge_fractions[bu.format_size(nbytes)] = round(bu.huge_page_fraction(buf), 3)
         for backend in cfg["backends"]:
             step += 1
             report(step, total, f"{bu.format_size(nbytes)} {backend}")
@@ -161,7 +164,7 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
         del src, expected, buf
     dist.barrier(group=gloo)
     dist.destroy_process_group()
-    return {"rows": out}
+    return {"rows": out, "huge_fractions": huge_fractions}
 
 
 # ---------------------------------------------------------------- the parent
@@ -216,6 +219,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--algo", choices=("auto", "ring", "shm"),
                    help="ringflow's allreduce algorithm (sets RINGFLOW_ALGO for the ranks; "
                         "default: the environment's, else auto)")
+    p.add_argument("--hugepages", action="store_true",
+                   help="allocate each rank's buffer madvise(MADV_HUGEPAGE)d, so transparent huge "
+                        "pages back it (both backends use it; THP mode 'always' or 'madvise')")
     p.add_argument("--json", action="store_true", help="end stdout with one line of JSON rows")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of busbw vs size (needs matplotlib)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -239,7 +245,7 @@ def _config(args, p) -> dict:
         p.error("--warmup and --iters must be >= 0, --timeout > 0")
     return {"sizes": sizes, "backends": backends, "dtype": args.dtype, "op": args.op,
             "warmup": args.warmup, "iters": args.iters, "timeout": args.timeout,
-            "no_barrier": args.no_barrier}
+            "no_barrier": args.no_barrier, "hugepages": args.hugepages}
 
 
 def main(argv=None) -> int:
@@ -286,6 +292,10 @@ def main(argv=None) -> int:
         print(f"ringflow bench: warning: {note}", file=sys.stderr)
     header.append(("load", f"1/5/15-min load average {load_before} before, {bu.load_average()} after "
                            f"(on {os.cpu_count()} CPUs; the run itself adds {args.world})"))
+    if cfg["hugepages"]:
+        header.append(("hugepages", f"buffers madvise(MADV_HUGEPAGE)d, THP mode {bu.thp_mode()}; "
+                                    f"fraction backed by huge pages on rank 0: "
+                                    f"{per_rank[0]['huge_fractions']}"))
 
     bu.print_header("ringflow allreduce benchmark", header)
     bu.print_table(rows)
