@@ -46,6 +46,7 @@ def bad_setting(rank, size):
     ("RINGFLOW_SHM_QUEUE_BYTES", "1M", {}),        # read in Python
     ("RINGFLOW_SHM", "maybe", {}),                 # read in Python; used to mean "on"
     ("RINGFLOW_SHM_CMA", "nope", {}),              # likewise
+    ("RINGFLOW_SHM_HUGEPAGES", "2", {}),           # used by the shm allreduce's large calls
     ("RINGFLOW_AGG_SLOTS", "0", {}),               # used only by RINGFLOW_ALGO=aggregate calls
     ("RINGFLOW_SIMD", "avx3", {}),
 ])

@@ -37,6 +37,7 @@
 #include "ringflow/kernels.h"
 #include "ringflow/shm.h"
 #include "ringflow/spin.h"
+#include "transport/huge_pages.h"
 #include "transport/mailbox.h"
 #include "transport/shm_layout.h"
 
@@ -83,6 +84,7 @@ std::chrono::microseconds yieldBudget() {
 }  // namespace
 
 void readShmArenaSettings() {
+  shm::hugePagesEnabled();
   smallBytes();
   readPieceBytes();
   spinBudget();
@@ -258,6 +260,7 @@ void slotStep(Arena& a, char* data, size_t count, DType dtype, ReduceOp op) {
 void singleCopy(Arena& a, Buffer data, ReduceOp op) {
   const size_t es = elementSize(data.dtype);
   const size_t piece = std::max<size_t>(1, readPieceBytes() / es);  // before the protocol starts
+  shm::offerBuffer(data.ptr, data.bytes());  // before peers may read it
   a.announce(data.ptr);
   a.publish(&shm::Header::arrive, a.step_);
   a.checkPeers();

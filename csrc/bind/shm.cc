@@ -6,6 +6,7 @@
 #include "algo/algorithms.h"
 #include "bind.h"
 #include "ringflow/routed.h"
+#include "transport/huge_pages.h"
 
 namespace py = pybind11;
 
@@ -41,6 +42,15 @@ void bindShm(py::module_& m) {
         [](Comm& c, size_t bytes) { return std::string(algo::allreduceAlgorithm(c, bytes)); },
         py::arg("comm"), py::arg("bytes") = size_t(1) << 30,
         "The allreduce a call of `bytes` on `comm` runs: 'shm', 'hierarchical' or 'ring'.");
+  m.def("huge_page_stats", [] {
+    shm::HugePageCounts c = shm::hugePageCounts();
+    py::dict d;
+    d["enabled"] = shm::hugePagesEnabled();
+    d["collapsed"] = c.collapsed;
+    d["collapsed_bytes"] = c.collapsedBytes;
+    d["failed"] = c.failed;
+    return d;
+  }, "RINGFLOW_SHM_HUGEPAGES: this process's buffers collapsed into huge pages.");
 }
 
 }  // namespace ringflow::bind

@@ -40,10 +40,12 @@ def stats() -> dict:
     hop); ``warnings`` counts calls slower than ``warn_ms``
     (RINGFLOW_WARN_MS, default 10000; 0 disables the warnings).
     ``aggregate`` counts this process's packet-aggregation traffic
-    (packets and bytes sent and received, retransmissions).
+    (packets and bytes sent and received, retransmissions); ``huge_pages``
+    the buffers RINGFLOW_SHM_HUGEPAGES=1 collapsed into huge pages.
     """
     out = dict(_C.stats())
     out["aggregate"] = dict(_C.aggregate_traffic())
+    out["huge_pages"] = dict(_C.huge_page_stats())
     return out
 
 

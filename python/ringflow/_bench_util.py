@@ -121,21 +121,25 @@ def hugepage_empty(torch, count: int, dtype):
 
 
 def huge_page_fraction(tensor) -> float:
-    """How much of `tensor`'s mapping the kernel backs with huge pages
-    (AnonHugePages / Size of the VMA holding it, from /proc/self/smaps)."""
-    addr = tensor.data_ptr()
-    size = huge = None
+    """How much of the mapping holding `tensor`'s first whole 2 MiB page
+    (its start, if it has none) huge pages back: AnonHugePages / Size of
+    that VMA, from /proc/self/smaps.  madvise splits a mapping at the
+    advised range, so this is the advised part when there is one."""
+    start = tensor.data_ptr()
+    aligned = -(-start // HUGE_PAGE) * HUGE_PAGE
+    end = start + tensor.numel() * tensor.element_size()
+    addr = aligned if aligned + HUGE_PAGE <= end else start
+    size = None
+    inside = False
     for line in Path("/proc/self/smaps").read_text().splitlines():
         head = line.split()[0] if line else ""
         if "-" in head and not head.endswith(":"):
             lo, hi = (int(x, 16) for x in head.split("-"))
-            size = huge = None
-            inside = lo <= addr < hi
+            inside, size = lo <= addr < hi, None
         elif inside and head == "Size:":
             size = int(line.split()[1])
         elif inside and head == "AnonHugePages:":
-            huge = int(line.split()[1])
-            return huge / size if size else math.nan
+            return int(line.split()[1]) / size if size else math.nan
     return math.nan
 
 

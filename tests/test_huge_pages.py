@@ -1,0 +1,63 @@
+"""RINGFLOW_SHM_HUGEPAGES=1: a large buffer the shm allreduce is handed
+again and again is collapsed into transparent huge pages once, on its third
+call, with every result unchanged; without the setting nothing is touched.
+(A malformed value fails at init: test_env.)"""
+
+import os
+
+import pytest
+
+from ringflow._bench_util import thp_mode
+from worlds import init_torch, run_world
+
+COUNT = 3 << 20  # 12 MiB of float32: five or six whole huge pages, whatever the alignment
+
+
+def _kernel_has_madv_collapse() -> bool:
+    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    return (major, minor) >= (6, 1)
+
+
+def kept_buffer(rank, size):
+    import torch
+
+    import ringflow
+    from ringflow import _C
+    from ringflow._bench_util import huge_page_fraction
+
+    dist = init_torch(rank, size)
+    from ringflow.rendezvous import _live_comms
+
+    algo = _C.allreduce_algorithm(next(iter(_live_comms)).comm, COUNT * 4)
+    base = torch.arange(COUNT, dtype=torch.float32) % 5
+    want = base * size + sum(range(size))
+    x = torch.empty(COUNT)  # kept across calls, as DDP keeps its buckets
+    fractions, correct = [], []
+    for _ in range(4):
+        x.copy_(base + rank)
+        dist.all_reduce(x)
+        correct.append(torch.equal(x, want))
+        fractions.append(huge_page_fraction(x))
+    stats = ringflow.stats()["huge_pages"]
+    dist.destroy_process_group()
+    return algo, correct, fractions, stats
+
+
+@pytest.mark.skipif(thp_mode() not in ("always", "madvise") or not _kernel_has_madv_collapse(),
+                    reason=f"needs transparent huge pages (mode here: {thp_mode()}) and "
+                           "MADV_COLLAPSE (Linux 6.1)")
+@pytest.mark.parametrize("setting", ["1", "0"])
+def test_a_kept_buffer_is_collapsed_into_huge_pages_once(setting):
+    results = run_world(2, kept_buffer, timeout=120, env={"RINGFLOW_SHM_HUGEPAGES": setting})
+    for rank, (algo, correct, fractions, stats) in enumerate(results):
+        assert algo == "shm", f"rank {rank}: ran {algo}"
+        assert all(correct), f"rank {rank}: wrong results {correct}"
+        if setting == "1":
+            assert stats == {"enabled": True, "collapsed": 1, "collapsed_bytes": stats["collapsed_bytes"],
+                             "failed": 0}, stats
+            assert stats["collapsed_bytes"] >= 5 * (2 << 20), stats
+            assert fractions[2] > 0.9 and fractions[3] > 0.9, f"rank {rank}: {fractions}"
+        else:
+            assert stats == {"enabled": False, "collapsed": 0, "collapsed_bytes": 0, "failed": 0}
+            if thp_mode() == "madvise":
+                assert fractions == [0.0] * 4, f"rank {rank}: {fractions}"
