@@ -42,11 +42,12 @@ struct Lanes {
   }
 };
 
-// What the vector loops leave: at most 7 int32, done word by word.
-void tail(int32_t* dst, const unsigned char* src, size_t n, Checksum& in, Checksum* out, int mode) {
+// What the vector loops leave, word by word: at most 7 int32, or all of
+// them when the checksum is not at a lane boundary (never, after a header).
+void tail(int32_t* dst, const unsigned char* src, size_t n, Checksum& in, Checksum* out, bool add) {
   auto* d = reinterpret_cast<uint32_t*>(dst);
   auto* s = reinterpret_cast<const Word32*>(src);
-  for (size_t i = 0; i < n; ++i) d[i] = mode == 0 ? s[i] : d[i] + s[i];
+  for (size_t i = 0; i < n; ++i) d[i] = add ? d[i] + s[i] : s[i];
   in.update(src, n * 4);
   if (out) out->update(dst, n * 4);
 }
@@ -105,7 +106,7 @@ RINGFLOW_CLONES void copyChecksummed(int32_t* dst, const void* src, size_t n, Ch
     }
     l.into(in);
   }
-  tail(dst + i, s + 4 * i, n - i, in, nullptr, 0);
+  tail(dst + i, s + 4 * i, n - i, in, nullptr, false);
 }
 
 // The add loop, built once with and once without the second checksum (a
@@ -135,7 +136,7 @@ RINGFLOW_CLONES void addChecksummed(int32_t* dst, const void* src, size_t n, Che
   size_t i = 0;
   if (in.aligned() && (!out || out->aligned()))
     i = out ? addBlocks<true>(dst, s, n, in, out) : addBlocks<false>(dst, s, n, in, out);
-  tail(dst + i, s + 4 * i, n - i, in, out, 1);
+  tail(dst + i, s + 4 * i, n - i, in, out, true);
 }
 
 RINGFLOW_CLONES void subtract(int32_t* dst, const void* src, size_t n) {
