@@ -2,6 +2,7 @@
 
 #include "bind.h"
 #include "ringflow/config.h"
+#include "ringflow/env.h"
 #include "ringflow/kernels.h"
 #include "ringflow/settings.h"
 #include "ringflow/types.h"
@@ -21,6 +22,16 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("check_settings", &ringflow::checkSettings,
         "Reads every RINGFLOW_* setting of the core; raises ValueError naming a bad one.");
+  // The core's parsers, for the few settings Python reads, so both spell
+  // and check values alike.
+  m.def("env_size", [](const std::string& name, size_t fallback) {
+        return ringflow::envSize(name.c_str(), fallback);
+      }, py::arg("name"), py::arg("fallback"),
+      "A non-negative whole-number setting (fallback when unset); ValueError naming a bad one.");
+  m.def("env_bool", [](const std::string& name, bool fallback) {
+        return ringflow::envBool(name.c_str(), fallback);
+      }, py::arg("name"), py::arg("fallback"),
+      "A boolean setting: 1/true/yes/on or 0/false/no/off; ValueError naming a bad one.");
   ringflow::bind::bindErrors(m);
   ringflow::bind::bindComm(m);
   ringflow::bind::bindShm(m);

@@ -61,31 +61,6 @@ def host_identity() -> str:
     return f"{socket.gethostname()}/{boot}"
 
 
-def _env_int(name: str, default: int) -> int:
-    v = os.environ.get(name, "").strip()
-    if not v:
-        return default
-    try:
-        n = int(v)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise ValueError(f"{name}={v!r} is not a non-negative integer")
-    return n
-
-
-def _env_flag(name: str, default: bool) -> bool:
-    """A boolean setting, spelt as the core's (env.cc envBool) are."""
-    v = os.environ.get(name, "").strip()
-    if not v:
-        return default
-    if v.lower() in ("1", "true", "yes", "on"):
-        return True
-    if v.lower() in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name}={v!r} is not a boolean (1, true, yes, on or 0, false, no, off)")
-
-
 def _format(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -101,9 +76,10 @@ class Communicator:
         # Before any store traffic: a bad setting fails here, alike on every
         # rank that has it, instead of at the first call that reads it.
         _C.check_settings()
-        for name in ("RINGFLOW_SHM_QUEUE_BYTES", "RINGFLOW_SHM_SLOT_BYTES"):
-            _env_int(name, 0)
-        use_shm, cross_memory = _env_flag("RINGFLOW_SHM", True), _env_flag("RINGFLOW_SHM_CMA", True)
+        use_shm = _C.env_bool("RINGFLOW_SHM", True)
+        shm_options = {"queue_bytes": _C.env_size("RINGFLOW_SHM_QUEUE_BYTES", 1 << 20),
+                       "slot_bytes": _C.env_size("RINGFLOW_SHM_SLOT_BYTES", 1 << 20),
+                       "cross_memory": _C.env_bool("RINGFLOW_SHM_CMA", True)}
         self.rank, self.size, self.timeout = rank, size, float(timeout_s)
         bind = os.environ.get("RINGFLOW_BIND", "0.0.0.0")
         self.transport = _C.TcpTransport(rank, size, bind)
@@ -121,7 +97,7 @@ class Communicator:
         # store, so the rank hosting it may then drop it safely.
         if len(self.local_ranks) > 1 and use_shm:
             self.shm = _attach_shm(store, prefix, self.tcp, rank, self.local_ranks, token,
-                                   self.timeout, cross_memory)
+                                   self.timeout, shm_options)
         self.tcp.connect(addrs, token, self.timeout)
         if self.shm is not None:
             self.transport = _C.RoutedTransport(self.tcp, self.shm)
@@ -166,14 +142,11 @@ class Communicator:
             self.comm.shutdown(close_transport=True)
 
 
-def _attach_shm(store, prefix, tcp, rank, local_ranks, token, timeout, cross_memory):
+def _attach_shm(store, prefix, tcp, rank, local_ranks, token, timeout, options):
     """One segment per local rank; every local rank maps all of them; each
     name is unlinked once everyone has mapped it, so /dev/shm keeps nothing
     even if a process is killed later."""
-    shm = _C.ShmTransport(tcp, local_ranks, token,
-                          queue_bytes=_env_int("RINGFLOW_SHM_QUEUE_BYTES", 1 << 20),
-                          slot_bytes=_env_int("RINGFLOW_SHM_SLOT_BYTES", 1 << 20),
-                          cross_memory=cross_memory)
+    shm = _C.ShmTransport(tcp, local_ranks, token, **options)
     try:
         store.set(f"{prefix}/shm/{rank}", shm.segment_name)
         names = [_to_str(store.get(f"{prefix}/shm/{r}")) for r in local_ranks]
