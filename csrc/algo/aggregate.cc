@@ -16,30 +16,37 @@
 namespace ringflow::algo {
 namespace {
 
-// Every rank must agree on the job and the shape of the protocol; rank 0's
-// random job id is everyone's.  Checked with one small allgather, so a
-// mismatch fails on every rank alike.
+uint32_t slotsSetting() {
+  return uint32_t(envSize("RINGFLOW_AGG_SLOTS", agg::kDefaultSlots, 1, 4096));
+}
+uint32_t packetElemsSetting() {
+  return uint32_t(envSize("RINGFLOW_AGG_PACKET_ELEMS", agg::kDefaultPacketElems, 1,
+                          agg::kMaxPacketElems));
+}
+
 }  // namespace
 
 void readAggregateSettings() {
   // RINGFLOW_AGGREGATOR is left to the first aggregate call: resolving its
   // host names at start-up would fail jobs that never use it.
-  envSize("RINGFLOW_AGG_SLOTS", agg::kDefaultSlots, 1, 4096);
-  envSize("RINGFLOW_AGG_PACKET_ELEMS", agg::kDefaultPacketElems, 1, agg::kMaxPacketElems);
+  slotsSetting();
+  packetElemsSetting();
   agg::faultsFromEnv();
 }
 
 namespace {
 
+// Every rank must agree on the job and the shape of the protocol; rank 0's
+// random job id is everyone's.  Checked with one small allgather, so a
+// mismatch fails on every rank alike.
 std::shared_ptr<agg::Client> makeClient(Comm& c) {
   std::string where = envString("RINGFLOW_AGGREGATOR");
   if (where.empty())
     throw InvalidArgument("RINGFLOW_ALGO=aggregate needs RINGFLOW_AGGREGATOR=host:port[,host:port...]");
   agg::ClientConfig cfg;
   cfg.aggregators = agg::parseEndpoints(where);
-  cfg.slots = uint32_t(envSize("RINGFLOW_AGG_SLOTS", agg::kDefaultSlots, 1, 4096));
-  cfg.packetElems = uint32_t(envSize("RINGFLOW_AGG_PACKET_ELEMS", agg::kDefaultPacketElems, 1,
-                                     agg::kMaxPacketElems));
+  cfg.slots = slotsSetting();
+  cfg.packetElems = packetElemsSetting();
   cfg.token = envString("RINGFLOW_AGG_TOKEN");
   cfg.faults = agg::faultsFromEnv();
   cfg.rank = c.rank();
