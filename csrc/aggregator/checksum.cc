@@ -2,13 +2,8 @@
 
 #include <cstring>
 
+#include "ringflow/clones.h"
 #include "siphash.h"  // load64
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define RINGFLOW_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define RINGFLOW_CLONES
-#endif
 
 namespace ringflow::agg {
 namespace {
@@ -18,7 +13,6 @@ namespace {
 typedef uint64_t u64x4 __attribute__((vector_size(32)));
 typedef uint32_t u32x8 __attribute__((vector_size(32)));
 typedef uint32_t __attribute__((may_alias, aligned(1))) Word32;
-#define RINGFLOW_INLINE inline __attribute__((always_inline))
 
 // A checksum's lanes as vectors, for the loops below; whole 32-byte blocks
 // only, so the lanes line up with the vector's.

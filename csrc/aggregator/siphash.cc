@@ -1,5 +1,7 @@
 #include "siphash.h"
 
+#include "ringflow/clones.h"
+
 namespace ringflow::agg {
 namespace {
 
@@ -10,13 +12,6 @@ using u64x4 = uint64_t __attribute__((vector_size(32)));
 struct Lanes {
   u64x4 v0, v1, v2, v3;
 };
-
-#define RINGFLOW_INLINE inline __attribute__((always_inline))
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define RINGFLOW_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define RINGFLOW_CLONES
-#endif
 
 using u32x8 = uint32_t __attribute__((vector_size(32)));
 using u8x32 = uint8_t __attribute__((vector_size(32)));

@@ -9,18 +9,13 @@
 #include <string>
 
 #include "quantize_isa.h"
+#include "ringflow/clones.h"
 #include "ringflow/kernels.h"
 #include "ringflow/quantize.h"
 #include "ringflow/types.h"
 
-// The exponent scan is built for baseline x86-64 and for AVX2, picked at
-// load time (GCC function multi-versioning).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define RINGFLOW_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define RINGFLOW_CLONES
-#endif
-
+// The exponent scan is RINGFLOW_CLONES: built for baseline x86-64 and for
+// AVX2, picked at load time.
 namespace ringflow::kernels {
 namespace {
 
