@@ -49,33 +49,20 @@ def _thp_fallbacks() -> int:
     return 0
 
 
-def _vm_flags(addr: int) -> list:
-    lines = open("/proc/self/smaps").read().splitlines()
-    inside = False
-    for line in lines:
-        head = line.split()[0] if line else ""
-        if "-" in head and not head.endswith(":"):
-            lo, hi = (int(x, 16) for x in head.split("-"))
-            inside = lo <= addr < hi
-        elif inside and head == "VmFlags:":
-            return line.split()[1:]
-    return []
-
-
 def test_hugepage_buffers_are_advised_and_get_huge_pages():
     import pytest
     import torch
 
-    from ringflow._bench_util import hugepage_empty, huge_page_fraction, thp_mode
+    from ringflow._bench_util import hugepage_empty, huge_page_fraction, smaps_fields, thp_mode
 
     if thp_mode() not in ("always", "madvise"):
         pytest.skip(f"transparent huge pages are {thp_mode()} here")
     fallbacks = _thp_fallbacks()
     x = hugepage_empty(torch, 3 << 20, torch.float32)  # 12 MiB: six huge pages
     assert x.data_ptr() % (2 << 20) == 0 and x.numel() == 3 << 20
-    assert "hg" in _vm_flags(x.data_ptr())  # MADV_HUGEPAGE covers it
+    assert "hg" in smaps_fields(x.data_ptr())["VmFlags"].split()  # MADV_HUGEPAGE covers it
     x.fill_(1.0)
     # Some huge pages, unless the kernel had none free (it counts that).
     assert huge_page_fraction(x) > 0 or _thp_fallbacks() > fallbacks
     y = torch.ones(3 << 20)
-    assert "hg" not in _vm_flags(y.data_ptr())
+    assert "hg" not in smaps_fields(y.data_ptr())["VmFlags"].split()

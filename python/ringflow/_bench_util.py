@@ -120,6 +120,23 @@ def hugepage_empty(torch, count: int, dtype):
     return raw[start:start + nbytes].view(dtype)
 
 
+def smaps_fields(addr: int) -> dict:
+    """The /proc/self/smaps entry of the mapping holding `addr`: its field
+    lines as name -> rest of the line ("Size" -> "12288 kB", "VmFlags" ->
+    "rd wr ... hg"); empty when no mapping holds it."""
+    fields, inside = {}, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0] if line else ""
+        if "-" in head and not head.endswith(":"):
+            if inside:
+                break
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= addr < hi
+        elif inside:
+            fields[head.rstrip(":")] = line[len(head):].strip()
+    return fields
+
+
 def huge_page_fraction(tensor) -> float:
     """How much of the mapping holding `tensor`'s first whole 2 MiB page
     (its start, if it has none) huge pages back: AnonHugePages / Size of
@@ -128,19 +145,11 @@ def huge_page_fraction(tensor) -> float:
     start = tensor.data_ptr()
     aligned = -(-start // HUGE_PAGE) * HUGE_PAGE
     end = start + tensor.numel() * tensor.element_size()
-    addr = aligned if aligned + HUGE_PAGE <= end else start
-    size = None
-    inside = False
-    for line in Path("/proc/self/smaps").read_text().splitlines():
-        head = line.split()[0] if line else ""
-        if "-" in head and not head.endswith(":"):
-            lo, hi = (int(x, 16) for x in head.split("-"))
-            inside, size = lo <= addr < hi, None
-        elif inside and head == "Size:":
-            size = int(line.split()[1])
-        elif inside and head == "AnonHugePages:":
-            return int(line.split()[1]) / size if size else math.nan
-    return math.nan
+    fields = smaps_fields(aligned if aligned + HUGE_PAGE <= end else start)
+    if "Size" not in fields or "AnonHugePages" not in fields:
+        return math.nan
+    size = int(fields["Size"].split()[0])
+    return int(fields["AnonHugePages"].split()[0]) / size if size else math.nan
 
 
 def process_cpu_seconds(pid="self") -> float:
