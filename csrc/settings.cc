@@ -4,6 +4,7 @@
 #include "ringflow/collectives.h"
 #include "ringflow/env.h"
 #include "ringflow/kernels.h"
+#include "ringflow/stats.h"
 #include "transport/trace.h"
 
 namespace ringflow {
@@ -15,8 +16,8 @@ void checkSettings() {
   kernels::readKernelSettings();
   inlineLimit();
   traceEnabled();
-  // Read again where they are used (each object keeps its own copy).
-  envDouble("RINGFLOW_WARN_MS", 0);
+  Stats::global();  // RINGFLOW_WARN_MS
+  // Read again by each ShmTransport, on the thread that builds it.
   envMicros("RINGFLOW_SHM_SPIN_US", std::chrono::microseconds(0));
 }
 
