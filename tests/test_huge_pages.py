@@ -1,6 +1,6 @@
-"""RINGFLOW_SHM_HUGEPAGES=1: a large buffer the shm allreduce is handed
-again and again is collapsed into transparent huge pages once, on its third
-call, with every result unchanged; without the setting nothing is touched.
+"""RINGFLOW_SHM_HUGEPAGES (on by default): a large buffer the shm allreduce
+is handed again and again is collapsed into transparent huge pages once, on
+its third call, with every result unchanged; with 0 nothing is touched.
 (A malformed value fails at init: test_env.)"""
 
 import os
@@ -46,13 +46,15 @@ def kept_buffer(rank, size):
 @pytest.mark.skipif(thp_mode() not in ("always", "madvise") or not _kernel_has_madv_collapse(),
                     reason=f"needs transparent huge pages (mode here: {thp_mode()}) and "
                            "MADV_COLLAPSE (Linux 6.1)")
-@pytest.mark.parametrize("setting", ["1", "0"])
-def test_a_kept_buffer_is_collapsed_into_huge_pages_once(setting):
-    results = run_world(2, kept_buffer, timeout=120, env={"RINGFLOW_SHM_HUGEPAGES": setting})
+@pytest.mark.parametrize("setting", [None, "1", "0"], ids=["default", "on", "off"])
+def test_a_kept_buffer_is_collapsed_into_huge_pages_once(setting, monkeypatch):
+    monkeypatch.delenv("RINGFLOW_SHM_HUGEPAGES", raising=False)
+    env = {} if setting is None else {"RINGFLOW_SHM_HUGEPAGES": setting}
+    results = run_world(2, kept_buffer, timeout=120, env=env)
     for rank, (algo, correct, fractions, stats) in enumerate(results):
         assert algo == "shm", f"rank {rank}: ran {algo}"
         assert all(correct), f"rank {rank}: wrong results {correct}"
-        if setting == "1":
+        if setting != "0":
             assert stats == {"enabled": True, "collapsed": 1, "collapsed_bytes": stats["collapsed_bytes"],
                              "failed": 0}, stats
             assert stats["collapsed_bytes"] >= 5 * (2 << 20), stats

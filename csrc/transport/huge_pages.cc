@@ -39,7 +39,7 @@ State& state() {
 }  // namespace
 
 bool hugePagesEnabled() {
-  static const bool on = envBool("RINGFLOW_SHM_HUGEPAGES", false);
+  static const bool on = envBool("RINGFLOW_SHM_HUGEPAGES", true);
   return on;
 }
 

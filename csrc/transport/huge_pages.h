@@ -1,5 +1,5 @@
 // Transparent huge pages for the buffers the shm allreduce shares across
-// processes (RINGFLOW_SHM_HUGEPAGES=1; off by default).
+// processes (RINGFLOW_SHM_HUGEPAGES, on by default; 0 turns it off).
 //
 // Peers read a rank's buffer with process_vm_readv, which pins and copies
 // it page by page; with 4 KiB pages that, not memory bandwidth, bounds a
@@ -7,7 +7,9 @@
 // small pages, 3.3 ms on huge ones).  Collapsing a buffer into huge pages
 // costs a copy of it (~70 ms per 16 MiB here), so only a buffer offered
 // again and again at the same address -- one the application keeps, as DDP
-// keeps its gradient buckets -- is collapsed, once.
+// keeps its gradient buckets -- is collapsed, once.  On by default because
+// the buffers this pays for are the ones training keeps; an application
+// that must not have its memory advised sets RINGFLOW_SHM_HUGEPAGES=0.
 #pragma once
 
 #include <cstddef>

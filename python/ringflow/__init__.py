@@ -41,7 +41,7 @@ def stats() -> dict:
     (RINGFLOW_WARN_MS, default 10000; 0 disables the warnings).
     ``aggregate`` counts this process's packet-aggregation traffic
     (packets and bytes sent and received, retransmissions); ``huge_pages``
-    the buffers RINGFLOW_SHM_HUGEPAGES=1 collapsed into huge pages.
+    the buffers collapsed into huge pages (RINGFLOW_SHM_HUGEPAGES).
     """
     out = dict(_C.stats())
     out["aggregate"] = dict(_C.aggregate_traffic())

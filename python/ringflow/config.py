@@ -65,9 +65,9 @@ SETTINGS = {
     "RINGFLOW_SHM_ARENA_YIELD_US": "shm allreduce waits: then microseconds of polling between "
                                    "sched_yield calls before sleeping on the peer's bell "
                                    "(default 2000; 0 = default)",
-    "RINGFLOW_SHM_HUGEPAGES": "1 collapses a large buffer the shm allreduce sees a third time at "
+    "RINGFLOW_SHM_HUGEPAGES": "collapse a large buffer the shm allreduce sees a third time at "
                               "the same address into transparent huge pages, once (peers read "
-                              "it faster; costs a copy of it; default 0)",
+                              "it faster; costs a copy of it; default 1, 0 turns it off)",
     "RINGFLOW_INLINE_BYTES": "blocking collectives up to this size run on the calling thread when "
                              "nothing is queued (default 262144; 0 = never)",
 }
