@@ -12,14 +12,17 @@
 // block in the same fixed order on every rank, so all get bit-identical
 // results (the ring's order, so they also match the ring and gloo).
 //
-// Large messages, single-copy (when process_vm_readv works between every
-// pair): rank r reads block r of each peer's own buffer (in pieces that stay
-// in cache), reduces it into its own buffer (own data first so the output
-// may alias it; float16/bfloat16 in the ring's order, rounding per step, on
-// a copy), advances `reduced`; then reads
-// every other block, already reduced, from its owner's buffer, and advances
-// `done`.  About 6·S bytes move per rank instead of 11·S for a copy-in design
-// (bench/RESULTS-shm.md).  Without cross-memory reads, large messages go
+// Large messages, single-copy (when process_vm_readv/writev work between
+// every pair): rank r owns block r.  Piece by piece (small enough to stay in
+// cache) it reads block r of each peer's buffer, reduces it into its own
+// buffer (own data first so the output may alias it; float16/bfloat16 in the
+// ring's order, rounding per step, on a copy) and writes the reduced piece,
+// still in cache, straight back into every peer's buffer, then advances
+// `done`.  Only rank r ever touches block r of a peer's buffer, and it
+// overwrites a piece only after reading it, so no ordering is needed beyond
+// `arrive` and `done`.  Memory sees each input read once and each output
+// written once, 2·S per rank, the least any allreduce can move (a copy-in
+// design moves ~5.5·S).  Without cross-memory access, large messages go
 // through the slots as a sequence of small steps.
 //
 // Every wait spins briefly, then yields, then sleeps on the peer's futex bell, and checks
@@ -139,9 +142,10 @@ class Arena {
     throw MismatchError(why);
   }
 
-  // Reads `bytes` at `remote` in rank q's address space into `dst`.
-  void readPeer(int q, void* dst, uint64_t remote, size_t bytes);
-  [[noreturn]] void failedRead(int q, int err);
+  // Copies `bytes` between `local` and `remote` in rank q's address space:
+  // process_vm_readv into `local`, or with `write` process_vm_writev from it.
+  void accessPeer(int q, void* local, uint64_t remote, size_t bytes, bool write);
+  [[noreturn]] void failedAccess(int q, bool write, int err);
 
   Comm& c_;
   ShmTransport& shm_;
@@ -190,23 +194,24 @@ void Arena::waitFor(int q, shm::Counter shm::Header::*which, uint64_t step) {
   }
 }
 
-void Arena::readPeer(int q, void* dst, uint64_t remote, size_t bytes) {
-  char* out = static_cast<char*>(dst);
+void Arena::accessPeer(int q, void* local, uint64_t remote, size_t bytes, bool write) {
+  char* here = static_cast<char*>(local);
   while (bytes > 0) {
-    iovec local{out, bytes};
+    iovec mine{here, bytes};
     iovec far{reinterpret_cast<void*>(remote), bytes};
-    ssize_t got = process_vm_readv(hdr_[q]->pid, &local, 1, &far, 1, 0);
-    if (got <= 0) {
-      if (got < 0 && errno == EINTR) continue;
-      failedRead(q, errno);
+    ssize_t moved = write ? process_vm_writev(hdr_[q]->pid, &mine, 1, &far, 1, 0)
+                          : process_vm_readv(hdr_[q]->pid, &mine, 1, &far, 1, 0);
+    if (moved <= 0) {
+      if (moved < 0 && errno == EINTR) continue;
+      failedAccess(q, write, errno);
     }
-    out += got;
-    remote += uint64_t(got);
-    bytes -= size_t(got);
+    here += moved;
+    remote += uint64_t(moved);
+    bytes -= size_t(moved);
   }
 }
 
-void Arena::failedRead(int q, int err) {
+void Arena::failedAccess(int q, bool write, int err) {
   // The peer exited or gave up on this call.  Its TCP link says which, and
   // why (an Abort frame comes before the goodbye or the EOF): wait briefly
   // for that, so every rank reports the first failure, not its echo.
@@ -219,7 +224,8 @@ void Arena::failedRead(int q, int err) {
     if (Clock::now() > until) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
-  throw PeerError("reading rank " + std::to_string(q) + "'s buffer failed: " + std::strerror(err));
+  throw PeerError(std::string(write ? "writing" : "reading") + " rank " + std::to_string(q) +
+                  "'s buffer failed: " + std::strerror(err));
 }
 
 bool halfPrecision(DType t) { return t == DType::Float16 || t == DType::BFloat16; }
@@ -260,53 +266,50 @@ void slotStep(Arena& a, char* data, size_t count, DType dtype, ReduceOp op) {
 void singleCopy(Arena& a, Buffer data, ReduceOp op) {
   const size_t es = elementSize(data.dtype);
   const size_t piece = std::max<size_t>(1, readPieceBytes() / es);  // before the protocol starts
-  shm::offerBuffer(data.ptr, data.bytes());  // before peers may read it
+  shm::offerBuffer(data.ptr, data.bytes());  // before peers may touch it
   a.announce(data.ptr);
   a.publish(&shm::Header::arrive, a.step_);
   a.checkPeers();
   Blocks blocks(data.count, a.n_);
-  // Reduce-scatter: block `me` of every peer's buffer, piece by piece.
   static thread_local std::vector<char> scratch;
   if (scratch.size() < piece * es * size_t(a.n_)) scratch.resize(piece * es * size_t(a.n_));
   std::vector<const void*> srcs(a.n_);
   for (size_t done = 0; done < blocks.count(a.me_); done += piece) {
-    size_t first = blocks.offset(a.me_) + done;
-    size_t cnt = std::min(piece, blocks.count(a.me_) - done);
+    const size_t first = blocks.offset(a.me_) + done;
+    const size_t cnt = std::min(piece, blocks.count(a.me_) - done);
+    const size_t bytes = cnt * es;
+    char* out = data.at(first);
     for (int q = 0; q < a.n_; ++q) {
       char* buf = scratch.data() + size_t(q) * piece * es;
       if (q != a.me_) {
-        a.readPeer(q, buf, a.hdr_[q]->call.dataAddr + first * es, cnt * es);
+        a.accessPeer(q, buf, a.hdr_[q]->call.dataAddr + first * es, bytes, false);
       } else if (halfPrecision(data.dtype)) {
-        std::memcpy(buf, data.at(first), cnt * es);  // the fold must not alias its output
+        std::memcpy(buf, out, bytes);  // the fold must not alias its output
       } else {
-        buf = data.at(first);
+        buf = out;
       }
       srcs[q] = buf;
     }
     if (halfPrecision(data.dtype)) {
-      foldRingOrder(data.at(first), srcs, a.me_, cnt, data.dtype, op);
+      foldRingOrder(out, srcs, a.me_, cnt, data.dtype, op);
     } else {
       // Own data first, so the output may alias it (no copy); the order is
       // still fixed, and only this rank computes this block.
       std::vector<const void*> order(a.n_);
       for (int k = 0; k < a.n_; ++k) order[k] = srcs[(a.me_ + k) % a.n_];
-      kernels::reduceN(data.at(first), order.data(), order.size(), cnt, data.dtype, op);
+      kernels::reduceN(out, order.data(), order.size(), cnt, data.dtype, op);
+    }
+    if (op == ReduceOp::Avg) kernels::divide(out, cnt, data.dtype, double(a.n_));
+    // Staggered, so owners do not all write into the same peer at once.
+    for (int k = 1; k < a.n_; ++k) {
+      int q = (a.me_ + k) % a.n_;
+      a.accessPeer(q, out, a.hdr_[q]->call.dataAddr + first * es, bytes, true);
     }
   }
-  if (op == ReduceOp::Avg)
-    kernels::divide(data.at(blocks.offset(a.me_)), blocks.count(a.me_), data.dtype,
-                    double(a.n_));
-  a.publish(&shm::Header::reduced, a.step_);
   a.c_.markAggregated();
-  // Allgather: every other block, reduced, from its owner's buffer.
-  for (int k = 1; k < a.n_; ++k) {
-    int q = (a.me_ + k) % a.n_;  // stagger, so owners are not all read at once
-    a.waitFor(q, &shm::Header::reduced, a.step_);
-    a.readPeer(q, data.at(blocks.offset(q)),
-               a.hdr_[q]->call.dataAddr + blocks.offset(q) * es, blocks.count(q) * es);
-  }
   a.publish(&shm::Header::done, a.step_);
-  // Peers read this buffer until they are done: only then may the caller have it.
+  // Peers read and write this buffer until they are done: only then may the
+  // caller have it.
   a.waitAll(&shm::Header::done, a.step_);
 }
 

@@ -88,8 +88,7 @@ struct alignas(kLine) Header {
   Bell rxBell;  // rung when a queue into this rank fills, or one out of it drains
   Bell arBell;  // rung when this rank advances an allreduce counter
   Counter arrive;   // last allreduce step announced (desc and slot are written)
-  Counter reduced;  // last step whose own block is reduced
-  Counter done;     // last step this rank finished reading peers' memory for
+  Counter done;     // last step this rank finished with peers' memory for
   alignas(kLine) Announce call;
   // Every call the arena's communicator begins, whatever its algorithm, so a
   // rank waiting in the arena can see a peer that runs a different call (a

@@ -134,7 +134,8 @@ void ShmTransport::attach(const std::vector<std::string>& names, double timeoutS
       throw Error("shared-memory segment of rank " + std::to_string(localRanks_[i]) +
                   " is not initialised");
   }
-  // Single-copy needs process_vm_readv on every peer: probe each one.
+  // Single-copy reads and writes every peer's memory: probe each one, by
+  // reading its header's magic and writing the same value back.
   bool cma = options_.crossMemory;
   for (size_t i = 0; i < maps_.size() && cma; ++i) {
     if (int(i) == me) continue;
@@ -142,8 +143,10 @@ void ShmTransport::attach(const std::vector<std::string>& names, double timeoutS
     iovec local{&magic, sizeof(magic)};
     iovec remote{reinterpret_cast<void*>(headers_[i]->selfAddr), sizeof(magic)};
     ssize_t got = process_vm_readv(headers_[i]->pid, &local, 1, &remote, 1, 0);
-    cma = got == ssize_t(sizeof(magic)) && magic == shm::kMagic;
-    if (!cma) trace(rank_, sysError("process_vm_readv of rank " + std::to_string(localRanks_[i]) +
+    cma = got == ssize_t(sizeof(magic)) && magic == shm::kMagic &&
+          process_vm_writev(headers_[i]->pid, &local, 1, &remote, 1, 0) == ssize_t(sizeof(magic));
+    if (!cma) trace(rank_, sysError("process_vm_readv/writev of rank " +
+                                    std::to_string(localRanks_[i]) +
                                     " unavailable; allreduce copies through shared memory"));
   }
   headers_[me]->cmaOk.store(cma ? 1 : 0, std::memory_order_release);
