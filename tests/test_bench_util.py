@@ -1,6 +1,7 @@
 """The benchmarks' CPU meter: it must tell a busy window from an idle one,
 for this process and for another."""
 
+import os
 import subprocess
 import sys
 import time
@@ -8,22 +9,32 @@ import time
 from ringflow._bench_util import CpuMeter, process_cpu_seconds
 
 
-def _spin(seconds):
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+def _spin_cpu(seconds):
+    """Burns `seconds` of this process's CPU time, however loaded the host."""
+    end = time.process_time() + seconds
+    deadline = time.monotonic() + 30
+    while time.process_time() < end and time.monotonic() < deadline:
         pass
+
+
+def _stat_cpu_seconds(pid) -> float:
+    """utime + stime from /proc/<pid>/stat: a second, tick-grained account."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_cpu_meter_tells_busy_from_idle():
     meter = CpuMeter({"me": "self"})
     meter.start()
-    _spin(0.2)
+    t0 = time.process_time()
+    _spin_cpu(0.2)
+    used = time.process_time() - t0
     meter.stop()
     meter.start()
     time.sleep(0.2)
     meter.stop()
     busy, idle = meter.samples["me"]
-    assert 0.12 < busy < 0.4, busy
+    assert used >= 0.2 and abs(busy - used) < 0.03 + 0.1 * used, (busy, used)
     assert idle < 0.02, idle
 
 
@@ -31,13 +42,16 @@ def test_cpu_of_another_process():
     child = subprocess.Popen([sys.executable, "-c", "import sys\nwhile True: pass"])
     try:
         time.sleep(0.1)
-        before = process_cpu_seconds(child.pid)
-        time.sleep(0.3)
+        before, stat_before = process_cpu_seconds(child.pid), _stat_cpu_seconds(child.pid)
+        deadline = time.monotonic() + 30  # until it has run 0.3 s, however loaded the host
+        while _stat_cpu_seconds(child.pid) - stat_before < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
         spent = process_cpu_seconds(child.pid) - before
+        stat_spent = _stat_cpu_seconds(child.pid) - stat_before
     finally:
         child.kill()
         child.wait()
-    assert 0.1 < spent < 0.45, spent  # one spinning thread, on a shared 2-CPU host
+    assert stat_spent >= 0.3 and abs(spent - stat_spent) < 0.05 + 0.1 * stat_spent, (spent, stat_spent)
 
 
 def _thp_fallbacks() -> int:
@@ -66,3 +80,14 @@ def test_hugepage_buffers_are_advised_and_get_huge_pages():
     assert huge_page_fraction(x) > 0 or _thp_fallbacks() > fallbacks
     y = torch.ones(3 << 20)
     assert "hg" not in smaps_fields(y.data_ptr())["VmFlags"].split()
+
+
+def test_memory_bound_is_the_busbw_of_moving_every_byte_once():
+    from ringflow import _bench_util as bu
+    from ringflow.benchmark import memory_bound_busbw
+
+    for world in (2, 3, 4, 8):
+        size, copy_gbps = 16 << 20, 36.0
+        fastest = 2 * world * size / (copy_gbps * 1e9)  # n inputs read + n outputs written
+        _, busbw = bu.bandwidths("allreduce", world, size, fastest)
+        assert abs(memory_bound_busbw(copy_gbps, world) - busbw) < 1e-9 * busbw, world

@@ -27,7 +27,7 @@ def test_info_reports_the_build():
 
 
 def test_bench_json_rows_are_correct():
-    out = _run("-m", "ringflow.cli", "bench", "--world", "2", "--sizes", "4K,256K", "--iters", "3",
+    out = _run("-m", "ringflow.cli", "bench", "--world", "2", "--sizes", "4K,256K,16M", "--iters", "3",
                "--warmup", "1", "--json")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     rows = json.loads(out.stdout.strip().splitlines()[-1])
@@ -35,6 +35,13 @@ def test_bench_json_rows_are_correct():
     for r in rows:
         assert {"backend", "world", "bytes", "p50_us", "algbw", "busbw", "wrong"} <= set(r)
         assert r["wrong"] == 0 and r["p50_us"] > 0 and r["world"] == 2
+        # Only large rows are set against the memory bound measured in the run;
+        # no allreduce can beat it (the slack is the copy measurement's noise).
+        if r["bytes"] >= 16 << 20:
+            assert 0 < r["of_bound"] < 1.5 and r["bound_busbw"] > 0, r
+        else:
+            assert "of_bound" not in r, r
+    assert "# " in out.stdout and "GB/s (read + write)" in out.stdout
 
 
 def _entry_point_installed():

@@ -1,10 +1,10 @@
 // Transparent huge pages for the buffers the shm allreduce shares across
 // processes (RINGFLOW_SHM_HUGEPAGES, on by default; 0 turns it off).
 //
-// Peers read a rank's buffer with process_vm_readv, which pins and copies
-// it page by page; with 4 KiB pages that, not memory bandwidth, bounds a
-// large same-host allreduce (bench/RESULTS.md: 2 ranks, 16 MiB, 4.7 ms on
-// small pages, 3.3 ms on huge ones).  Collapsing a buffer into huge pages
+// Peers read and write a rank's buffer with process_vm_readv/writev, which
+// pin and copy it page by page; with 4 KiB pages that, not memory
+// bandwidth, bounds a large same-host allreduce (bench/RESULTS.md: 2 ranks,
+// 16 MiB, ~4.9 ms on small pages, ~3.0 ms on huge ones).  Collapsing a buffer into huge pages
 // costs a copy of it (~70 ms per 16 MiB here), so only a buffer offered
 // again and again at the same address -- one the application keeps, as DDP
 // keeps its gradient buckets -- is collapsed, once.  On by default because

@@ -324,6 +324,7 @@ COLUMNS = [
     ("busbw", "(GB/s)", 8, "busbw", "{:.3f}"),
     ("#wrong", "", 7, "wrong", "{:d}"),
     ("x gloo", "", 7, "ratio_vs_gloo", "{:.2f}"),
+    ("of bound", "", 8, "of_bound", "{:.0%}"),
 ]
 
 

@@ -50,7 +50,7 @@ SETTINGS = {
     "RINGFLOW_HOST_ID": "host identity compared to find same-host ranks (default hostname/boot id)",
     "RINGFLOW_SHM": "0 (or false, no, off) disables the shared-memory transport between same-host "
                     "ranks (default 1)",
-    "RINGFLOW_SHM_CMA": "0 (or false, no, off) forbids single-copy process_vm_readv reads in the shm allreduce "
+    "RINGFLOW_SHM_CMA": "0 (or false, no, off) forbids single-copy process_vm_readv/writev in the shm allreduce "
                         "(default 1; used only where it works between every pair)",
     "RINGFLOW_SHM_QUEUE_BYTES": "bytes of each per-sender shared-memory queue (default 1048576)",
     "RINGFLOW_SHM_SLOT_BYTES": "bytes of each rank's allreduce slot (default 1048576)",

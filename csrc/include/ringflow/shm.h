@@ -30,7 +30,7 @@ class ShmTransport {
   struct Options {
     size_t queueBytes = 1 << 20;  // per (sender, receiver) queue
     size_t slotBytes = 1 << 20;   // this rank's allreduce slot
-    bool crossMemory = true;      // allow process_vm_readv (single-copy) if it works
+    bool crossMemory = true;      // allow process_vm_readv/writev (single-copy) if they work
   };
   // Creates and maps this rank's segment, named from `token` and the rank.
   // `localRanks` are the global ranks on this host, this one included.
@@ -71,7 +71,8 @@ class ShmTransport {
   shm::Header& header(int local) { return *headers_[local]; }
   char* slot(int local) { return slots_[local]; }
   size_t slotBytes() const { return options_.slotBytes; }
-  // Every local rank can read every other's memory with process_vm_readv.
+  // Every local rank can read and write every other's memory
+  // (process_vm_readv/writev).
   bool crossMemoryEverywhere();
   uint64_t nextArenaStep() { return ++arenaStep_; }
   Mailbox& mailbox() { return *mailbox_; }
