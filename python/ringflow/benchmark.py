@@ -47,10 +47,11 @@ DEFAULT_SIZES = "4K,64K,1M,16M,64M"
 # then back-to-back iterations.
 ROUNDS = 5
 # Rows this large are also reported against the memory bound, measured in
-# the same run by every rank copying COPY_BYTES at once (well above L3).
+# the same run by every rank updating MEMORY_BYTES in place at once (well
+# above L3).
 BOUND_BYTES = 16 << 20
-COPY_BYTES = 64 << 20
-COPY_REPS = 5
+MEMORY_BYTES = 64 << 20
+MEMORY_REPS = 5
 
 
 def default_iters(nbytes: int) -> int:
@@ -96,27 +97,29 @@ def _inputs(torch, op: str, count: int, rank: int, world: int, dtype):
     return mine(rank).to(dtype), expected.to(dtype)
 
 
-def _copy_seconds(torch, barrier) -> list[float]:
-    """Seconds for this rank to copy COPY_BYTES, every rank at once after a
-    barrier, COPY_REPS times (the first touch of both buffers untimed)."""
-    src = torch.ones(COPY_BYTES // 4)
-    dst = torch.empty_like(src)
-    dst.copy_(src)
+def _update_seconds(torch, barrier) -> list[float]:
+    """Seconds for this rank to add 1 in place to MEMORY_BYTES of float32,
+    every rank at once after a barrier, MEMORY_REPS times (the first touch
+    untimed).  Each line is read and written back, with no read-for-
+    ownership of a separate destination: the traffic an allreduce that
+    writes where it has just read needs, and the fastest way the memory
+    system moves it (a copy, counted read + write, measures ~0.6 of it)."""
+    x = torch.zeros(MEMORY_BYTES // 4)
     times = []
-    for _ in range(COPY_REPS):
+    for _ in range(MEMORY_REPS):
         barrier()
         t0 = time.perf_counter()
-        dst.copy_(src)
+        x.add_(1.0)
         times.append(time.perf_counter() - t0)
     return times
 
 
-def memory_bound_busbw(copy_gbps: float, world: int) -> float:
+def memory_bound_busbw(memory_gbps: float, world: int) -> float:
     """The largest allreduce busbw memory allows: every rank must read its
-    input once and write its output once, 2*n*S bytes in all (counted as a
-    copy counts them, read + write), at `copy_gbps` for the n ranks together;
-    t >= 2nS / B, so busbw = S/t * 2(n-1)/n <= B (n-1) / n^2."""
-    return copy_gbps * (world - 1) / world ** 2
+    input once and write its output once, 2*n*S bytes in all, at
+    `memory_gbps` (read + write) for the n ranks together; t >= 2nS / B, so
+    busbw = S/t * 2(n-1)/n <= B (n-1) / n^2."""
+    return memory_gbps * (world - 1) / world ** 2
 
 
 def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
@@ -139,8 +142,8 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
     dtype = getattr(torch, DTYPES[cfg["dtype"]][0])
     itemsize = torch.empty((), dtype=dtype).element_size()
 
-    copy_seconds = (_copy_seconds(torch, lambda: dist.barrier(group=gloo))
-                    if world > 1 and max(cfg["sizes"]) >= BOUND_BYTES else [])
+    memory_seconds = (_update_seconds(torch, lambda: dist.barrier(group=gloo))
+                      if world > 1 and max(cfg["sizes"]) >= BOUND_BYTES else [])
     out, huge_fractions = [], {}
     total = len(cfg["sizes"]) * len(cfg["backends"])
     step = 0
@@ -194,26 +197,26 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
         del src, expected, buf
     dist.barrier(group=gloo)
     dist.destroy_process_group()
-    return {"rows": out, "huge_fractions": huge_fractions, "copy_seconds": copy_seconds}
+    return {"rows": out, "huge_fractions": huge_fractions, "memory_seconds": memory_seconds}
 
 
 # ---------------------------------------------------------------- the parent
 
 
-def copy_gbps(per_rank: list[dict], world: int) -> float | None:
-    """The ranks' copy bandwidth together (GB/s, read + write): the slowest
-    rank per repetition, then the median repetition."""
-    times = bu.max_over_ranks([r["copy_seconds"] for r in per_rank])
+def memory_gbps(per_rank: list[dict], world: int) -> float | None:
+    """The ranks' memory bandwidth together (GB/s, read + write): the
+    slowest rank per repetition, then the median repetition."""
+    times = bu.max_over_ranks([r["memory_seconds"] for r in per_rank])
     if not times:
         return None
-    return world * 2 * COPY_BYTES / bu.percentile(times, 50) / 1e9
+    return world * 2 * MEMORY_BYTES / bu.percentile(times, 50) / 1e9
 
 
 def _rows(per_rank: list[dict], cfg: dict, world: int) -> list[dict]:
     """Per (size, backend): the slowest rank per sample (an iteration, or a
     --no-barrier round's mean), then p50 and p99 over samples; large rows
     also as a fraction of the memory bound measured in the same run."""
-    bandwidth = copy_gbps(per_rank, world)
+    bandwidth = memory_gbps(per_rank, world)
     rows = []
     for k, first in enumerate(per_rank[0]["rows"]):
         mine = [r["rows"][k] for r in per_rank]
@@ -330,11 +333,12 @@ def main(argv=None) -> int:
                   "(a rebuild overwriting a loaded .so crashes the processes using it)", file=sys.stderr)
         return 1
     rows = _rows(per_rank, cfg, args.world)
-    bandwidth = copy_gbps(per_rank, args.world)
+    bandwidth = memory_gbps(per_rank, args.world)
     if bandwidth:
-        header.append(("memory", f"{args.world} ranks each copying {bu.format_size(COPY_BYTES)} at once: "
-                                 f"{bandwidth:.1f} GB/s (read + write); an allreduce reads every input "
-                                 f"and writes every output at least once, so busbw <= "
+        header.append(("memory", f"{args.world} ranks each adding 1 in place to "
+                                 f"{bu.format_size(MEMORY_BYTES)} at once: {bandwidth:.1f} GB/s "
+                                 f"(read + write); an allreduce reads every input and writes every "
+                                 f"output at least once, so busbw <= "
                                  f"{memory_bound_busbw(bandwidth, args.world):.2f} GB/s ('of bound', "
                                  f"sizes >= {bu.format_size(BOUND_BYTES)})"))
     if bu.binary_fingerprint() != dict(header)["binary"]:
