@@ -4,12 +4,13 @@
 // Peers read and write a rank's buffer with process_vm_readv/writev, which
 // pin and copy it page by page; with 4 KiB pages that, not memory
 // bandwidth, bounds a large same-host allreduce (bench/RESULTS.md: 2 ranks,
-// 16 MiB, ~4.9 ms on small pages, ~3.0 ms on huge ones).  Collapsing a buffer into huge pages
-// costs a copy of it (~70 ms per 16 MiB here), so only a buffer offered
-// again and again at the same address -- one the application keeps, as DDP
-// keeps its gradient buckets -- is collapsed, once.  On by default because
-// the buffers this pays for are the ones training keeps; an application
-// that must not have its memory advised sets RINGFLOW_SHM_HUGEPAGES=0.
+// 16 MiB, ~4.9 ms on small pages, ~3.0 ms on huge ones).  Collapsing a
+// buffer into huge pages costs a copy of it (~70 ms per 16 MiB here), so
+// only a buffer offered again and again at the same address -- one the
+// application keeps, as DDP keeps its gradient buckets -- is collapsed,
+// once.  On by default because the buffers this pays for are the ones
+// training keeps; an application that must not have its memory advised sets
+// RINGFLOW_SHM_HUGEPAGES=0.
 #pragma once
 
 #include <cstddef>

@@ -9,6 +9,9 @@ the gloo group, so both backends are timed behind the same synchroniser).
 Every result is checked: inputs are small integers, so sums are exact.
 The parent prints the header and the table (rank 0's view: the slowest rank
 per iteration, then the median), and with --json a last line of JSON.
+When a size reaches 16 MiB, the ranks first measure their memory bandwidth
+together (an in-place update of 64 MiB each), and rows from 16 MiB up say
+what fraction of the busbw that bandwidth allows they reach.
 
 With --no-barrier the timed allreduces run back to back instead: a barrier
 only before each of ROUNDS rounds, a round's time per iteration is its total
