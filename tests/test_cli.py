@@ -41,7 +41,8 @@ def test_bench_json_rows_are_correct():
             assert 0 < r["of_bound"] < 1.5 and r["bound_busbw"] > 0, r
         else:
             assert "of_bound" not in r, r
-    assert "# " in out.stdout and "GB/s (read + write)" in out.stdout
+    memory = [line for line in out.stdout.splitlines() if line.startswith("#   memory")]
+    assert len(memory) == 1 and "GB/s before 16M" in memory[0], memory
 
 
 def _entry_point_installed():

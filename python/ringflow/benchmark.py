@@ -9,9 +9,9 @@ the gloo group, so both backends are timed behind the same synchroniser).
 Every result is checked: inputs are small integers, so sums are exact.
 The parent prints the header and the table (rank 0's view: the slowest rank
 per iteration, then the median), and with --json a last line of JSON.
-When a size reaches 16 MiB, the ranks first measure their memory bandwidth
-together (an in-place update of 64 MiB each), and rows from 16 MiB up say
-what fraction of the busbw that bandwidth allows they reach.
+Before each size of 16 MiB or more, the ranks measure their memory
+bandwidth together (an in-place update of 64 MiB each), and that size's rows
+say what fraction of the busbw this bandwidth allows they reach.
 
 With --no-barrier the timed allreduces run back to back instead: a barrier
 only before each of ROUNDS rounds, a round's time per iteration is its total
@@ -49,9 +49,9 @@ DEFAULT_SIZES = "4K,64K,1M,16M,64M"
 # --no-barrier: rounds per row (the samples of p50/p99), each one barrier
 # then back-to-back iterations.
 ROUNDS = 5
-# Rows this large are also reported against the memory bound, measured in
-# the same run by every rank updating MEMORY_BYTES in place at once (well
-# above L3).
+# Rows this large are also reported against the memory bound, measured
+# just before the size by every rank updating MEMORY_BYTES in place at once
+# (well above L3): on a shared host the bandwidth drifts within a run.
 BOUND_BYTES = 16 << 20
 MEMORY_BYTES = 64 << 20
 MEMORY_REPS = 5
@@ -145,9 +145,7 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
     dtype = getattr(torch, DTYPES[cfg["dtype"]][0])
     itemsize = torch.empty((), dtype=dtype).element_size()
 
-    memory_seconds = (_update_seconds(torch, lambda: dist.barrier(group=gloo))
-                      if world > 1 and max(cfg["sizes"]) >= BOUND_BYTES else [])
-    out, huge_fractions = [], {}
+    out, huge_fractions, memory_seconds = [], {}, {}
     total = len(cfg["sizes"]) * len(cfg["backends"])
     step = 0
     for nbytes in cfg["sizes"]:
@@ -155,6 +153,8 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
         src, expected = _inputs(torch, cfg["op"], count, rank, world, dtype)
         buf = bu.hugepage_empty(torch, count, dtype) if cfg["hugepages"] else torch.empty_like(src)
         buf.copy_(src)  # faults it in (as huge pages where asked) before any timing
+        if world > 1 and nbytes >= BOUND_BYTES:
+            memory_seconds[nbytes] = _update_seconds(torch, lambda: dist.barrier(group=gloo))
         if cfg["hugepages"] and rank == 0:
             huge_fractions[bu.format_size(nbytes)] = round(bu.huge_page_fraction(buf), 3)
         for backend in cfg["backends"]:
@@ -206,12 +206,13 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
 # ---------------------------------------------------------------- the parent
 
 
-def memory_gbps(per_rank: list[dict], world: int) -> float | None:
-    """The ranks' memory bandwidth together (GB/s, read + write): the
-    slowest rank per repetition, then the median repetition."""
-    times = bu.max_over_ranks([r["memory_seconds"] for r in per_rank])
-    if not times:
+def memory_gbps(per_rank: list[dict], world: int, nbytes: int) -> float | None:
+    """The ranks' memory bandwidth together (GB/s, read + write), measured
+    before size `nbytes`: the slowest rank per repetition, then the median
+    repetition.  None where it was not measured."""
+    if nbytes not in per_rank[0]["memory_seconds"]:
         return None
+    times = bu.max_over_ranks([r["memory_seconds"][nbytes] for r in per_rank])
     return world * 2 * MEMORY_BYTES / bu.percentile(times, 50) / 1e9
 
 
@@ -219,7 +220,6 @@ def _rows(per_rank: list[dict], cfg: dict, world: int) -> list[dict]:
     """Per (size, backend): the slowest rank per sample (an iteration, or a
     --no-barrier round's mean), then p50 and p99 over samples; large rows
     also as a fraction of the memory bound measured in the same run."""
-    bandwidth = memory_gbps(per_rank, world)
     rows = []
     for k, first in enumerate(per_rank[0]["rows"]):
         mine = [r["rows"][k] for r in per_rank]
@@ -236,9 +236,10 @@ def _rows(per_rank: list[dict], cfg: dict, world: int) -> list[dict]:
             "wrong_iters": max(m["wrong_iters"] for m in mine),
             "iters": first["iters"], "warmup": cfg["warmup"],
         })
-        if bandwidth and first["bytes"] >= BOUND_BYTES:
+        bandwidth = memory_gbps(per_rank, world, first["bytes"])
+        if bandwidth:
             bound = memory_bound_busbw(bandwidth, world)
-            rows[-1].update(bound_busbw=bound, of_bound=busbw / bound)
+            rows[-1].update(memory_gbps=bandwidth, bound_busbw=bound, of_bound=busbw / bound)
     gloo_p50 = {r["bytes"]: r["p50_us"] for r in rows if r["backend"] == "gloo"}
     for r in rows:
         if r["backend"] != "gloo" and r["bytes"] in gloo_p50:
@@ -336,14 +337,14 @@ def main(argv=None) -> int:
                   "(a rebuild overwriting a loaded .so crashes the processes using it)", file=sys.stderr)
         return 1
     rows = _rows(per_rank, cfg, args.world)
-    bandwidth = memory_gbps(per_rank, args.world)
-    if bandwidth:
+    measured = {r["bytes"]: r["memory_gbps"] for r in rows if "memory_gbps" in r}
+    if measured:
+        each = ", ".join(f"{b:.1f} GB/s before {bu.format_size(n)} (busbw <= "
+                         f"{memory_bound_busbw(b, args.world):.2f})" for n, b in measured.items())
         header.append(("memory", f"{args.world} ranks each adding 1 in place to "
-                                 f"{bu.format_size(MEMORY_BYTES)} at once: {bandwidth:.1f} GB/s "
-                                 f"(read + write); an allreduce reads every input and writes every "
-                                 f"output at least once, so busbw <= "
-                                 f"{memory_bound_busbw(bandwidth, args.world):.2f} GB/s ('of bound', "
-                                 f"sizes >= {bu.format_size(BOUND_BYTES)})"))
+                                 f"{bu.format_size(MEMORY_BYTES)} at once (read + write): {each}. "
+                                 f"An allreduce reads every input and writes every output at least "
+                                 f"once: 'of bound' = busbw / that bound"))
     if bu.binary_fingerprint() != dict(header)["binary"]:
         note = "ringflow's _C extension was rebuilt DURING this run: the results mix builds"
         header.append(("WARNING", note))
