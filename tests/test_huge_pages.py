@@ -8,7 +8,7 @@ import os
 import pytest
 
 from ringflow._bench_util import thp_mode
-from worlds import init_torch, run_world
+from worlds import init_torch, live_communicator, run_world
 
 COUNT = 3 << 20  # 12 MiB of float32: five or six whole huge pages, whatever the alignment
 
@@ -26,9 +26,7 @@ def kept_buffer(rank, size):
     from ringflow._bench_util import huge_page_fraction
 
     dist = init_torch(rank, size)
-    from ringflow.rendezvous import _live_comms
-
-    algo = _C.allreduce_algorithm(next(iter(_live_comms)).comm, COUNT * 4)
+    algo = _C.allreduce_algorithm(live_communicator().comm, COUNT * 4)
     base = torch.arange(COUNT, dtype=torch.float32) % 5
     want = base * size + sum(range(size))
     x = torch.empty(COUNT)  # kept across calls, as DDP keeps its buckets

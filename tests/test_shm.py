@@ -16,7 +16,7 @@ import pytest
 
 import collective_cases as cases
 import test_failures as failures
-from worlds import init_torch, run_world
+from worlds import init_torch, live_communicator, run_world
 
 ALGOS = ["ring", "shm", "auto"]
 LONG = 4 * 1024 * 1024
@@ -29,18 +29,11 @@ def _assert_clean(results):
     assert not bad, "\n".join(bad[:40])
 
 
-def _communicator():
-    """The ringflow Communicator behind the default group."""
-    from ringflow.rendezvous import _live_comms
-
-    return next(iter(_live_comms))
-
-
 def full_allreduce(rank, size):
     dist = init_torch(rank, size)
     ck = cases.Checker(dist.new_group(backend="gloo"))
     cases.check_allreduce(ck, rank, lengths=[0, 1, 7, 1001, LONG + 3])
-    algo = __import__("ringflow")._C.allreduce_algorithm(_communicator().comm)
+    algo = __import__("ringflow")._C.allreduce_algorithm(live_communicator().comm)
     dist.destroy_process_group()
     return ck.count, ck.failures + ([] if algo == os.environ["EXPECT"] else [f"ran {algo}"])
 
@@ -90,7 +83,7 @@ def placement(rank, size, hosts):
     dist = init_torch(rank, size)
     from ringflow import _C
 
-    c = _communicator()
+    c = live_communicator()
     x = torch.arange(1001, dtype=torch.int64) * (rank + 1)
     dist.all_reduce(x)
     y = torch.full((300_001,), float(rank))

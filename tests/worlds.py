@@ -109,3 +109,10 @@ def init_torch(rank: int, size: int, backend: str = "ringflow", timeout_s: float
 
     dist.init_process_group(backend, rank=rank, world_size=size, timeout=timedelta(seconds=timeout_s))
     return dist
+
+
+def live_communicator():
+    """The ringflow Communicator behind the default group (after init_torch)."""
+    from ringflow.rendezvous import _live_comms
+
+    return next(iter(_live_comms))
