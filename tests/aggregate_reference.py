@@ -24,6 +24,13 @@ def quantize(x: np.ndarray, e: int, workers: int) -> np.ndarray:
     return np.clip(np.rint(x.astype(np.float64) * scale), -limit, limit).astype(np.int64)
 
 
+def dequantize(q: np.ndarray, e: int, workers: int) -> np.ndarray:
+    """float32 of integer (summed) values at exponent e: q times 1 / scale,
+    1 / scale rounded to double once."""
+    inverse = np.ldexp(1.0 / (INT32_MAX / workers), e)
+    return (q.astype(np.float64) * inverse).astype(np.float32)
+
+
 def aggregated_sum(inputs: list[np.ndarray], packet_elems: int) -> np.ndarray:
     """float32 result of summing `inputs` (one float32 array per worker)."""
     workers = len(inputs)
@@ -37,8 +44,7 @@ def aggregated_sum(inputs: list[np.ndarray], packet_elems: int) -> np.ndarray:
         e = max(exponent(c) for c in chunks)
         total = sum(quantize(c, e, workers) for c in chunks)
         assert np.abs(total).max(initial=0) <= INT32_MAX  # headroom: never overflows
-        inverse = np.ldexp(1.0 / (INT32_MAX / workers), e)  # 1 / scale, rounded once
-        out[start:start + packet_elems] = (total.astype(np.float64) * inverse).astype(np.float32)
+        out[start:start + packet_elems] = dequantize(total, e, workers)
     return out
 
 

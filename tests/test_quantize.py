@@ -7,28 +7,22 @@ import pytest
 
 from ringflow import _C, ops
 
-INT32_MAX = 2**31 - 1
+import aggregate_reference as ref
+
+INT32_MAX = ref.INT32_MAX
 
 
+# Block by block, the fixed-point model aggregate_reference keeps for the
+# aggregation tests.
 def np_exponents(x: np.ndarray, block: int) -> np.ndarray:
-    out = []
-    for i in range(0, x.size, block):
-        m = float(np.max(np.abs(x[i:i + block]))) if x[i:i + block].size else 0.0
-        if m == 0.0:
-            out.append(_C.kernels.FIXED_ZERO_EXPONENT)
-            continue
-        mant, e = np.frexp(np.float32(m))
-        out.append(int(e) - 1 if mant == 0.5 else int(e))
-    return np.array(out, np.int32)
+    return np.array([ref.exponent(x[i:i + block]) for i in range(0, x.size, block)], np.int32)
 
 
 def np_quantize_fixed(x, exps, workers, block):
     q = np.empty(x.size, np.int32)
-    lim = INT32_MAX // workers
     for b, e in enumerate(exps):
         sl = slice(b * block, (b + 1) * block)
-        scale = np.ldexp(INT32_MAX / workers, -int(e))
-        q[sl] = np.clip(np.rint(x[sl].astype(np.float64) * scale), -lim, lim).astype(np.int32)
+        q[sl] = ref.quantize(x[sl], int(e), workers)
     return q
 
 
@@ -36,8 +30,7 @@ def np_dequantize_fixed(q, exps, workers, block):
     out = np.empty(q.size, np.float32)
     for b, e in enumerate(exps):
         sl = slice(b * block, (b + 1) * block)
-        inverse = np.ldexp(1.0 / (INT32_MAX / workers), int(e))  # 1 / scale, rounded once
-        out[sl] = (q[sl].astype(np.float64) * inverse).astype(np.float32)
+        out[sl] = ref.dequantize(q[sl], int(e), workers)
     return out
 
 
