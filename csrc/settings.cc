@@ -2,8 +2,8 @@
 
 #include "algo/algorithms.h"
 #include "ringflow/collectives.h"
-#include "ringflow/env.h"
 #include "ringflow/kernels.h"
+#include "ringflow/shm.h"
 #include "ringflow/stats.h"
 #include "transport/trace.h"
 
@@ -17,8 +17,7 @@ void checkSettings() {
   inlineLimit();
   traceEnabled();
   Stats::global();  // RINGFLOW_WARN_MS
-  // Read again by each ShmTransport, on the thread that builds it.
-  envMicros("RINGFLOW_SHM_SPIN_US", std::chrono::microseconds(0));
+  ShmTransport::idleSpinSetting();
 }
 
 }  // namespace ringflow

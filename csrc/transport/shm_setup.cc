@@ -52,11 +52,15 @@ char* mapSegment(int fd, size_t bytes, const std::string& name) {
 
 }  // namespace
 
+std::chrono::microseconds ShmTransport::idleSpinSetting() {
+  return envMicros("RINGFLOW_SHM_SPIN_US", std::chrono::microseconds(50));
+}
+
 ShmTransport::ShmTransport(int rank, int size, std::vector<int> localRanks,
                            std::shared_ptr<Mailbox> mailbox, uint64_t token, Options options)
     : rank_(rank), size_(size), localRanks_(std::move(localRanks)), localOf_(size, -1),
       mailbox_(std::move(mailbox)), options_(options),
-      idleSpin_(envMicros("RINGFLOW_SHM_SPIN_US", std::chrono::microseconds(50))) {
+      idleSpin_(idleSpinSetting()) {
   for (size_t i = 0; i < localRanks_.size(); ++i) {
     int g = localRanks_[i];
     if (g < 0 || g >= size || localOf_[g] >= 0)

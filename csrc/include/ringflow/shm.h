@@ -32,6 +32,9 @@ class ShmTransport {
     size_t slotBytes = 1 << 20;   // this rank's allreduce slot
     bool crossMemory = true;      // allow process_vm_readv/writev (single-copy) if they work
   };
+  // RINGFLOW_SHM_SPIN_US (idleSpin_ below), read afresh: each transport
+  // reads it on the thread that builds it, checkSettings() at start-up.
+  static std::chrono::microseconds idleSpinSetting();
   // Creates and maps this rank's segment, named from `token` and the rank.
   // `localRanks` are the global ranks on this host, this one included.
   ShmTransport(int rank, int size, std::vector<int> localRanks, std::shared_ptr<Mailbox> mailbox,
