@@ -89,6 +89,14 @@ uint64_t Checksum::finish() const {
   return h ^ (h >> 29);
 }
 
+Checksum headerChecksum(const PacketHeader& h) {
+  PacketHeader c = h;
+  c.mac = 0;
+  Checksum s;
+  s.update(&c, sizeof c);
+  return s;
+}
+
 RINGFLOW_CLONES void copyChecksummed(int32_t* dst, const void* src, size_t n, Checksum& in) {
   auto* s = static_cast<const unsigned char*>(src);
   size_t i = 0;

@@ -6,6 +6,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "ringflow/packet.h"
+
 namespace ringflow::agg {
 
 // Fletcher-style: four lanes (64-bit word i goes to lane i % 4), each keeping
@@ -22,6 +24,10 @@ struct Checksum {
   // True when whole 32-byte blocks may follow: lane 0 comes next.
   bool aligned() const { return (words & 3) == 0 && bytes % 8 == 0; }
 };
+
+// The checksum's state after header h with its mac taken as 0: where every
+// packet's checksum starts, the payload's bytes to follow.
+Checksum headerChecksum(const PacketHeader& h);
 
 // dst[i] = src[i] for n int32, folding src's bytes into `in`.
 void copyChecksummed(int32_t* dst, const void* src, size_t n, Checksum& in);

@@ -47,15 +47,6 @@ void bump(std::atomic<T>& c, T n = 1) {
   c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
 }
 
-// The checksum's state after header h, its mac taken as 0.
-Checksum checksumOfHeader(const PacketHeader& h) {
-  PacketHeader c = h;
-  c.mac = 0;
-  Checksum s;
-  s.update(&c, sizeof c);
-  return s;
-}
-
 }  // namespace
 
 JobTable::JobTable(const AggregatorConfig& config) : config_(config), auth_(config.token) {
@@ -180,7 +171,7 @@ void JobTable::contribute(Job& job, const PacketHeader& h, PacketCheck& check,
     // The set's old sums belong to a round every worker has finished with,
     // so a copy that turns out forged loses nothing.
     if (check.deferred()) {
-      Checksum c = checksumOfHeader(h);
+      Checksum c = headerChecksum(h);
       copyChecksummed(sums, payload, h.count, c);
       if (!check.settle(c)) return bump(counters_.badMac);
     } else {
@@ -211,10 +202,10 @@ void JobTable::contribute(Job& job, const PacketHeader& h, PacketCheck& check,
       // Check the packet and, when it completes the round, sign the sum, in
       // the pass that adds it; a forged one is subtracted again.
       const bool completes = set.contributed + 1 == job.workers;
-      Checksum in = checksumOfHeader(h), sum;
+      Checksum in = headerChecksum(h), sum;
       if (completes) {
         result.flags = uint16_t(result.flags & ~kFlagKeyed);
-        sum = checksumOfHeader(result);
+        sum = headerChecksum(result);
       }
       addChecksummed(sums, payload, h.count, in, completes ? &sum : nullptr);
       if (!check.settle(in)) {
