@@ -273,7 +273,7 @@ void singleCopy(Arena& a, Buffer data, ReduceOp op) {
   Blocks blocks(data.count, a.n_);
   static thread_local std::vector<char> scratch;
   if (scratch.size() < piece * es * size_t(a.n_)) scratch.resize(piece * es * size_t(a.n_));
-  std::vector<const void*> srcs(a.n_);
+  std::vector<const void*> srcs(a.n_), order(a.n_);
   for (size_t done = 0; done < blocks.count(a.me_); done += piece) {
     const size_t first = blocks.offset(a.me_) + done;
     const size_t cnt = std::min(piece, blocks.count(a.me_) - done);
@@ -295,7 +295,6 @@ void singleCopy(Arena& a, Buffer data, ReduceOp op) {
     } else {
       // Own data first, so the output may alias it (no copy); the order is
       // still fixed, and only this rank computes this block.
-      std::vector<const void*> order(a.n_);
       for (int k = 0; k < a.n_; ++k) order[k] = srcs[(a.me_ + k) % a.n_];
       kernels::reduceN(out, order.data(), order.size(), cnt, data.dtype, op);
     }
