@@ -91,3 +91,14 @@ def test_memory_bound_is_the_busbw_of_moving_every_byte_once():
         fastest = 2 * world * size / (copy_gbps * 1e9)  # n inputs read + n outputs written
         _, busbw = bu.bandwidths("allreduce", world, size, fastest)
         assert abs(memory_bound_busbw(copy_gbps, world) - busbw) < 1e-9 * busbw, world
+
+
+def test_memory_bandwidth_is_the_fastest_repetition_of_the_slowest_rank():
+    from ringflow.benchmark import MEMORY_BYTES, memory_gbps
+
+    size = 16 << 20
+    per_rank = [{"memory_seconds": {size: [0.010, 0.004, 0.008]}},
+                {"memory_seconds": {size: [0.009, 0.005, 0.003]}}]
+    # Slowest rank per repetition: 0.010, 0.005, 0.008; the fastest of those.
+    assert memory_gbps(per_rank, 2, size) == 2 * 2 * MEMORY_BYTES / 0.005 / 1e9
+    assert memory_gbps(per_rank, 2, 64 << 20) is None

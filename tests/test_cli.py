@@ -28,10 +28,10 @@ def test_info_reports_the_build():
 
 def test_bench_json_rows_are_correct():
     out = _run("-m", "ringflow.cli", "bench", "--world", "2", "--sizes", "4K,256K,16M", "--iters", "3",
-               "--warmup", "1", "--json")
+               "--warmup", "1", "--json", "--backends", "ringflow,ringflow-shared,gloo")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     rows = json.loads(out.stdout.strip().splitlines()[-1])
-    assert {r["backend"] for r in rows} == {"ringflow", "gloo"}
+    assert [r["backend"] for r in rows] == ["ringflow", "ringflow-shared", "gloo"] * 3
     for r in rows:
         assert {"backend", "world", "bytes", "p50_us", "algbw", "busbw", "wrong"} <= set(r)
         assert r["wrong"] == 0 and r["p50_us"] > 0 and r["world"] == 2

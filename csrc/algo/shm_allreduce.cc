@@ -22,8 +22,11 @@
 // overwrites a piece only after reading it, so no ordering is needed beyond
 // `arrive` and `done`.  Memory sees each input read once and each output
 // written once, 2·S per rank, the least any allreduce can move (a copy-in
-// design moves ~5.5·S).  Without cross-memory access, large messages go
-// through the slots as a sequence of small steps.
+// design moves ~5.5·S).  A peer whose buffer is a SharedBuffer
+// (transport/shared_buffer.h) is mapped here instead: its pieces are reduced
+// in place and stored into directly, without the kernel's pinning and bounce
+// copy.  Without cross-memory access, large messages go through the slots as
+// a sequence of small steps.
 //
 // Every wait spins briefly, then yields, then sleeps on the peer's futex bell, and checks
 // the op deadline, the communicator's abort state and whether the peer's TCP
@@ -42,6 +45,7 @@
 #include "ringflow/spin.h"
 #include "transport/huge_pages.h"
 #include "transport/mailbox.h"
+#include "transport/shared_buffer.h"
 #include "transport/shm_layout.h"
 
 namespace ringflow::algo {
@@ -70,6 +74,15 @@ size_t readPieceBytes() {
   return b;
 }
 
+// The same for peers whose buffers are mapped here (SharedBuffers): with no
+// system call per piece, smaller pieces cost nothing and keep the owner's
+// piece and every peer's in L2 until the result is stored back over them.
+// RINGFLOW_SHM_MAPPED_PIECE_BYTES overrides.
+size_t mappedPieceBytes() {
+  static const size_t b = envBytes("RINGFLOW_SHM_MAPPED_PIECE_BYTES", 64 << 10);
+  return b;
+}
+
 // How long a wait spins, then polls between yields, before it sleeps on the
 // peer's bell (spin.h: spinThenYield).  A small allreduce's whole step is a
 // few microseconds, so a peer that is running arrives well within these;
@@ -90,6 +103,7 @@ void readShmArenaSettings() {
   shm::hugePagesEnabled();
   smallBytes();
   readPieceBytes();
+  mappedPieceBytes();
   spinBudget();
   yieldBudget();
 }
@@ -120,11 +134,21 @@ class Arena {
   }
 
   // Announces this call and checks every peer announced the same one.
-  void announce(const void* data) {
+  void announce(const void* data, const shm::SharedPlace& place = {}) {
     waitAll(&shm::Header::done, step_ - 1);  // nobody still reads our last one
     shm::Announce& a = hdr_[me_]->call;
     a.set(c_.op());
     a.dataAddr = reinterpret_cast<uint64_t>(data);
+    a.sharedId = place.id;
+    a.sharedFd = place.fd;
+    a.sharedOffset = place.offset;
+  }
+  // Rank q's buffer for this call mapped here, if q announced a shared one
+  // that maps; else nullptr (reach it through the kernel).
+  char* mappedPeer(int q, size_t bytes) {
+    const shm::Announce& a = hdr_[q]->call;
+    if (a.sharedId == 0) return nullptr;
+    return shm::peerShared(hdr_[q]->pid, {a.sharedId, a.sharedFd, a.sharedOffset}, bytes);
   }
   void checkPeers() {
     for (int q = 0; q < n_; ++q) {
@@ -265,12 +289,20 @@ void slotStep(Arena& a, char* data, size_t count, DType dtype, ReduceOp op) {
 
 void singleCopy(Arena& a, Buffer data, ReduceOp op) {
   const size_t es = elementSize(data.dtype);
-  const size_t piece = std::max<size_t>(1, readPieceBytes() / es);  // before the protocol starts
-  shm::offerBuffer(data.ptr, data.bytes());  // before peers may touch it
-  a.announce(data.ptr);
+  const size_t readPiece = readPieceBytes(), mappedPiece = mappedPieceBytes();  // before the protocol starts
+  const shm::SharedPlace place = shm::findShared(data.ptr, data.bytes());
+  if (place.id == 0) shm::offerBuffer(data.ptr, data.bytes());  // before peers may touch it
+  a.announce(data.ptr, place);
   a.publish(&shm::Header::arrive, a.step_);
   a.checkPeers();
   Blocks blocks(data.count, a.n_);
+  // Peers whose buffers map here are read and written in place; the others
+  // through process_vm_readv/writev and a scratch piece.
+  std::vector<char*> mapped(a.n_, nullptr);
+  bool allMapped = true;
+  for (int q = 0; q < a.n_; ++q)
+    if (q != a.me_) allMapped &= (mapped[q] = a.mappedPeer(q, data.bytes())) != nullptr;
+  const size_t piece = std::max<size_t>(1, (allMapped ? mappedPiece : readPiece) / es);
   static thread_local std::vector<char> scratch;
   if (scratch.size() < piece * es * size_t(a.n_)) scratch.resize(piece * es * size_t(a.n_));
   std::vector<const void*> srcs(a.n_), order(a.n_);
@@ -281,7 +313,9 @@ void singleCopy(Arena& a, Buffer data, ReduceOp op) {
     char* out = data.at(first);
     for (int q = 0; q < a.n_; ++q) {
       char* buf = scratch.data() + size_t(q) * piece * es;
-      if (q != a.me_) {
+      if (mapped[q]) {
+        buf = mapped[q] + first * es;
+      } else if (q != a.me_) {
         a.accessPeer(q, buf, a.hdr_[q]->call.dataAddr + first * es, bytes, false);
       } else if (halfPrecision(data.dtype)) {
         std::memcpy(buf, out, bytes);  // the fold must not alias its output
@@ -302,7 +336,10 @@ void singleCopy(Arena& a, Buffer data, ReduceOp op) {
     // Staggered, so owners do not all write into the same peer at once.
     for (int k = 1; k < a.n_; ++k) {
       int q = (a.me_ + k) % a.n_;
-      a.accessPeer(q, out, a.hdr_[q]->call.dataAddr + first * es, bytes, true);
+      if (mapped[q])
+        std::memcpy(mapped[q] + first * es, out, bytes);
+      else
+        a.accessPeer(q, out, a.hdr_[q]->call.dataAddr + first * es, bytes, true);
     }
   }
   a.c_.markAggregated();

@@ -7,6 +7,7 @@
 #include "bind.h"
 #include "ringflow/routed.h"
 #include "transport/huge_pages.h"
+#include "transport/shared_buffer.h"
 
 namespace py = pybind11;
 
@@ -51,6 +52,30 @@ void bindShm(py::module_& m) {
     d["failed"] = c.failed;
     return d;
   }, "RINGFLOW_SHM_HUGEPAGES: this process's buffers collapsed into huge pages.");
+
+  py::class_<shm::SharedBuffer, std::shared_ptr<shm::SharedBuffer>>(
+      m, "SharedBuffer", py::buffer_protocol(),
+      "Memory same-host peers map directly: allreduces of data inside it skip the kernel copy.")
+      .def(py::init<size_t>(), py::arg("nbytes"))
+      .def_property_readonly("nbytes", &shm::SharedBuffer::bytes)
+      .def_property_readonly("address", [](const shm::SharedBuffer& b) {
+        return reinterpret_cast<uintptr_t>(b.data());
+      })
+      .def_buffer([](shm::SharedBuffer& b) {
+        return py::buffer_info(b.data(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {py::ssize_t(b.bytes())}, {py::ssize_t(1)}, false);
+      });
+  m.def("shared_buffer_stats", [] {
+    shm::SharedCounts c = shm::sharedCounts();
+    py::dict d;
+    d["live"] = c.live;
+    d["live_bytes"] = c.liveBytes;
+    d["peer_maps"] = c.peerMaps;
+    d["peer_maps_opened"] = c.peerMapsOpened;
+    d["peer_maps_dropped"] = c.peerMapsDropped;
+    d["peer_map_failures"] = c.peerMapFailures;
+    return d;
+  }, "This process's SharedBuffers, and the peers' ones it maps.");
 }
 
 }  // namespace ringflow::bind

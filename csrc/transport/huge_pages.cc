@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <deque>
 #include <mutex>
+#include <utility>
 
 #include "ringflow/env.h"
 
@@ -36,6 +37,24 @@ State& state() {
   return s;
 }
 
+// The whole 2 MiB pages inside [p, p + bytes): [lo, hi), empty when hi <= lo.
+std::pair<uintptr_t, uintptr_t> wholePages(const void* p, size_t bytes) {
+  return {(uintptr_t(p) + kHugePage - 1) & ~(kHugePage - 1),
+          (uintptr_t(p) + bytes) & ~(kHugePage - 1)};
+}
+
+// Advised first, so the range stays eligible if memory is later faulted in
+// again; the collapse copies what is there into huge pages now.
+void collapseLocked(State& s, uintptr_t lo, uintptr_t hi) {
+  void* at = reinterpret_cast<void*>(lo);
+  if (madvise(at, hi - lo, MADV_HUGEPAGE) == 0 && madvise(at, hi - lo, MADV_COLLAPSE) == 0) {
+    s.counts.collapsed++;
+    s.counts.collapsedBytes += hi - lo;
+  } else {
+    s.counts.failed++;
+  }
+}
+
 }  // namespace
 
 bool hugePagesEnabled() {
@@ -45,8 +64,7 @@ bool hugePagesEnabled() {
 
 void offerBuffer(const void* p, size_t bytes) {
   if (!hugePagesEnabled()) return;
-  const uintptr_t lo = (uintptr_t(p) + kHugePage - 1) & ~(kHugePage - 1);
-  const uintptr_t hi = (uintptr_t(p) + bytes) & ~(kHugePage - 1);
+  const auto [lo, hi] = wholePages(p, bytes);
   if (hi <= lo || hi - lo < 2 * kHugePage) return;  // too small to be worth a collapse
   State& s = state();
   std::lock_guard<std::mutex> lock(s.mu);
@@ -59,15 +77,16 @@ void offerBuffer(const void* p, size_t bytes) {
   }
   if (it->settled || ++it->offers < kOffersBeforeCollapse) return;
   it->settled = true;
-  // Advised first, so the range stays eligible if memory is later faulted
-  // in again; the collapse copies what is there into huge pages now.
-  void* at = reinterpret_cast<void*>(lo);
-  if (madvise(at, hi - lo, MADV_HUGEPAGE) == 0 && madvise(at, hi - lo, MADV_COLLAPSE) == 0) {
-    s.counts.collapsed++;
-    s.counts.collapsedBytes += hi - lo;
-  } else {
-    s.counts.failed++;
-  }
+  collapseLocked(s, lo, hi);
+}
+
+void collapseRange(const void* p, size_t bytes) {
+  if (!hugePagesEnabled()) return;
+  const auto [lo, hi] = wholePages(p, bytes);
+  if (hi <= lo) return;
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  collapseLocked(s, lo, hi);
 }
 
 HugePageCounts hugePageCounts() {

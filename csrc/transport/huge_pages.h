@@ -32,6 +32,11 @@ bool hugePagesEnabled();
 // (MADV_HUGEPAGE) and collapsed (MADV_COLLAPSE), once; its contents stay.
 void offerBuffer(const void* p, size_t bytes);
 
+// Advises and collapses the whole 2 MiB pages inside [p, p + bytes) now, if
+// RINGFLOW_SHM_HUGEPAGES allows; counted like offerBuffer's.  Shared (memfd)
+// memory collapses too, whatever the shmem THP setting, once its pages exist.
+void collapseRange(const void* p, size_t bytes);
+
 HugePageCounts hugePageCounts();
 
 }  // namespace ringflow::shm

@@ -20,7 +20,7 @@
 
 namespace ringflow::shm {
 
-constexpr uint64_t kMagic = 0x314d48535746'4c52ull;  // "RLFWSHM1"
+constexpr uint64_t kMagic = 0x324d48535746'4c52ull;  // "RLFWSHM2"
 constexpr size_t kLine = 64;
 
 static_assert(std::atomic<uint32_t>::is_always_lock_free, "futex words must be lock-free");
@@ -54,6 +54,11 @@ struct Announce {
   uint32_t op = 0;
   uint32_t root = 0;
   uint64_t dataAddr = 0;  // the caller's buffer in the owner's address space
+  // Where that buffer lies in one of the owner's SharedBuffers (id 0: it
+  // does not), so peers can map it instead of copying through the kernel.
+  uint64_t sharedId = 0;
+  uint64_t sharedOffset = 0;
+  int32_t sharedFd = -1;
 
   void set(const OpDesc& d) {
     seq = d.seq;

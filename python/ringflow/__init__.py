@@ -9,6 +9,7 @@ from __future__ import annotations
 from . import _C
 from ._C import Error, InvalidArgument, MismatchError, PeerError, TimeoutError
 from .aggregator import Aggregator
+from .shared import shared_empty
 
 __version__ = _C.__version__
 
@@ -22,6 +23,7 @@ __all__ = [
     "Aggregator",
     "build_info",
     "reset_stats",
+    "shared_empty",
     "stats",
 ]
 
@@ -41,11 +43,14 @@ def stats() -> dict:
     (RINGFLOW_WARN_MS, default 10000; 0 disables the warnings).
     ``aggregate`` counts this process's packet-aggregation traffic
     (packets and bytes sent and received, retransmissions); ``huge_pages``
-    the buffers collapsed into huge pages (RINGFLOW_SHM_HUGEPAGES).
+    the buffers collapsed into huge pages (RINGFLOW_SHM_HUGEPAGES);
+    ``shared_buffers`` this process's shared tensors (shared_empty) and the
+    peers' ones it maps.
     """
     out = dict(_C.stats())
     out["aggregate"] = dict(_C.aggregate_traffic())
     out["huge_pages"] = dict(_C.huge_page_stats())
+    out["shared_buffers"] = dict(_C.shared_buffer_stats())
     return out
 
 

@@ -317,7 +317,7 @@ COLUMNS = [
     ("count", "(elements)", 12, "count", "{:d}"),
     ("type", "", 9, "type", "{}"),
     ("redop", "", 6, "op", "{}"),
-    ("backend", "", 9, "backend", "{}"),
+    ("backend", "", 15, "backend", "{}"),
     ("time", "(us)", 10, "p50_us", "{:.1f}"),
     ("p99", "(us)", 10, "p99_us", "{:.1f}"),
     ("algbw", "(GB/s)", 8, "algbw", "{:.3f}"),

@@ -32,7 +32,9 @@ import time
 
 from . import _bench_util as bu
 
-BACKENDS = ("ringflow", "gloo")
+# "ringflow-shared" is ringflow on a tensor from ringflow.shared_empty.
+BACKENDS = ("ringflow", "ringflow-shared", "gloo")
+DEFAULT_BACKENDS = "ringflow,gloo"
 # name -> (torch dtype attribute, nccl-tests' name for the `type` column)
 DTYPES = {
     "float32": ("float32", "float"),
@@ -131,7 +133,7 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
     import torch
     import torch.distributed as dist
 
-    import ringflow  # noqa: F401 - registers the backend
+    import ringflow  # registers the backend
 
     # One intra-op thread: on a small host, OpenMP threads left spinning by
     # the result check would steal CPU from the next timed allreduce.
@@ -139,7 +141,7 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
     timeout = timedelta(seconds=cfg["timeout"])
     dist.init_process_group("ringflow", rank=rank, world_size=world, timeout=timeout)
     gloo = dist.new_group(backend="gloo", timeout=timeout)
-    groups = {"ringflow": None, "gloo": gloo}
+    groups = {"ringflow": None, "ringflow-shared": None, "gloo": gloo}
     op = {"sum": dist.ReduceOp.SUM, "prod": dist.ReduceOp.PRODUCT,
           "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[cfg["op"]]
     dtype = getattr(torch, DTYPES[cfg["dtype"]][0])
@@ -153,6 +155,9 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
         src, expected = _inputs(torch, cfg["op"], count, rank, world, dtype)
         buf = bu.hugepage_empty(torch, count, dtype) if cfg["hugepages"] else torch.empty_like(src)
         buf.copy_(src)  # faults it in (as huge pages where asked) before any timing
+        buffers = {b: buf for b in cfg["backends"]}
+        if "ringflow-shared" in buffers:
+            buffers["ringflow-shared"] = ringflow.shared_empty(count, dtype=dtype)
         if world > 1 and nbytes >= BOUND_BYTES:
             memory_seconds[nbytes] = _update_seconds(torch, lambda: dist.barrier(group=gloo))
         if cfg["hugepages"] and rank == 0:
@@ -160,7 +165,7 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
         for backend in cfg["backends"]:
             step += 1
             report(step, total, f"{bu.format_size(nbytes)} {backend}")
-            group = groups[backend]
+            group, buf = groups[backend], buffers[backend]
 
             def checked_allreduce():
                 """Refill, barrier, one timed allreduce; (seconds, wrong elements)."""
@@ -197,7 +202,7 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
                     times.append(elapsed)
             out.append({"backend": backend, "bytes": count * itemsize, "count": count,
                         "times": times, "iters": iters, "wrong": wrong, "wrong_iters": bad_iters})
-        del src, expected, buf
+        del src, expected, buf, buffers
     dist.barrier(group=gloo)
     dist.destroy_process_group()
     return {"rows": out, "huge_fractions": huge_fractions, "memory_seconds": memory_seconds}
@@ -208,12 +213,13 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
 
 def memory_gbps(per_rank: list[dict], world: int, nbytes: int) -> float | None:
     """The ranks' memory bandwidth together (GB/s, read + write), measured
-    before size `nbytes`: the slowest rank per repetition, then the median
-    repetition.  None where it was not measured."""
+    before size `nbytes`: the slowest rank per repetition, then the fastest
+    repetition, so a repetition slowed by the host's other load does not
+    lower the bound.  None where it was not measured."""
     if nbytes not in per_rank[0]["memory_seconds"]:
         return None
     times = bu.max_over_ranks([r["memory_seconds"][nbytes] for r in per_rank])
-    return world * 2 * MEMORY_BYTES / bu.percentile(times, 50) / 1e9
+    return world * 2 * MEMORY_BYTES / min(times) / 1e9
 
 
 def _rows(per_rank: list[dict], cfg: dict, world: int) -> list[dict]:
@@ -254,8 +260,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--world", type=int, default=2, help="processes to spawn, 1..8 (default 2)")
     p.add_argument("--sizes", default=DEFAULT_SIZES,
                    help=f"comma-separated sizes in bytes, K/M/G suffixes (default {DEFAULT_SIZES})")
-    p.add_argument("--backends", default=",".join(BACKENDS),
-                   help="comma-separated, from: ringflow, gloo (default ringflow,gloo)")
+    p.add_argument("--backends", default=DEFAULT_BACKENDS,
+                   help="comma-separated, from: ringflow, ringflow-shared (ringflow on a "
+                        "ringflow.shared_empty tensor), gloo (default ringflow,gloo)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--op", default="sum", choices=OPS)
     p.add_argument("--warmup", type=int, default=3, help="untimed iterations per row (default 3)")
@@ -342,7 +349,8 @@ def main(argv=None) -> int:
         each = ", ".join(f"{b:.1f} GB/s before {bu.format_size(n)} (busbw <= "
                          f"{memory_bound_busbw(b, args.world):.2f})" for n, b in measured.items())
         header.append(("memory", f"{args.world} ranks each adding 1 in place to "
-                                 f"{bu.format_size(MEMORY_BYTES)} at once (read + write): {each}. "
+                                 f"{bu.format_size(MEMORY_BYTES)} at once (read + write), fastest of "
+                                 f"{MEMORY_REPS}: {each}. "
                                  f"An allreduce reads every input and writes every output at least "
                                  f"once: 'of bound' = busbw / that bound"))
     if bu.binary_fingerprint() != dict(header)["binary"]:

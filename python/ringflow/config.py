@@ -59,6 +59,8 @@ SETTINGS = {
                                 "0 = default)",
     "RINGFLOW_SHM_PIECE_BYTES": "shm allreduce: bytes read from a peer per piece (default 262144; "
                                 "0 = default)",
+    "RINGFLOW_SHM_MAPPED_PIECE_BYTES": "shm allreduce over shared tensors (shared_empty) on every "
+                                       "rank: bytes reduced per piece (default 65536; 0 = default)",
     "RINGFLOW_SHM_SPIN_US": "shm reader thread: microseconds of polling before it sleeps (default 50)",
     "RINGFLOW_SHM_ARENA_SPIN_US": "shm allreduce waits: microseconds of pure spinning (default 5; "
                                   "0 = default)",

@@ -1,0 +1,167 @@
+"""Shared tensors (ringflow.shared_empty): the same-host allreduce maps the
+peers' buffers instead of copying through the kernel.
+
+Results against gloo on the same inputs, exactly: every dtype and op at
+2 and 4 ranks, views at odd offsets, worlds where only some ranks share.
+The counters show the mapped path was taken (a mapping opened per sharing
+peer and call) and that mappings of freed buffers are dropped; a killed rank
+is still named.  First, the allocation itself, in this process."""
+
+import gc
+
+import numpy as np
+import pytest
+import torch
+
+import collective_cases as cases
+import ringflow
+import test_failures as failures
+from worlds import init_torch, run_world
+
+N = (1 << 20) + 3  # above the one-step size; odd, so blocks are uneven
+
+
+def _live():
+    return ringflow.stats()["shared_buffers"]["live"]
+
+
+def test_shared_empty_shapes_dtypes_and_lifetime():
+    gc.collect()
+    before = _live()
+    a = ringflow.shared_empty(3, 5, dtype=torch.bfloat16)
+    b = ringflow.shared_empty((7,))
+    c = ringflow.shared_empty(torch.Size([0, 4]), dtype=torch.int64)
+    assert (a.shape, a.dtype) == ((3, 5), torch.bfloat16)
+    assert (b.shape, b.dtype) == ((7,), torch.get_default_dtype())
+    assert c.shape == (0, 4)
+    a.fill_(2.5)
+    assert a.sum().item() == 37.5
+    assert _live() == before + 2  # the empty one has no data to share
+    view = b[2:]
+    del b
+    gc.collect()
+    assert _live() == before + 2, "a view keeps its buffer"
+    view.fill_(1)
+    del view, a, c
+    gc.collect()
+    assert _live() == before
+
+
+def test_shared_buffer_works_with_numpy():
+    buf = ringflow._C.SharedBuffer(4096)
+    arr = np.frombuffer(buf, dtype=np.float32)
+    arr[:] = np.arange(1024)
+    assert arr.sum() == sum(range(1024))
+    assert buf.nbytes == 4096 and arr.ctypes.data == buf.address
+
+
+@pytest.mark.parametrize("size", [(-1,), (2, -3)])
+def test_negative_size_is_refused(size):
+    with pytest.raises(ValueError, match="negative dimension"):
+        ringflow.shared_empty(*size)
+
+
+def test_non_integer_size_is_refused():
+    with pytest.raises(TypeError, match="must be ints"):
+        ringflow.shared_empty(2.5)
+
+
+def test_zero_byte_buffer_is_refused():
+    with pytest.raises(ringflow.InvalidArgument, match="at least one byte"):
+        ringflow._C.SharedBuffer(0)
+
+
+def _shared_copy(x):
+    t = ringflow.shared_empty(x.shape, dtype=x.dtype)
+    t.copy_(x)
+    return t
+
+
+def every_dtype_and_op(rank, size, sharers):
+    dist = init_torch(rank, size)
+    ck = cases.Checker(dist.new_group(backend="gloo"))
+    calls = 0
+    for dtype in cases.DTYPES:
+        for op in cases.ops_for(dtype):
+            x = cases.make_input(rank, N, dtype)
+            ours = _shared_copy(x) if rank in sharers else x.clone()
+            ref = x.clone()
+            dist.all_reduce(ours, op=op)
+            dist.all_reduce(ref, op=op, group=ck.gloo)
+            ck.expect(f"all_reduce {dtype} {op}", ours, ref)
+            calls += 1
+    stats = ringflow.stats()["shared_buffers"]
+    dist.destroy_process_group()
+    return ck.count, ck.failures, calls, stats
+
+
+@pytest.mark.parametrize("size,sharers", [(2, (0, 1)), (4, (0, 1, 2, 3)), (2, (1,)), (4, (0, 2))],
+                         ids=["2-all", "4-all", "2-one", "4-two"])
+def test_every_dtype_and_op_against_gloo(size, sharers):
+    results = run_world(size, every_dtype_and_op, sharers, timeout=300,
+                        env={"RINGFLOW_ALGO": "shm"})
+    bad = [f"rank {r}: {f}" for r, (_, fs, _, _) in enumerate(results) for f in fs]
+    assert not bad, "\n".join(bad[:40])
+    for rank, (count, _, calls, stats) in enumerate(results):
+        assert count == calls > 0
+        peers = len([q for q in sharers if q != rank])
+        # Every call's shared tensor is a new buffer: one mapping per sharing peer.
+        assert stats["peer_maps_opened"] == calls * peers, (rank, stats)
+        assert stats["peer_map_failures"] == 0, (rank, stats)
+        # Each owner freed its last call's buffer before the next call.
+        assert stats["peer_maps"] <= peers, (rank, stats)
+        assert stats["peer_maps_dropped"] >= (calls - 1) * peers, (rank, stats)
+
+
+def views_at_odd_offsets(rank, size):
+    dist = init_torch(rank, size)
+    ck = cases.Checker(dist.new_group(backend="gloo"))
+    whole = ringflow.shared_empty(2 * N + 11, dtype=torch.bfloat16)
+    for start, n in [(0, N), (5, N), (N + 11, N)]:  # the same buffer, several places
+        x = cases.make_input(rank, n, torch.bfloat16, salt=start)
+        ours = whole[start:start + n]
+        ours.copy_(x)
+        ref = x.clone()
+        dist.all_reduce(ours)
+        dist.all_reduce(ref, group=ck.gloo)
+        ck.expect(f"all_reduce of whole[{start}:{start + n}]", ours, ref)
+    opened = ringflow.stats()["shared_buffers"]["peer_maps_opened"]
+    dist.destroy_process_group()
+    return ck.failures, opened
+
+
+def test_views_at_odd_offsets_of_one_buffer():
+    for rank, (failures_, opened) in enumerate(run_world(3, views_at_odd_offsets, timeout=120,
+                                                         env={"RINGFLOW_ALGO": "shm"})):
+        assert not failures_, failures_
+        assert opened == 2, (rank, opened)  # each peer's buffer mapped once, then reused
+
+
+def killed_with_shared_buffers(rank, size):
+    import os
+    import signal
+    import time
+
+    dist = init_torch(rank, size, timeout_s=failures.TIMEOUT_S)
+    x = ringflow.shared_empty(8 << 20)
+    x.fill_(1)
+    dist.all_reduce(x)  # one good call first: every mapping is made
+    if rank == 2:
+        dist.all_reduce(x, async_op=True)
+        time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGKILL)
+    kind, msg, took = failures._error_of(lambda: [dist.all_reduce(x) for _ in range(3)])
+    later, later_msg, _ = failures._error_of(lambda: dist.all_reduce(ringflow.shared_empty(4)))
+    return kind, msg, took, later, later_msg
+
+
+def test_killed_rank_named_with_shared_buffers():
+    results = run_world(4, killed_with_shared_buffers, timeout=120, may_die=(2,),
+                        env={"RINGFLOW_ALGO": "shm"})
+    for rank, res in enumerate(results):
+        if rank == 2:
+            continue
+        kind, msg, took, later, later_msg = res
+        assert kind == "PeerError" and "rank 2" in msg, (rank, kind, msg)
+        assert took < failures.TIMEOUT_S, (rank, took)
+        assert later is not None and "rank 2" in later_msg, (rank, later, later_msg)
