@@ -93,12 +93,15 @@ def test_memory_bound_is_the_busbw_of_moving_every_byte_once():
         assert abs(memory_bound_busbw(copy_gbps, world) - busbw) < 1e-9 * busbw, world
 
 
-def test_memory_bandwidth_is_the_fastest_repetition_of_the_slowest_rank():
+def test_memory_bandwidth_is_all_ranks_bytes_over_their_joint_span():
     from ringflow.benchmark import MEMORY_BYTES, memory_gbps
 
     size = 16 << 20
-    per_rank = [{"memory_seconds": {size: [0.010, 0.004, 0.008]}},
-                {"memory_seconds": {size: [0.009, 0.005, 0.003]}}]
-    # Slowest rank per repetition: 0.010, 0.005, 0.008; the fastest of those.
-    assert memory_gbps(per_rank, 2, size) == 2 * 2 * MEMORY_BYTES / 0.005 / 1e9
+    # Repetition 1: overlapping, 1.0 .. 1.010.  Repetition 2: one rank after
+    # the other (an oversubscribed host), 2.0 .. 2.008: not 0.004, though
+    # each rank alone took 0.004.  Repetition 3: 3.000 .. 3.009.
+    per_rank = [{"memory_spans": {size: [(1.000, 1.010), (2.000, 2.004), (3.000, 3.005)]}},
+                {"memory_spans": {size: [(1.001, 1.009), (2.004, 2.008), (3.001, 3.009)]}}]
+    got = memory_gbps(per_rank, 2, size)
+    assert abs(got - 2 * 2 * MEMORY_BYTES / 0.008 / 1e9) < 1e-6 * got
     assert memory_gbps(per_rank, 2, 64 << 20) is None

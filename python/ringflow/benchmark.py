@@ -102,10 +102,10 @@ def _inputs(torch, op: str, count: int, rank: int, world: int, dtype):
     return mine(rank).to(dtype), expected.to(dtype)
 
 
-def _update_seconds(torch, barrier) -> list[float]:
-    """Seconds for this rank to add 1 in place to MEMORY_BYTES of float32,
-    every rank at once after a barrier, MEMORY_REPS times (the first touch
-    untimed).  Each line is read and written back, with no read-for-
+def _update_spans(torch, barrier) -> list[tuple[float, float]]:
+    """(start, end) on the host-wide monotonic clock of this rank adding 1
+    in place to MEMORY_BYTES of float32, every rank at once after a barrier,
+    MEMORY_REPS times (the first touch untimed).  Each line is read and written back, with no read-for-
     ownership of a separate destination: the traffic an allreduce that
     writes where it has just read needs, and the fastest way the memory
     system moves it (a copy, counted read + write, measures ~0.6 of it).
@@ -117,13 +117,13 @@ def _update_seconds(torch, barrier) -> list[float]:
     except OSError:  # no transparent huge pages: small ones
         x = torch.empty(MEMORY_BYTES // 4)
     x.zero_()
-    times = []
+    spans = []
     for _ in range(MEMORY_REPS):
         barrier()
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         x.add_(1.0)
-        times.append(time.perf_counter() - t0)
-    return times
+        spans.append((t0, time.monotonic()))
+    return spans
 
 
 def memory_bound_busbw(memory_gbps: float, world: int) -> float:
@@ -154,7 +154,7 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
     dtype = getattr(torch, DTYPES[cfg["dtype"]][0])
     itemsize = torch.empty((), dtype=dtype).element_size()
 
-    out, huge_fractions, memory_seconds = [], {}, {}
+    out, huge_fractions, memory_spans = [], {}, {}
     total = len(cfg["sizes"]) * len(cfg["backends"])
     step = 0
     for nbytes in cfg["sizes"]:
@@ -166,7 +166,7 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
         if "ringflow-shared" in buffers:
             buffers["ringflow-shared"] = ringflow.shared_empty(count, dtype=dtype)
         if world > 1 and nbytes >= BOUND_BYTES:
-            memory_seconds[nbytes] = _update_seconds(torch, lambda: dist.barrier(group=gloo))
+            memory_spans[nbytes] = _update_spans(torch, lambda: dist.barrier(group=gloo))
         if cfg["hugepages"] and rank == 0:
             huge_fractions[bu.format_size(nbytes)] = round(bu.huge_page_fraction(buf), 3)
         for backend in cfg["backends"]:
@@ -212,7 +212,7 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
         del src, expected, buf, buffers
     dist.barrier(group=gloo)
     dist.destroy_process_group()
-    return {"rows": out, "huge_fractions": huge_fractions, "memory_seconds": memory_seconds}
+    return {"rows": out, "huge_fractions": huge_fractions, "memory_spans": memory_spans}
 
 
 # ---------------------------------------------------------------- the parent
@@ -220,13 +220,16 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
 
 def memory_gbps(per_rank: list[dict], world: int, nbytes: int) -> float | None:
     """The ranks' memory bandwidth together (GB/s, read + write), measured
-    before size `nbytes`: the slowest rank per repetition, then the fastest
-    repetition, so a repetition slowed by the host's other load does not
+    before size `nbytes`: all ranks' bytes over the span from the first
+    rank's start to the last rank's end, per repetition (ranks that did not
+    overlap, as on an oversubscribed host, do not count as concurrent), then
+    the fastest repetition, so one slowed by the host's other load does not
     lower the bound.  None where it was not measured."""
-    if nbytes not in per_rank[0]["memory_seconds"]:
+    if nbytes not in per_rank[0]["memory_spans"]:
         return None
-    times = bu.max_over_ranks([r["memory_seconds"][nbytes] for r in per_rank])
-    return world * 2 * MEMORY_BYTES / min(times) / 1e9
+    reps = zip(*[r["memory_spans"][nbytes] for r in per_rank])
+    fastest = min(max(end for _, end in rep) - min(start for start, _ in rep) for rep in reps)
+    return world * 2 * MEMORY_BYTES / fastest / 1e9
 
 
 def _rows(per_rank: list[dict], cfg: dict, world: int) -> list[dict]:
@@ -356,7 +359,8 @@ def main(argv=None) -> int:
         each = ", ".join(f"{b:.1f} GB/s before {bu.format_size(n)} (busbw <= "
                          f"{memory_bound_busbw(b, args.world):.2f})" for n, b in measured.items())
         header.append(("memory", f"{args.world} ranks each adding 1 in place to "
-                                 f"{bu.format_size(MEMORY_BYTES)} (huge pages where THP allows) at once (read + write), fastest of "
+                                 f"{bu.format_size(MEMORY_BYTES)} (huge pages where THP allows) at once, all "
+                                 f"ranks' bytes (read + write) over their joint span, fastest of "
                                  f"{MEMORY_REPS}: {each}. "
                                  f"An allreduce reads every input and writes every output at least "
                                  f"once: 'of bound' = busbw / that bound"))
