@@ -55,6 +55,30 @@ def test_shared_buffer_works_with_numpy():
     assert buf.nbytes == 4096 and arr.ctypes.data == buf.address
 
 
+def forked_child_frees_its_copy(rank, size):
+    import os
+
+    t = ringflow.shared_empty(1 << 20)
+    t.fill_(7)
+    pid = os.fork()
+    if pid == 0:  # the child frees the object it inherited
+        code = 1
+        try:
+            del t
+            gc.collect()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    # Were the file truncated, this read would kill the process (SIGBUS).
+    return os.waitstatus_to_exitcode(status), t.sum().item()
+
+
+def test_a_forked_child_freeing_its_copy_leaves_the_parents_buffer():
+    [(child_exit, total)] = run_world(1, forked_child_frees_its_copy, timeout=60)
+    assert child_exit == 0 and total == 7 * (1 << 20)
+
+
 @pytest.mark.parametrize("size", [(-1,), (2, -3)])
 def test_negative_size_is_refused(size):
     with pytest.raises(ValueError, match="negative dimension"):

@@ -163,7 +163,7 @@ bool openPeer(Registry& r, int pid, const SharedPlace& place, PeerMap& out) {
 
 }  // namespace
 
-SharedBuffer::SharedBuffer(size_t bytes) : bytes_(bytes), id_(newId()) {
+SharedBuffer::SharedBuffer(size_t bytes) : bytes_(bytes), id_(newId()), creator_(getpid()) {
   if (bytes == 0) throw InvalidArgument("a shared buffer needs at least one byte");
   if (bytes > kMaxBytes)
     throw InvalidArgument("a shared buffer of " + std::to_string(bytes) +
@@ -205,8 +205,9 @@ SharedBuffer::~SharedBuffer() {
   }
   munmap(base_, mapped_);
   // Returns the memory now, even while peers still map the file (were it
-  // to fail, the memory would still go once they drop their mappings).
-  (void)ftruncate(fd_, 0);
+  // to fail, the memory would still go once they drop their mappings).  A
+  // forked child's copy of this object must not take it from its parent.
+  if (getpid() == creator_) (void)ftruncate(fd_, 0);
   close(fd_);
 }
 

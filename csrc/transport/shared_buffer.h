@@ -18,7 +18,8 @@
 // they drop such mappings the next time they look (peerShared).
 //
 // A process that forks shares these pages with its child instead of copying
-// them, as with any MAP_SHARED memory.
+// them, as with any MAP_SHARED memory; a child that frees its copy of the
+// object only unmaps it (the truncation is the creating process's alone).
 #pragma once
 
 #include <cstddef>
@@ -50,6 +51,7 @@ class SharedBuffer {
   size_t bytes_ = 0, mapped_ = 0;
   int fd_ = -1;
   uint64_t id_ = 0;
+  int creator_ = 0;  // the pid that may truncate it
 };
 
 // The live SharedBuffer of this process holding [p, p + bytes), if any.
