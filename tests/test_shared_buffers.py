@@ -205,31 +205,6 @@ def test_views_at_odd_offsets_of_one_buffer():
         assert opened == 2, (rank, opened)  # each peer's buffer mapped once, then reused
 
 
-def killed_with_shared_buffers(rank, size):
-    import os
-    import signal
-    import time
-
-    dist = init_torch(rank, size, timeout_s=failures.TIMEOUT_S)
-    x = ringflow.shared_empty(8 << 20)
-    x.fill_(1)
-    dist.all_reduce(x)  # one good call first: every mapping is made
-    if rank == 2:
-        dist.all_reduce(x, async_op=True)
-        time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGKILL)
-    kind, msg, took = failures._error_of(lambda: [dist.all_reduce(x) for _ in range(3)])
-    later, later_msg, _ = failures._error_of(lambda: dist.all_reduce(ringflow.shared_empty(4)))
-    return kind, msg, took, later, later_msg
-
-
 def test_killed_rank_named_with_shared_buffers():
-    results = run_world(4, killed_with_shared_buffers, timeout=120, may_die=(2,),
-                        env={"RINGFLOW_ALGO": "shm"})
-    for rank, res in enumerate(results):
-        if rank == 2:
-            continue
-        kind, msg, took, later, later_msg = res
-        assert kind == "PeerError" and "rank 2" in msg, (rank, kind, msg)
-        assert took < failures.TIMEOUT_S, (rank, took)
-        assert later is not None and "rank 2" in later_msg, (rank, later, later_msg)
+    failures.assert_rank_2_named(run_world(4, failures.killed_mid_allreduce, True, timeout=120,
+                                           may_die=(2,), env={"RINGFLOW_ALGO": "shm"}))

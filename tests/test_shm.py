@@ -158,15 +158,8 @@ def test_allreduce_against_broadcast_is_a_mismatch():
 
 
 def test_killed_rank_named_with_shm_allreduce():
-    results = run_world(4, failures.killed_mid_allreduce, timeout=120, may_die=(2,),
-                        env={"RINGFLOW_ALGO": "shm"})
-    for rank, res in enumerate(results):
-        if rank == 2:
-            continue
-        kind, msg, took, later, later_msg = res
-        assert kind == "PeerError" and "rank 2" in msg, (rank, kind, msg)
-        assert took < failures.TIMEOUT_S, (rank, took)
-        assert later is not None and "rank 2" in later_msg, (rank, later, later_msg)
+    failures.assert_rank_2_named(run_world(4, failures.killed_mid_allreduce, timeout=120,
+                                           may_die=(2,), env={"RINGFLOW_ALGO": "shm"}))
 
 
 def sender_to_dead_peer(rank, size):

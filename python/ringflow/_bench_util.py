@@ -90,7 +90,6 @@ def max_over_ranks(per_rank: list[list[float]]) -> list[float]:
 
 
 HUGE_PAGE = 2 << 20
-_MADV_HUGEPAGE = 14
 
 
 def thp_mode() -> str:
@@ -106,18 +105,21 @@ def hugepage_empty(torch, count: int, dtype):
     """An uninitialised tensor of `count` elements on 2 MiB boundaries,
     madvise(MADV_HUGEPAGE)d before anything touches it, so the kernel backs
     it with transparent huge pages as it faults it in (THP mode 'always' or
-    'madvise'), as an application allocating its buffers that way would get."""
-    import ctypes
+    'madvise'), as an application allocating its buffers that way would get.
+    Its own anonymous mapping: malloc may serve even large requests from
+    pages it touched before (glibc raises its mmap threshold after frees)."""
+    import mmap
 
     nbytes = count * torch.empty((), dtype=dtype).element_size()
     length = -(-nbytes // HUGE_PAGE) * HUGE_PAGE
-    raw = torch.empty(length + HUGE_PAGE, dtype=torch.uint8)  # large: fresh, untouched mmap
-    start = -raw.data_ptr() % HUGE_PAGE
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.madvise(ctypes.c_void_p(raw.data_ptr() + start), ctypes.c_size_t(length),
-                    _MADV_HUGEPAGE) != 0:
-        raise OSError(ctypes.get_errno(), "madvise(MADV_HUGEPAGE) failed")
-    return raw[start:start + nbytes].view(dtype)
+    raw = mmap.mmap(-1, length + HUGE_PAGE, flags=mmap.MAP_PRIVATE)
+    base = torch.frombuffer(raw, dtype=torch.uint8)  # keeps the mapping alive
+    start = -base.data_ptr() % HUGE_PAGE
+    try:
+        raw.madvise(mmap.MADV_HUGEPAGE, start, length)
+    except OSError as e:
+        raise OSError(e.errno, f"madvise(MADV_HUGEPAGE) failed: {e.strerror}") from None
+    return base[start:start + nbytes].view(dtype)
 
 
 def smaps_fields(addr: int) -> dict:
