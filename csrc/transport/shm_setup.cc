@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -68,6 +69,13 @@ ShmTransport::ShmTransport(int rank, int size, std::vector<int> localRanks,
     localOf_[g] = int(i);
   }
   if (localOf_[rank] < 0) throw InvalidArgument("this rank is not among the local ranks");
+  // Under Yama's ptrace_scope 1 (Ubuntu's default) only an ancestor may
+  // read or write this process's memory, so torchrun's sibling ranks could
+  // not use cross-memory access with each other; open it to any process of
+  // this user, as Open MPI does for the same copies.  Done before peers probe
+  // it in attach(); without Yama the call fails harmlessly.
+  // RINGFLOW_SHM_CMA=0 leaves it alone.
+  if (options_.crossMemory) (void)prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
   options_.queueBytes = shm::roundUp(std::max<size_t>(options_.queueBytes, 4096), 4096);
   options_.slotBytes = shm::roundUp(std::max<size_t>(options_.slotBytes, 4096), 4096);
   shm::Layout layout{localRanks_.size(), options_.queueBytes, options_.slotBytes};

@@ -51,7 +51,9 @@ SETTINGS = {
     "RINGFLOW_SHM": "0 (or false, no, off) disables the shared-memory transport between same-host "
                     "ranks (default 1)",
     "RINGFLOW_SHM_CMA": "0 (or false, no, off) forbids single-copy process_vm_readv/writev in the shm allreduce "
-                        "(default 1; used only where it works between every pair)",
+                        "(default 1; used only where it works between every pair; on, each process "
+                        "lets processes of its user access it (prctl PR_SET_PTRACER_ANY), which Yama's "
+                        "ptrace_scope 1 would otherwise refuse between sibling ranks)",
     "RINGFLOW_SHM_QUEUE_BYTES": "bytes of each per-sender shared-memory queue (default 1048576)",
     "RINGFLOW_SHM_SLOT_BYTES": "bytes of each rank's allreduce slot (default 1048576)",
     "RINGFLOW_SHM_SMALL_BYTES": "shm allreduce: at or below this, one copy-in step; above, "
