@@ -90,6 +90,23 @@ def test_non_integer_size_is_refused():
         ringflow.shared_empty(2.5)
 
 
+def shared_empty_error(rank, size):
+    def live():  # not stats(): its huge-page part reports the bad setting too
+        return ringflow._C.shared_buffer_stats()["live"]
+
+    before = live()
+    try:
+        ringflow.shared_empty(10)
+    except ringflow.InvalidArgument as e:
+        return str(e), live() - before
+    return None, live() - before
+
+
+def test_a_malformed_huge_page_setting_is_named_and_nothing_is_held():
+    [(error, held)] = run_world(1, shared_empty_error, env={"RINGFLOW_SHM_HUGEPAGES": "maybe"})
+    assert error and "RINGFLOW_SHM_HUGEPAGES='maybe'" in error and held == 0
+
+
 def test_zero_byte_buffer_is_refused():
     with pytest.raises(ringflow.InvalidArgument, match="at least one byte"):
         ringflow._C.SharedBuffer(0)

@@ -289,7 +289,8 @@ void slotStep(Arena& a, char* data, size_t count, DType dtype, ReduceOp op) {
 
 void singleCopy(Arena& a, Buffer data, ReduceOp op) {
   const size_t es = elementSize(data.dtype);
-  const size_t readPiece = readPieceBytes(), mappedPiece = mappedPieceBytes();  // before the protocol starts
+  // Settings read before the protocol starts: a bad one fails every rank alike.
+  const size_t readPiece = readPieceBytes(), mappedPiece = mappedPieceBytes();
   const shm::SharedPlace place = shm::findShared(data.ptr, data.bytes());
   if (place.id == 0) shm::offerBuffer(data.ptr, data.bytes());  // before peers may touch it
   a.announce(data.ptr, place);

@@ -168,6 +168,7 @@ SharedBuffer::SharedBuffer(size_t bytes) : bytes_(bytes), id_(newId()), creator_
   if (bytes > kMaxBytes)
     throw InvalidArgument("a shared buffer of " + std::to_string(bytes) +
                           " bytes is larger than the 64 TiB limit");
+  hugePagesEnabled();  // a malformed setting throws here, before anything is held
   mapped_ = (bytes + kPage - 1) / kPage * kPage;
   fd_ = memfd_create("ringflow-shared", MFD_CLOEXEC);
   if (fd_ < 0) throw Error("memfd_create for a shared buffer failed: " + errnoText(errno));
