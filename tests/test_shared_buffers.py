@@ -21,8 +21,15 @@ from worlds import init_torch, run_world
 N = (1 << 20) + 3  # above the one-step size; odd, so blocks are uneven
 
 
+def _shared_counts():
+    # What ringflow.stats()["shared_buffers"] reports (every_dtype_and_op
+    # reads it there), without stats()'s huge-page part, which raises on a
+    # malformed RINGFLOW_SHM_HUGEPAGES.
+    return ringflow._C.shared_buffer_stats()
+
+
 def _live():
-    return ringflow.stats()["shared_buffers"]["live"]
+    return _shared_counts()["live"]
 
 
 def test_shared_empty_shapes_dtypes_and_lifetime():
@@ -91,15 +98,12 @@ def test_non_integer_size_is_refused():
 
 
 def shared_empty_error(rank, size):
-    def live():  # not stats(): its huge-page part reports the bad setting too
-        return ringflow._C.shared_buffer_stats()["live"]
-
-    before = live()
+    before = _live()
     try:
         ringflow.shared_empty(10)
     except ringflow.InvalidArgument as e:
-        return str(e), live() - before
-    return None, live() - before
+        return str(e), _live() - before
+    return None, _live() - before
 
 
 def test_a_malformed_huge_page_setting_is_named_and_nothing_is_held():
@@ -110,10 +114,6 @@ def test_a_malformed_huge_page_setting_is_named_and_nothing_is_held():
 def test_zero_byte_buffer_is_refused():
     with pytest.raises(ringflow.InvalidArgument, match="at least one byte"):
         ringflow._C.SharedBuffer(0)
-
-
-def _shared_counts():
-    return ringflow.stats()["shared_buffers"]
 
 
 def test_peer_mapping_shows_the_same_memory_and_is_checked():

@@ -106,10 +106,11 @@ def _inputs(torch, op: str, count: int, rank: int, world: int, dtype):
 def _update_spans(torch, barrier) -> list[tuple[float, float]]:
     """(start, end) on the host-wide monotonic clock of this rank adding 1
     in place to MEMORY_BYTES of float32, every rank at once after a barrier,
-    MEMORY_REPS times (the first touch untimed).  Each line is read and written back, with no read-for-
-    ownership of a separate destination: the traffic an allreduce that
-    writes where it has just read needs, and the fastest way the memory
-    system moves it (a copy, counted read + write, measures ~0.6 of it).
+    MEMORY_REPS times (the first touch untimed).  Each line is read and
+    written back, with no read-for-ownership of a separate destination: the
+    traffic an allreduce that writes where it has just read needs, and the
+    fastest way the memory system moves it (a copy, counted read + write,
+    measures ~0.6 of it).
     On huge pages where the kernel gives them: ~1.2x the small-page rate
     here, and what the allreduce's own buffers get (RINGFLOW_SHM_HUGEPAGES),
     so the bound is not lowered by TLB misses the allreduce does not pay."""
