@@ -60,13 +60,15 @@ class _Staged:
     __slots__ = ("tensor", "buf", "write_back")
 
     def __init__(self, tensor: torch.Tensor, write_back: bool):
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"expected a torch.Tensor, got {type(tensor).__name__}")
-        if tensor.is_sparse:
-            raise ValueError("ringflow does not support sparse tensors")
+        _check_dense(tensor)
+        if write_back:
+            _check_writable(tensor)
         self.tensor = tensor
-        direct = tensor.device.type == "cpu" and tensor.is_contiguous()
-        self.buf = tensor if direct else tensor.detach().to("cpu", memory_format=torch.contiguous_format)
+        direct = _in_place(tensor)
+        # `.to(memory_format=contiguous_format)` hands back a strided CPU
+        # view unchanged, so the copy is made explicitly: the core only ever
+        # sees count elements laid out one after another.
+        self.buf = tensor if direct else _contiguous_copy(tensor)
         self.write_back = write_back and not direct
 
     @property
@@ -86,6 +88,28 @@ class _Staged:
             self.tensor.copy_(self.buf)
 
 
+def _check_dense(tensor) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.layout is not torch.strided:
+        raise ValueError(f"ringflow supports dense (strided) tensors only, got layout {tensor.layout}")
+
+
+def _check_writable(tensor: torch.Tensor) -> None:
+    """An output whose elements share memory (an expand()ed view) cannot hold
+    one result per element: refuse it before any peer is involved."""
+    if tensor.numel() > 1 and torch._debug_has_internal_overlap(tensor) == 1:
+        raise ValueError(f"ringflow cannot write into a tensor whose elements overlap in memory "
+                         f"(shape {tuple(tensor.shape)}, strides {tensor.stride()}, e.g. from expand()); "
+                         f"pass a tensor with its own memory, such as t.clone()")
+
+
+def _contiguous_copy(tensor: torch.Tensor) -> torch.Tensor:
+    buf = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu")
+    buf.copy_(tensor.detach())
+    return buf
+
+
 def _flatten(tensors) -> torch.Tensor:
     """One contiguous CPU tensor holding `tensors` one after another."""
     return torch.cat([t.detach().reshape(-1).to("cpu") for t in tensors])
@@ -95,6 +119,7 @@ def _unflatten(flat: torch.Tensor, outs) -> None:
     """Copies consecutive pieces of `flat` into the tensors of `outs`."""
     offset = 0
     for o in outs:
+        o = o.detach()
         o.copy_(flat[offset:offset + o.numel()].view(o.shape))
         offset += o.numel()
 
@@ -272,7 +297,7 @@ class ProcessGroup(dist.ProcessGroup):
     def allgather(self, output_lists, input_tensors, opts=None):
         inp = _Staged(_one(input_tensors, "allgather"), write_back=False)
         outs = _one(output_lists, "allgather")
-        self._check_list(outs, inp.tensor, "allgather output")
+        self._check_list(outs, inp.tensor, "allgather output", output=True)
         flat = torch.empty(self.size() * inp.count, dtype=inp.buf.dtype)
         w = self._comm.allgather(inp.ptr, inp.count, flat.data_ptr(), inp.code, _blocking(opts))
         return self._work([w], output_lists, [inp], lambda: _unflatten(flat, outs), keep=flat)
@@ -324,7 +349,7 @@ class ProcessGroup(dist.ProcessGroup):
             w = self._comm.gather(inp.ptr, inp.count, 0, inp.code, root, _blocking(opts))
             return self._work([w], output_lists, [inp])
         outs = _one(output_lists, "gather")
-        self._check_list(outs, inp.tensor, "gather output")
+        self._check_list(outs, inp.tensor, "gather output", output=True)
         flat = torch.empty(self.size() * inp.count, dtype=inp.buf.dtype)
         w = self._comm.gather(inp.ptr, inp.count, flat.data_ptr(), inp.code, root, _blocking(opts))
         return self._work([w], output_lists, [inp], lambda: _unflatten(flat, outs), keep=flat)
@@ -356,6 +381,9 @@ class ProcessGroup(dist.ProcessGroup):
         if len(output_tensors) != self.size() or len(input_tensors) != self.size():
             raise ValueError(f"all_to_all needs {self.size()} input and output tensors, got "
                              f"{len(input_tensors)} and {len(output_tensors)}")
+        for t in output_tensors:
+            _check_dense(t)
+            _check_writable(t)
         dtypes = {t.dtype for t in list(input_tensors) + list(output_tensors)}
         if len(dtypes) != 1:
             raise ValueError(f"all_to_all tensors must share one dtype, got {sorted(map(str, dtypes))}")
@@ -386,10 +414,13 @@ class ProcessGroup(dist.ProcessGroup):
         raise NotImplementedError("ringflow needs the source rank for recv (recv from any source is not supported)")
 
     # -- checks ----------------------------------------------------------------
-    def _check_list(self, tensors, like, what):
+    def _check_list(self, tensors, like, what, output=False):
         if len(tensors) != self.size():
             raise ValueError(f"{what} needs {self.size()} tensors, got {len(tensors)}")
         for t in tensors:
+            _check_dense(t)
+            if output:
+                _check_writable(t)
             if t.numel() != like.numel() or t.dtype != like.dtype:
                 raise ValueError(f"{what} tensors must match the input ({like.numel()} x {like.dtype}), "
                                  f"got {t.numel()} x {t.dtype}")
