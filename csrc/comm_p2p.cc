@@ -1,12 +1,15 @@
 // Point-to-point calls: posted at once, completed by the transport, timed
 // out by a watcher thread so that every call has a deadline.
+#include <algorithm>
+
 #include "ringflow/comm.h"
 
 namespace ringflow {
 
 WorkPtr Comm::trackP2P(RequestPtr req, const OpDesc& desc, int peer, const char* verb) {
-  auto work = std::make_shared<Work>(std::string(verb) + " " + desc.str() + " with rank " +
-                                     std::to_string(peer));
+  auto work = std::make_shared<Work>(
+      std::string(verb) + " " + desc.str() +
+      (peer == kAnySource ? std::string(" from any rank") : " with rank " + std::to_string(peer)));
   work->markStarted();
   {
     std::lock_guard<std::mutex> lock(p2pMu_);
@@ -14,7 +17,13 @@ WorkPtr Comm::trackP2P(RequestPtr req, const OpDesc& desc, int peer, const char*
                                                             int64_t(timeoutSec_ * 1e6))});
   }
   p2pCv_.notify_all();
-  req->onDone([work](std::exception_ptr error) {
+  std::vector<int> members = members_;
+  req->onDone([work, req, members](std::exception_ptr error) {
+    int source = req->source();
+    if (source != kAnySource) {
+      auto it = std::find(members.begin(), members.end(), source);
+      work->setSource(int(it - members.begin()));  // as a rank of this group
+    }
     if (error)
       work->fail(error);
     else
@@ -47,12 +56,36 @@ WorkPtr Comm::recv(int peer, uint64_t tag, const Buffer& buf) {
   desc.dtype = buf.dtype;
   desc.count = buf.count;
   {
-    std::lock_guard<std::mutex> lock(p2pMu_);
-    desc.seq = recvCount_[{peer, tag}]++;
+    std::lock_guard<std::mutex> lock(recvOrder_->mu);
+    desc.seq = recvOrder_->next[{peer, tag}]++;
   }
   MsgKey key{id_, desc.seq, tag, Channel::P2P};
   auto req = transport_->recv(members_[peer], key, desc, buf.ptr, buf.bytes());
   return trackP2P(req, desc, peer, "recv");
+}
+
+WorkPtr Comm::recvAny(uint64_t tag, const Buffer& buf) {
+  if (size() < 2) throw InvalidArgument("recv from any source: the group has no other rank");
+  OpDesc desc;
+  desc.kind = OpKind::Send;
+  desc.dtype = buf.dtype;
+  desc.count = buf.count;
+  std::vector<int> peers;
+  for (int r = 0; r < size(); ++r)
+    if (r != rank_) peers.push_back(members_[r]);
+  // The message numbered `seq` from a peer is ours only if it is that peer's
+  // next one on this tag: point-to-point order per (peer, tag) is kept.
+  ClaimFn claim = [order = recvOrder_, members = members_, tag](int global, uint64_t seq) {
+    int peer = int(std::find(members.begin(), members.end(), global) - members.begin());
+    std::lock_guard<std::mutex> lock(order->mu);
+    uint64_t& next = order->next[{peer, tag}];
+    if (next != seq) return false;
+    ++next;
+    return true;
+  };
+  MsgKey key{id_, 0, tag, Channel::P2P};
+  auto req = transport_->recvAny(peers, key, std::move(claim), desc, buf.ptr, buf.bytes());
+  return trackP2P(req, desc, kAnySource, "recv");
 }
 
 void Comm::watchP2P() {

@@ -28,7 +28,9 @@ void bindComm(py::module_& m) {
       .def("is_completed", &Work::completed)
       .def_property_readonly("error", &Work::errorMessage)
       .def_property_readonly("what", &Work::what)
-      .def_property_readonly("seconds", &Work::seconds);
+      .def_property_readonly("seconds", &Work::seconds)
+      .def_property_readonly("source", &Work::source,
+                             "The rank a receive took its message from (-1 before it has one).");
 
   py::class_<Transport, std::shared_ptr<Transport>>(m, "Transport")
       .def_property_readonly("rank", &Transport::rank)
@@ -107,6 +109,9 @@ void bindComm(py::module_& m) {
           })
       .def("recv", [](Comm& c, uintptr_t p, size_t n, int dt, int peer, uint64_t tag) {
             return c.recv(peer, tag, buf(p, n, dt));
+          })
+      .def("recv_any", [](Comm& c, uintptr_t p, size_t n, int dt, uint64_t tag) {
+            return c.recvAny(tag, buf(p, n, dt));
           });
 }
 

@@ -1,5 +1,6 @@
 #include "mailbox.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace ringflow {
@@ -75,6 +76,65 @@ RequestPtr Mailbox::postRecv(int peer, const MsgKey& key, const OpDesc& desc, vo
   return req;
 }
 
+RequestPtr Mailbox::postRecvAny(const std::vector<int>& peers, const MsgKey& key, ClaimFn claim,
+                                const OpDesc& desc, void* buf, size_t bytes) {
+  auto req = std::make_shared<Request>(kAnySource, false);
+  Posted want{req, buf, bytes, desc};
+  Unexpected early;
+  int from = kAnySource;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (int peer : peers) {
+      auto& early_ones = peers_[peer]->unexpected;
+      for (auto it = early_ones.begin(); it != early_ones.end(); ++it) {
+        const MsgKey& k = it->first;
+        if (k.channel != Channel::P2P || k.comm != key.comm || k.slot != key.slot) continue;
+        if (!claim(peer, k.seq)) continue;
+        early = std::move(it->second);
+        early_ones.erase(it);
+        from = peer;
+        break;
+      }
+      if (from != kAnySource) break;
+    }
+    if (from == kAnySource) {
+      AnyPosted any{peers, key, std::move(claim), want};
+      if (allGoneLocked(any)) {
+        req->fail(std::make_exception_ptr(
+            PeerError("receive from any source: every possible sender is gone (" +
+                      peers_[peers.front()]->gone + ")")));
+        return req;
+      }
+      anyPosted_.push_back(std::move(any));
+      return req;
+    }
+    req->setSource(from);
+  }
+  want.desc.seq = early.header.seq;
+  handOver(from, want, early.header, early.data);
+  return req;
+}
+
+bool Mailbox::claimAnyLocked(int peer, const MsgKey& key, Posted& out) {
+  for (auto it = anyPosted_.begin(); it != anyPosted_.end(); ++it) {
+    if (it->key.comm != key.comm || it->key.slot != key.slot) continue;
+    if (std::find(it->peers.begin(), it->peers.end(), peer) == it->peers.end()) continue;
+    if (!it->claim(peer, key.seq)) continue;
+    out = it->posted;
+    out.desc.seq = key.seq;
+    out.req->setSource(peer);
+    anyPosted_.erase(it);
+    return true;
+  }
+  return false;
+}
+
+bool Mailbox::allGoneLocked(const AnyPosted& any) const {
+  for (int peer : any.peers)
+    if (peers_[peer]->gone.empty()) return false;
+  return !any.peers.empty();
+}
+
 void Mailbox::handOver(int peer, const Posted& want, const FrameHeader& h,
                        const std::vector<char>& data) {
   std::string why = matchError(rank_, want.desc, want.bytes, peer, h.desc(), data.size());
@@ -88,19 +148,30 @@ void Mailbox::handOver(int peer, const Posted& want, const FrameHeader& h,
 }
 
 void Mailbox::cancelRecv(const RequestPtr& req) {
-  PeerState& p = *peers_[req->peer()];
+  PeerState* p = nullptr;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto it = p.posted.begin(); it != p.posted.end(); ++it) {
+    if (req->peer() == kAnySource) {
+      for (auto it = anyPosted_.begin(); it != anyPosted_.end(); ++it) {
+        if (it->posted.req == req) {
+          anyPosted_.erase(it);
+          return;
+        }
+      }
+    }
+    int source = req->source();  // the sender an any-source receive took
+    if (source == kAnySource) return;
+    p = peers_[source].get();
+    for (auto it = p->posted.begin(); it != p->posted.end(); ++it) {
       if (it->second.req == req) {
-        p.posted.erase(it);
+        p->posted.erase(it);
         return;
       }
     }
-    if (p.active && p.active->posted == req) p.active->cancelled = true;
+    if (p->active && p->active->posted == req) p->active->cancelled = true;
   }
   // A payload write into the buffer may be in progress: wait it out.
-  std::lock_guard<std::mutex> wait(p.payloadMu);
+  std::lock_guard<std::mutex> wait(p->payloadMu);
 }
 
 std::string Mailbox::checkAgainstCurrent(int peer, const FrameHeader& h) {
@@ -134,9 +205,15 @@ std::unique_ptr<Mailbox::Sink> Mailbox::onHeader(int peer, const FrameHeader& h)
     }
     if (collective) mismatch = checkAgainstCurrent(peer, h);
     auto posted = mismatch.empty() ? p.posted.find(key) : p.posted.end();
-    if (posted != p.posted.end()) {
-      Posted want = posted->second;
+    Posted want;
+    bool matched = posted != p.posted.end();
+    if (matched) {
+      want = posted->second;
       p.posted.erase(posted);
+    } else if (!collective) {
+      matched = claimAnyLocked(peer, key, want);
+    }
+    if (matched) {
       std::string why = matchError(rank_, want.desc, want.bytes, peer, h.desc(), h.bytes);
       if (why.empty()) {
         sink->posted = want.req;
@@ -173,12 +250,13 @@ void Mailbox::onPayload(int peer, std::unique_ptr<Sink> sink) {
     } else if (!sink->discard) {
       MsgKey key = sink->header.key();
       auto posted = p.posted.find(key);
-      if (posted == p.posted.end()) {
+      if (posted != p.posted.end()) {
+        late = posted->second;
+        p.posted.erase(posted);
+      } else if (key.channel == Channel::Collective || !claimAnyLocked(peer, key, late)) {
         p.unexpected[key] = Unexpected{sink->header, std::move(sink->unexpected)};
         return;
       }
-      late = posted->second;
-      p.posted.erase(posted);
     }
   }
   if (done) {
@@ -281,6 +359,14 @@ void Mailbox::peerGone(int peer, const std::string& why) {
     p.gone = why;
     for (auto& kv : p.posted) failed.push_back(kv.second.req);
     p.posted.clear();
+    for (auto it = anyPosted_.begin(); it != anyPosted_.end();) {
+      if (allGoneLocked(*it)) {
+        failed.push_back(it->posted.req);
+        it = anyPosted_.erase(it);
+      } else {
+        ++it;
+      }
+    }
     if (p.active && p.active->posted && !p.active->cancelled) stopActiveLocked(p, failed);
   }
   waitOutWrites();

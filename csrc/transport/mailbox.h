@@ -27,6 +27,11 @@ class Mailbox {
   Mailbox(int rank, int size, AbortNotifier notify);
 
   RequestPtr postRecv(int peer, const MsgKey& key, const OpDesc& desc, void* buf, size_t bytes);
+  // A point-to-point receive from whichever of `peers` sends first on
+  // (key.comm, key.slot): an early message is taken at once, else the first
+  // matching one to arrive.  Receives posted for one peer go first.
+  RequestPtr postRecvAny(const std::vector<int>& peers, const MsgKey& key, ClaimFn claim,
+                         const OpDesc& desc, void* buf, size_t bytes);
   // Stops a receive so nothing writes into its buffer after this returns.
   void cancelRecv(const RequestPtr& req);
 
@@ -66,6 +71,12 @@ class Mailbox {
     size_t bytes;
     OpDesc desc;
   };
+  struct AnyPosted {
+    std::vector<int> peers;
+    MsgKey key;  // comm and slot (tag) to match; seq comes from claim
+    ClaimFn claim;
+    Posted posted;
+  };
   struct Unexpected {
     FrameHeader header;
     std::vector<char> data;
@@ -100,12 +111,18 @@ class Mailbox {
   // Returns once no transport is writing a payload into a caller's buffer.
   void waitOutWrites();
   std::vector<int> othersLocked(uint64_t comm);
+  // An any-source receive that takes the message `key` from `peer`, removed
+  // from anyPosted_ with its desc.seq set; or false.  Caller holds mu_.
+  bool claimAnyLocked(int peer, const MsgKey& key, Posted& out);
+  // Whether every candidate peer of `any` is gone.  Caller holds mu_.
+  bool allGoneLocked(const AnyPosted& any) const;
 
   int rank_;
   AbortNotifier notify_;
   std::mutex mu_;
   std::vector<std::unique_ptr<PeerState>> peers_;
   std::unordered_map<uint64_t, CommState> comms_;
+  std::vector<AnyPosted> anyPosted_;  // in posting order
 };
 
 }  // namespace ringflow

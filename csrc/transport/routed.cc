@@ -24,6 +24,12 @@ RequestPtr RoutedTransport::recv(int peer, const MsgKey& key, const OpDesc& desc
   return tcp_->recv(peer, key, desc, data, bytes);  // the shared mailbox
 }
 
+RequestPtr RoutedTransport::recvAny(const std::vector<int>& peers, const MsgKey& key,
+                                    ClaimFn claim, const OpDesc& desc, void* data,
+                                    size_t bytes) {
+  return tcp_->recvAny(peers, key, std::move(claim), desc, data, bytes);  // the shared mailbox
+}
+
 void RoutedTransport::cancel(const RequestPtr& req) {
   if (req->isSend() && shm_->reaches(req->peer())) return shm_->cancelSend(req);
   tcp_->cancel(req);

@@ -229,6 +229,15 @@ RequestPtr TcpTransport::recv(int peer, const MsgKey& key, const OpDesc& desc, v
   return mailbox_->postRecv(peer, key, desc, data, bytes);
 }
 
+RequestPtr TcpTransport::recvAny(const std::vector<int>& peers, const MsgKey& key, ClaimFn claim,
+                                const OpDesc& desc, void* data, size_t bytes) {
+  for (int peer : peers)
+    if (peer == rank_ || peer < 0 || peer >= size_)
+      throw InvalidArgument("cannot receive on rank " + std::to_string(rank_) + " from rank " +
+                            std::to_string(peer));
+  return mailbox_->postRecvAny(peers, key, std::move(claim), desc, data, bytes);
+}
+
 void TcpTransport::cancel(const RequestPtr& req) {
   // A failed receive may still be the one whose payload is arriving.
   if (!req->isSend()) return mailbox_->cancelRecv(req);

@@ -196,6 +196,11 @@ class Work(dist.Work):
     def synchronize(self) -> None:
         self.wait()
 
+    def _source_rank(self) -> int:
+        """The sender of a receive (torch asks after recv from any source)."""
+        self.wait()
+        return self._core[0].source if self._core else -1
+
 
 def _unwrap(fut):
     value = fut.value()
@@ -312,6 +317,33 @@ class ProcessGroup(dist.ProcessGroup):
 
     _allgather_base = all_gather_single
 
+    def allgather_coalesced(self, output_lists, input_tensors, opts=None):
+        """output_lists[r][j] receives rank r's input_tensors[j]: one
+        allgather of all inputs packed together."""
+        if len(output_lists) != self.size():
+            raise ValueError(f"all_gather_coalesced needs {self.size()} output lists, got {len(output_lists)}")
+        for outs in output_lists:
+            if len(outs) != len(input_tensors):
+                raise ValueError(f"all_gather_coalesced: each output list needs {len(input_tensors)} "
+                                 f"tensors, got {len(outs)}")
+            for o, i in zip(outs, input_tensors):
+                _check_dense(o)
+                _check_writable(o)
+                if o.numel() != i.numel() or o.dtype != i.dtype:
+                    raise ValueError(f"all_gather_coalesced outputs must match their inputs "
+                                     f"({i.numel()} x {i.dtype}), got {o.numel()} x {o.dtype}")
+        flat_in = _flatten(input_tensors)
+        total = flat_in.numel()
+        flat = torch.empty(self.size() * total, dtype=flat_in.dtype)
+        w = self._comm.allgather(flat_in.data_ptr(), total, flat.data_ptr(),
+                                 torch_dtype_code(flat_in.dtype), _blocking(opts))
+
+        def scatter_back():
+            for r, outs in enumerate(output_lists):
+                _unflatten(flat[r * total:(r + 1) * total], outs)
+
+        return self._work([w], output_lists, (), scatter_back, keep=(flat_in, flat))
+
     def allgather_into_tensor_coalesced(self, outputs, inputs, opts=None):
         return self._coalesced(self.all_gather_single, outputs, inputs, opts)
 
@@ -411,7 +443,8 @@ class ProcessGroup(dist.ProcessGroup):
         return self._work([self._comm.recv(t.ptr, t.count, t.code, src_rank, tag)], tensors, [t])
 
     def recv_anysource(self, tensors, tag=0):
-        raise NotImplementedError("ringflow needs the source rank for recv (recv from any source is not supported)")
+        t = _Staged(_one(tensors, "recv"), write_back=True)
+        return self._work([self._comm.recv_any(t.ptr, t.count, t.code, tag)], tensors, [t])
 
     # -- checks ----------------------------------------------------------------
     def _check_list(self, tensors, like, what, output=False):

@@ -80,6 +80,8 @@ class Comm : public std::enable_shared_from_this<Comm> {
   // never holds up a send queued after it.  Matched by (peer, tag, order).
   WorkPtr send(int peer, uint64_t tag, const Buffer& buf);
   WorkPtr recv(int peer, uint64_t tag, const Buffer& buf);
+  // A receive from whichever rank sends first; its Work's source() names it.
+  WorkPtr recvAny(uint64_t tag, const Buffer& buf);
 
   // For algorithms, on the thread running `body` (the op thread, or the
   // caller's for a call run inline), while it runs.
@@ -157,7 +159,14 @@ class Comm : public std::enable_shared_from_this<Comm> {
   };
   std::mutex p2pMu_;
   std::condition_variable p2pCv_;
-  std::map<std::pair<int, uint64_t>, uint64_t> sendCount_, recvCount_;
+  std::map<std::pair<int, uint64_t>, uint64_t> sendCount_;
+  // Receive counters sit behind their own lock, taken last: the mailbox
+  // advances them (under its lock) when an any-source receive takes a message.
+  struct RecvOrder {
+    std::mutex mu;
+    std::map<std::pair<int, uint64_t>, uint64_t> next;
+  };
+  std::shared_ptr<RecvOrder> recvOrder_ = std::make_shared<RecvOrder>();
   std::vector<P2P> p2pPending_;
   std::thread p2pThread_;
 };

@@ -25,6 +25,8 @@ class RoutedTransport : public Transport {
                   size_t bytes) override;
   RequestPtr recv(int peer, const MsgKey& key, const OpDesc& desc, void* data,
                   size_t bytes) override;
+  RequestPtr recvAny(const std::vector<int>& peers, const MsgKey& key, ClaimFn claim,
+                     const OpDesc& desc, void* data, size_t bytes) override;
   void cancel(const RequestPtr& req) override;
   void registerComm(uint64_t comm, const std::vector<int>& members, uint64_t parent) override;
   void beginOp(uint64_t comm, const OpDesc& desc) override;

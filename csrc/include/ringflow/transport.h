@@ -78,12 +78,23 @@ struct MsgKeyHash {
   }
 };
 
+constexpr int kAnySource = -1;
+
+// Decides, atomically with the caller's per-peer message counter, whether the
+// point-to-point message number `seq` from `peer` is the next one an
+// any-source receive may take; takes it (advances the counter) if so.
+using ClaimFn = std::function<bool(int peer, uint64_t seq)>;
+
 // One asynchronous send or receive.
 class Request {
  public:
-  Request(int peer, bool isSend) : peer_(peer), isSend_(isSend) {}
+  Request(int peer, bool isSend) : peer_(peer), isSend_(isSend), source_(peer) {}
+  // kAnySource for a receive from whichever peer sends first.
   int peer() const { return peer_; }
   bool isSend() const { return isSend_; }
+  // The peer whose message a receive took (kAnySource until it took one).
+  int source() const { return source_.load(std::memory_order_acquire); }
+  void setSource(int peer) { source_.store(peer, std::memory_order_release); }
 
   // Returns true once done, false at `deadline` (the caller words the
   // timeout, so nothing is formatted unless one happens); rethrows the failure.
@@ -98,6 +109,7 @@ class Request {
  private:
   int peer_;
   bool isSend_;
+  std::atomic<int> source_;
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
@@ -120,6 +132,10 @@ class Transport {
                           size_t bytes) = 0;
   virtual RequestPtr recv(int peer, const MsgKey& key, const OpDesc& desc, void* data,
                           size_t bytes) = 0;
+  // A point-to-point receive on (key.comm, key.slot) from whichever of
+  // `peers` sends first; `claim` keeps per-peer ordering.
+  virtual RequestPtr recvAny(const std::vector<int>& peers, const MsgKey& key, ClaimFn claim,
+                             const OpDesc& desc, void* data, size_t bytes) = 0;
 
   // Detaches an unfinished request from the caller's buffer: after this
   // returns, nothing reads or writes that buffer on the request's behalf.

@@ -30,6 +30,10 @@ class Work {
   // Seconds the call ran, once completed.
   double seconds();
 
+  // The rank a receive from any source took its message from (-1 before).
+  int source() const { return source_.load(std::memory_order_acquire); }
+  void setSource(int rank) { source_.store(rank, std::memory_order_release); }
+
   void markStarted();
   void finish();
   void fail(std::exception_ptr error);
@@ -43,6 +47,7 @@ class Work {
   bool done_ = false;
   std::atomic<bool> doneFlag_{false};  // done_, readable without the lock
   std::exception_ptr error_;
+  std::atomic<int> source_{-1};
   double started_ = 0, ended_ = 0;
 };
 using WorkPtr = std::shared_ptr<Work>;
