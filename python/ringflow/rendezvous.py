@@ -10,37 +10,12 @@ import socket
 import weakref
 
 from . import _C
+from .addresses import advertised_address, network_identity, unreachable
 from .config import log_config_once
 
 log = logging.getLogger("ringflow")
 
 _live_comms: "weakref.WeakSet[Communicator]" = weakref.WeakSet()
-
-
-def advertised_address() -> str:
-    """The address peers should use to reach this process.
-
-    RINGFLOW_ADDR wins; otherwise the local address of the route towards
-    MASTER_ADDR (the rendezvous host), which picks the right interface on a
-    multi-homed host; otherwise the host name's address.
-    """
-    explicit = os.environ.get("RINGFLOW_ADDR")
-    if explicit:
-        return explicit
-    master = os.environ.get("MASTER_ADDR")
-    if master:
-        try:
-            infos = socket.getaddrinfo(master, 1, type=socket.SOCK_DGRAM)
-            family, _, _, _, sockaddr = infos[0]
-            with socket.socket(family, socket.SOCK_DGRAM) as s:
-                s.connect(sockaddr)  # UDP connect sends nothing; it only picks a route
-                return s.getsockname()[0]
-        except OSError:
-            pass
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "127.0.0.1"
 
 
 def host_identity() -> str:
@@ -86,10 +61,21 @@ class Communicator:
         if rank == 0:
             store.set(f"{prefix}/token", str(secrets.randbits(63)))
         token = int(_to_str(store.get(f"{prefix}/token")))
-        store.set(f"{prefix}/addr/{rank}", _format(advertised_address(), self.transport.port))
+        store.set(f"{prefix}/addr/{rank}", _format(advertised_address(store), self.transport.port))
         store.set(f"{prefix}/host/{rank}", host_identity())
+        store.set(f"{prefix}/net/{rank}", network_identity())
         addrs = [_to_str(store.get(f"{prefix}/addr/{r}")) for r in range(size)]
         hosts = [_to_str(store.get(f"{prefix}/host/{r}")) for r in range(size)]
+        why = unreachable(addrs, [_to_str(store.get(f"{prefix}/net/{r}")) for r in range(size)])
+        if why:
+            self.transport.close()
+            # Rank 0 may host the store: it leaves only once every rank has
+            # read what it needs for the same verdict.
+            store.set(f"{prefix}/verdict/{rank}", "1")
+            if rank == 0:
+                for r in range(size):
+                    store.get(f"{prefix}/verdict/{r}")
+            raise _C.PeerError(why)
         self.local_ranks = [r for r in range(size) if hosts[r] == hosts[rank]]
         self.tcp, self.shm = self.transport, None
         # Every use of the store comes before the mesh is connected: a rank
