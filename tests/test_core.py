@@ -106,3 +106,19 @@ def test_peer_address_without_a_port_is_named(addr):
     t = _C.TcpTransport(1, 2, "127.0.0.1")  # rank 1 connects to rank 0 at addrs[0]
     with pytest.raises(ringflow.InvalidArgument, match="has no :port"):
         t.connect([addr, "127.0.0.1:1"], 1, 1.0)
+
+
+def test_error_classes_carry_their_public_names():
+    import ringflow
+
+    for cls in (ringflow.Error, ringflow.PeerError, ringflow.TimeoutError,
+                ringflow.MismatchError, ringflow.InvalidArgument):
+        assert f"{cls.__module__}.{cls.__qualname__}" == f"ringflow.{cls.__name__}"
+    assert issubclass(ringflow.PeerError, RuntimeError) and issubclass(ringflow.InvalidArgument, ValueError)
+    wrapped = RuntimeError("Got the following error when running the callback: "
+                           "PeerError: rank 1 has shut down its communicator")
+    err = ringflow.error_of(wrapped)
+    assert isinstance(err, ringflow.PeerError) and str(err) == "rank 1 has shut down its communicator"
+    assert ringflow.error_of(RuntimeError("unrelated")) is None
+    direct = ringflow.TimeoutError("late")
+    assert ringflow.error_of(direct) is direct

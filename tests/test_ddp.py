@@ -58,16 +58,22 @@ def test_ddp_three_ranks_matches_gloo():
 
 
 def ddp_peer_dies(rank, size):
+    import ringflow
+
     init_torch(rank, size, timeout_s=20)
     try:
         _train(None, rank, steps=20, die_at=5 if rank == 1 else None)
     except RuntimeError as e:
-        return type(e).__name__, str(e)
-    return None, ""
+        # DDP hands the failure over as a plain RuntimeError; error_of finds
+        # the ringflow error inside, under its documented class.
+        err = ringflow.error_of(e)
+        return type(e).__name__, str(e), isinstance(err, ringflow.PeerError), str(err)
+    return None, "", False, ""
 
 
 def test_ddp_raises_cleanly_when_a_peer_dies():
     results = run_world(2, ddp_peer_dies, timeout=120, may_die=(1,))
-    kind, msg = results[0]
+    kind, msg, is_peer_error, inner = results[0]
     assert kind is not None, "training went on although rank 1 died"
     assert "rank 1" in msg, msg
+    assert is_peer_error and "rank 1" in inner and "PeerError" not in inner, inner

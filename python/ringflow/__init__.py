@@ -7,7 +7,7 @@ when torch is installed.
 from __future__ import annotations
 
 from . import _C
-from ._C import Error, InvalidArgument, MismatchError, PeerError, TimeoutError
+from .errors import Error, InvalidArgument, MismatchError, PeerError, TimeoutError, error_of
 from .aggregator import Aggregator
 from .shared import shared_empty
 
@@ -22,6 +22,7 @@ __all__ = [
     "__version__",
     "Aggregator",
     "build_info",
+    "error_of",
     "reset_stats",
     "shared_empty",
     "stats",
