@@ -21,9 +21,33 @@ def test_info_reports_the_build():
     out = _run("-m", "ringflow.cli", "info")
     assert out.returncode == 0, out.stderr
     assert f"ringflow {ringflow.__version__}" in out.stdout
-    cuda = "yes" if ringflow.build_info()["cuda"] else "no"
-    assert f"CUDA kernels compiled: {cuda}" in out.stdout
+    cuda = "compiled" if ringflow.build_info()["cuda"] else "not compiled"
+    assert f"CUDA:                  {cuda}" in out.stdout
+    # Whether a device is usable, not only what was built.
+    assert "usable device" in out.stdout or "no device" in out.stdout or "not compiled" in out.stdout
+    assert "NCCL:                  " in out.stdout
     assert "backend registered: yes" in out.stdout
+
+
+def test_bare_command_prints_help():
+    out = _run("-m", "ringflow.cli")
+    assert out.returncode == 0 and "usage: ringflow" in out.stdout and "bench" in out.stdout
+
+
+def test_user_errors_are_one_line_without_traceback():
+    env = {k: v for k, v in os.environ.items() if k != "RINGFLOW_AGG_TOKEN"}
+    for args in (["aggregator", "--port", "0", "--workers", "2", "--host", "0.0.0.0"], ["frobnicate"]):
+        out = subprocess.run([sys.executable, "-m", "ringflow.cli", *args], capture_output=True,
+                             text=True, timeout=60, env=env)
+        assert out.returncode == 2, (args, out.stderr)
+        assert "Traceback" not in out.stderr, out.stderr
+        assert [l for l in out.stderr.splitlines() if l.startswith("ringflow")][-1].startswith("ringflow")
+        assert "error:" in out.stderr
+
+
+def test_a_bad_log_level_names_the_variable():
+    out = _run("-c", "import ringflow.config as c; c.log_config_once()", env={"RINGFLOW_LOG": "loud"})
+    assert out.returncode != 0 and "RINGFLOW_LOG='loud' is not a log level" in out.stderr
 
 
 def test_bench_json_rows_are_correct():

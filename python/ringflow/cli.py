@@ -6,12 +6,32 @@ import argparse
 import sys
 
 
+def _cuda_status() -> str:
+    from . import _C
+
+    if not _C.build_info()["cuda"]:
+        return "not compiled (built without CUDA)"
+    try:
+        n = _C.kernels.cuda_devices()
+    except _C.Error as e:
+        return f"compiled, no usable device ({str(e).split(': ', 1)[-1]})"
+    return f"compiled, {n} usable device{'s' if n != 1 else ''}" if n else "compiled, no device"
+
+
+def _nccl_status() -> str:
+    from . import nccl
+
+    found = nccl.find()
+    return f"found {found[1]} ({found[0]})" if found else "not found"
+
+
 def info() -> int:
     import ringflow
 
     b = ringflow.build_info()
     print(f"ringflow {b['version']}")
-    print(f"  CUDA kernels compiled: {'yes' if b['cuda'] else 'no'}")
+    print(f"  CUDA:                  {_cuda_status()}")
+    print(f"  NCCL:                  {_nccl_status()}")
     print(f"  CPU SIMD level:        {b['simd']}")
     print(f"  transports:            {', '.join(b['transports'])}")
     try:
@@ -24,16 +44,23 @@ def info() -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringflow", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="what this build contains")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("info", help="what this build contains and what this machine can use")
     sub.add_parser("bench", help="allreduce benchmark beside gloo (see `ringflow bench --help`)",
                    add_help=False)
     sub.add_parser("aggregator", help="run the gradient-packet aggregator service "
                    "(see `ringflow aggregator --help`)", add_help=False)
+    return parser
+
+
+def _run(argv: list[str]) -> int:
+    parser = _parser()
     args, rest = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0 if not argv else 2
     if args.command == "info":
         if rest:
             parser.error(f"unexpected arguments: {' '.join(rest)}")
@@ -45,6 +72,21 @@ def main(argv=None) -> int:
     from . import benchmark
 
     return benchmark.main(rest) or 0
+
+
+def main(argv=None) -> int:
+    """User errors (bad settings, bad arguments) print one line and exit 2;
+    anything else is a bug and keeps its traceback."""
+    from .errors import Error, InvalidArgument
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _run(argv)
+    except (InvalidArgument, ValueError, Error, OSError) as e:
+        print(f"ringflow: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -86,6 +86,9 @@ def log_config_once() -> None:
     _logged = True
     level = os.environ.get("RINGFLOW_LOG")
     if level:
+        if not isinstance(logging.getLevelName(level.upper()), int):
+            raise ValueError(f"RINGFLOW_LOG={level!r} is not a log level "
+                             f"(use DEBUG, INFO, WARNING, ERROR or CRITICAL)")
         logging.basicConfig()
         log.setLevel(level.upper())
     set_vars = {k: v for k, v in os.environ.items() if k.startswith("RINGFLOW_")}
