@@ -161,7 +161,7 @@ WorkPtr barrier(Comm& c, bool blocking) {
   OpDesc d;
   d.kind = OpKind::Barrier;
   Comm* cp = &c;
-  return c.submit(d, [cp] { algo::disseminationBarrier(*cp); }, runHere(blocking, 0));
+  return c.submit(d, [cp] { algo::barrier(*cp); }, runHere(blocking, 0));
 }
 
 }  // namespace ringflow

@@ -47,6 +47,8 @@ void readAggregateSettings();
 // The allreduce RINGFLOW_ALGO and the communicator's placement select
 // (select.cc): the shared-memory arena, the hierarchical rings or the ring.
 void allreduce(Comm& c, Buffer data, ReduceOp op);
+// A barrier: one arena step on one host, else the dissemination barrier.
+void barrier(Comm& c);
 // "aggregate", "shm", "hierarchical" or "ring": what allreduce would run on
 // `c` for a message of `bytes` of `dtype` reduced with `op`.
 const char* allreduceAlgorithm(Comm& c, size_t bytes, DType dtype = DType::Float32,

@@ -89,4 +89,16 @@ void allreduce(Comm& c, Buffer data, ReduceOp op) {
   ringAllreduce(c, data, op);
 }
 
+void barrier(Comm& c) {
+  // Same host: one arena step (a one-element allreduce) wakes each waiter
+  // once, on the calling thread, where the dissemination barrier's empty
+  // messages pass through the progress thread and then the caller: two
+  // wake-ups a round.
+  int32_t token = 0;
+  Buffer one{&token, 1, DType::Int32};
+  if (allreduceAlgorithm(c, one.bytes(), one.dtype, ReduceOp::Max)[0] == 's')
+    return shmAllreduce(c, *arenaFor(c), one, ReduceOp::Max);
+  disseminationBarrier(c);
+}
+
 }  // namespace ringflow::algo

@@ -12,6 +12,13 @@
 
 namespace ringflow {
 
+// More runnable threads than CPUs on this host right now (cached ~20 ms).
+bool hostOversubscribed();
+
+// Polling between yields on an oversubscribed host: a little longer than a
+// small message's step, then the waiter sleeps and leaves the CPU to others.
+constexpr std::chrono::microseconds kOversubscribedYield{20};
+
 // Returns true as soon as done() holds, false once `budget` has passed.
 template <typename Done>
 bool spinUntil(Done done, std::chrono::microseconds budget) {
@@ -31,7 +38,10 @@ bool spinUntil(Done done, std::chrono::microseconds budget) {
 // between sched_yield calls until `yield` more has passed: on an
 // oversubscribed host that hands the core to the peer being waited for,
 // and on an idle one it still sees the peer at once, where a futex sleep
-// would add a wake-up (tens of microseconds in a VM).  Never past `limit`
+// would add a wake-up (tens of microseconds in a VM).  When the host has
+// more runnable threads than CPUs, polling only steals CPU from the threads
+// being waited for (sched_yield barely hands the core over under CFS), so
+// the yield phase then ends after kOversubscribedYield.  Never past `limit`
 // (the op deadline).  Returns true as soon as done() holds.
 template <typename Done>
 bool spinThenYield(Done done, std::chrono::microseconds spin, std::chrono::microseconds yield,
@@ -45,6 +55,7 @@ bool spinThenYield(Done done, std::chrono::microseconds spin, std::chrono::micro
     __builtin_ia32_pause();
 #endif
   }
+  if (yield > kOversubscribedYield && hostOversubscribed()) yield = kOversubscribedYield;
   auto yieldUntil = std::min(limit, std::chrono::steady_clock::now() + yield);
   for (;;) {
     if (done()) return true;

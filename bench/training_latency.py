@@ -1,0 +1,165 @@
+"""Small-message latency as training issues calls: ringflow against gloo.
+
+    python bench/training_latency.py [--world 2] [--bytes 4K] [--compute-us 1000] [--json]
+
+DDP issues its bucket allreduces between pieces of backward, so a call
+rarely follows another back to back: each rank computes, then calls.  Per
+backend, in the same processes: `--iters` blocking float32 allreduces of
+`--bytes`, each after `--compute-us` of busy computation; then barriers
+with the same computation between them; then `--loops` loops of
+back-to-back allreduces, whose per-loop medians show whether the steady
+state is one mode or several.  A call's time is measured on each rank;
+the reported samples are the slowest rank's per call.  Needs only torch and
+the installed ringflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import sys
+import time
+from datetime import timedelta
+
+
+def _busy(us: float) -> None:
+    end = time.perf_counter() + us * 1e-6
+    while time.perf_counter() < end:
+        pass
+
+
+def _timed(call, iters: int, compute_us: float) -> list[float]:
+    out = []
+    for _ in range(iters):
+        _busy(compute_us)
+        t0 = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _rank(rank: int, world: int, port: int, cfg: dict, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import torch
+    import torch.distributed as dist
+
+    import ringflow  # noqa: F401 - registers the backend
+
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group("ringflow", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+        groups = {"ringflow": None, "gloo": dist.new_group(backend="gloo")}
+        x = torch.ones(cfg["bytes"] // 4)
+        out = {}
+        for name, group in groups.items():
+            def allreduce():
+                dist.all_reduce(x, group=group)
+
+            def barrier():
+                dist.barrier(group=group)
+
+            _timed(allreduce, cfg["warmup"], cfg["compute_us"])
+            dist.barrier(group=groups["gloo"])
+            out[name] = {
+                "allreduce": _timed(allreduce, cfg["iters"], cfg["compute_us"]),
+                "barrier": _timed(barrier, cfg["iters"], cfg["compute_us"]),
+                "loops": [statistics.median(_timed(allreduce, cfg["loop_iters"], 0))
+                          for _ in range(cfg["loops"])],
+            }
+        dist.destroy_process_group()
+        results.put((rank, out))
+    except BaseException as e:  # noqa: BLE001 - reported by the parent
+        results.put((rank, repr(e)))
+
+
+def _percentile(values, q):
+    s = sorted(values)
+    k = (len(s) - 1) * q
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def summarise(per_rank: list[dict]) -> list[dict]:
+    rows = []
+    for backend in per_rank[0]:
+        row = {"backend": backend}
+        for what in ("allreduce", "barrier"):
+            slowest = [max(r[backend][what][i] for r in per_rank) for i in range(len(per_rank[0][backend][what]))]
+            row[f"{what}_p50_us"] = statistics.median(slowest) * 1e6
+            row[f"{what}_p90_us"] = _percentile(slowest, 0.9) * 1e6
+        loops = [max(r[backend]["loops"][i] for r in per_rank) * 1e6 for i in range(len(per_rank[0][backend]["loops"]))]
+        row["loop_medians_us"] = loops
+        row["loop_spread"] = max(loops) / min(loops)
+        rows.append(row)
+    return rows
+
+
+def run(cfg: dict) -> list[dict]:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [ctx.Process(target=_rank, args=(r, cfg["world"], port, cfg, results), daemon=True)
+             for r in range(cfg["world"])]
+    for p in procs:
+        p.start()
+    got = {}
+    deadline = time.monotonic() + cfg["timeout"]
+    try:
+        while len(got) < cfg["world"]:
+            rank, value = results.get(timeout=max(0.1, deadline - time.monotonic()))
+            if isinstance(value, str):
+                raise RuntimeError(f"rank {rank} failed: {value}")
+            got[rank] = value
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+    return summarise([got[r] for r in range(cfg["world"])])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--world", type=int, default=2)
+    p.add_argument("--bytes", default="4K", help="message size (K/M suffix, binary)")
+    p.add_argument("--compute-us", type=float, default=1000, help="busy computation before each call")
+    p.add_argument("--iters", type=int, default=500)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--loops", type=int, default=8, help="back-to-back loops (bimodality check)")
+    p.add_argument("--loop-iters", type=int, default=200)
+    p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    units = {"K": 1 << 10, "M": 1 << 20}
+    size = int(a.bytes[:-1]) * units[a.bytes[-1].upper()] if a.bytes[-1].upper() in units else int(a.bytes)
+    cfg = dict(world=a.world, bytes=size, compute_us=a.compute_us, iters=a.iters, warmup=a.warmup,
+               loops=a.loops, loop_iters=a.loop_iters, timeout=a.timeout)
+    rows = run(cfg)
+    gloo = next(r for r in rows if r["backend"] == "gloo")
+    print(f"# {a.world} ranks, {size} B float32 allreduce, {a.compute_us:.0f} us of computation before "
+          f"each call; load average {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
+    print(f"{'backend':>9} {'ar p50':>9} {'ar p90':>9} {'bar p50':>9} {'bar p90':>9}  back-to-back loop medians (us)")
+    for r in rows:
+        print(f"{r['backend']:>9} {r['allreduce_p50_us']:9.1f} {r['allreduce_p90_us']:9.1f} "
+              f"{r['barrier_p50_us']:9.1f} {r['barrier_p90_us']:9.1f}  "
+              + " ".join(f"{v:.1f}" for v in r["loop_medians_us"]))
+    ours = next(r for r in rows if r["backend"] == "ringflow")
+    print(f"ringflow vs gloo: allreduce p50 {gloo['allreduce_p50_us'] / ours['allreduce_p50_us']:.1f}x, "
+          f"p90 {gloo['allreduce_p90_us'] / ours['allreduce_p90_us']:.1f}x, "
+          f"barrier p50 {gloo['barrier_p50_us'] / ours['barrier_p50_us']:.1f}x faster; "
+          f"ringflow loop medians spread {ours['loop_spread']:.2f}x")
+    if a.json:
+        print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
