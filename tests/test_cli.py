@@ -84,3 +84,13 @@ def test_torch_import_registers_backend_without_importing_ringflow():
     # The hook can be switched off, and then nothing registers.
     off = _run("-c", code, env={"TORCH_DEVICE_BACKEND_AUTOLOAD": "0"})
     assert off.stdout.strip() == "False"
+
+
+def test_quick_start_example_trains_under_torchrun():
+    example = os.path.join(os.path.dirname(__file__), "..", "examples", "ddp_torchrun.py")
+    out = _run("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", example,
+               timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("done: 2 ranks, final loss"), last
+    assert float(last.rsplit(" ", 1)[1]) < 1.0, last
