@@ -8,7 +8,8 @@ backend, in the same processes: `--iters` blocking float32 allreduces of
 `--bytes`, each after `--compute-us` of busy computation; then barriers
 with the same computation between them; then `--loops` loops of
 back-to-back allreduces, whose per-loop medians show whether the steady
-state is one mode or several.  A call's time is measured on each rank;
+state is one mode or several.  Backends take turns in blocks of 50 calls,
+so a change in the host's load hits both.  A call's time is measured on each rank;
 the reported samples are the slowest rank's per call.  Needs only torch and
 the installed ringflow.
 """
@@ -24,6 +25,8 @@ import sys
 import time
 from datetime import timedelta
 
+BLOCK = 50  # calls per turn of one backend
+
 
 def _busy(us: float) -> None:
     end = time.perf_counter() + us * 1e-6
@@ -31,13 +34,15 @@ def _busy(us: float) -> None:
         pass
 
 
-def _timed(call, iters: int, compute_us: float) -> list[float]:
+def _timed(call, iters: int, compute_us: float) -> list[tuple[float, float]]:
+    """(start, end) of each call on CLOCK_MONOTONIC, which every process on
+    the host shares, so ranks' timestamps can be compared."""
     out = []
     for _ in range(iters):
         _busy(compute_us)
         t0 = time.perf_counter()
         call()
-        out.append(time.perf_counter() - t0)
+        out.append((t0, time.perf_counter()))
     return out
 
 
@@ -53,22 +58,23 @@ def _rank(rank: int, world: int, port: int, cfg: dict, results) -> None:
         dist.init_process_group("ringflow", rank=rank, world_size=world, timeout=timedelta(seconds=60))
         groups = {"ringflow": None, "gloo": dist.new_group(backend="gloo")}
         x = torch.ones(cfg["bytes"] // 4)
-        out = {}
-        for name, group in groups.items():
-            def allreduce():
-                dist.all_reduce(x, group=group)
-
-            def barrier():
-                dist.barrier(group=group)
-
-            _timed(allreduce, cfg["warmup"], cfg["compute_us"])
-            dist.barrier(group=groups["gloo"])
-            out[name] = {
-                "allreduce": _timed(allreduce, cfg["iters"], cfg["compute_us"]),
-                "barrier": _timed(barrier, cfg["iters"], cfg["compute_us"]),
-                "loops": [statistics.median(_timed(allreduce, cfg["loop_iters"], 0))
-                          for _ in range(cfg["loops"])],
-            }
+        calls = {name: {"allreduce": lambda g=group: dist.all_reduce(x, group=g),
+                        "barrier": lambda g=group: dist.barrier(group=g)} for name, group in groups.items()}
+        out = {name: {"allreduce": [], "barrier": [], "loops": []} for name in groups}
+        for name in groups:
+            _timed(calls[name]["allreduce"], cfg["warmup"], cfg["compute_us"])
+        # Blocks of BLOCK calls, backends taking turns: on a host whose load
+        # changes, both backends see the same conditions.
+        for _ in range(max(1, cfg["iters"] // BLOCK)):
+            for name in groups:
+                for what in ("allreduce", "barrier"):
+                    dist.barrier(group=groups["gloo"])
+                    out[name][what] += _timed(calls[name][what], BLOCK, cfg["compute_us"])
+        for _ in range(cfg["loops"]):
+            for name in groups:
+                dist.barrier(group=groups["gloo"])
+                loop = _timed(calls[name]["allreduce"], cfg["loop_iters"], 0)
+                out[name]["loops"].append(statistics.median(e - s for s, e in loop))
         dist.destroy_process_group()
         results.put((rank, out))
     except BaseException as e:  # noqa: BLE001 - reported by the parent
@@ -88,9 +94,17 @@ def summarise(per_rank: list[dict]) -> list[dict]:
     for backend in per_rank[0]:
         row = {"backend": backend}
         for what in ("allreduce", "barrier"):
-            slowest = [max(r[backend][what][i] for r in per_rank) for i in range(len(per_rank[0][backend][what]))]
+            calls = list(zip(*(r[backend][what] for r in per_rank)))  # per call: each rank's (start, end)
+            slowest = [max(e - s for s, e in call) for call in calls]
+            # Where the slowest rank's time goes: waiting for the last rank
+            # to arrive, then the work after everyone is there.
+            skew = [max(s for s, _ in call) - min(s for s, _ in call) for call in calls]
+            after = [max(e for _, e in call) - max(s for s, _ in call) for call in calls]
             row[f"{what}_p50_us"] = statistics.median(slowest) * 1e6
             row[f"{what}_p90_us"] = _percentile(slowest, 0.9) * 1e6
+            row[f"{what}_skew_p50_us"] = statistics.median(skew) * 1e6
+            row[f"{what}_after_last_p50_us"] = statistics.median(after) * 1e6
+            row[f"{what}_after_last_p90_us"] = _percentile(after, 0.9) * 1e6
         loops = [max(r[backend]["loops"][i] for r in per_rank) * 1e6 for i in range(len(per_rank[0][backend]["loops"]))]
         row["loop_medians_us"] = loops
         row["loop_spread"] = max(loops) / min(loops)
@@ -146,10 +160,15 @@ def main(argv=None) -> int:
     gloo = next(r for r in rows if r["backend"] == "gloo")
     print(f"# {a.world} ranks, {size} B float32 allreduce, {a.compute_us:.0f} us of computation before "
           f"each call; load average {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
-    print(f"{'backend':>9} {'ar p50':>9} {'ar p90':>9} {'bar p50':>9} {'bar p90':>9}  back-to-back loop medians (us)")
+    print("# per call, the slowest rank's time (p50, p90); the arrival skew between ranks (p50); and the")
+    print("# time from the last rank's arrival to the last rank's return (p50, p90), all in us")
+    print(f"{'backend':>9} {'call':>9} {'p50':>7} {'p90':>7} {'skew':>7} {'after':>7} {'after90':>7}")
     for r in rows:
-        print(f"{r['backend']:>9} {r['allreduce_p50_us']:9.1f} {r['allreduce_p90_us']:9.1f} "
-              f"{r['barrier_p50_us']:9.1f} {r['barrier_p90_us']:9.1f}  "
+        for what in ("allreduce", "barrier"):
+            print(f"{r['backend']:>9} {what:>9} {r[f'{what}_p50_us']:7.1f} {r[f'{what}_p90_us']:7.1f} "
+                  f"{r[f'{what}_skew_p50_us']:7.1f} {r[f'{what}_after_last_p50_us']:7.1f} "
+                  f"{r[f'{what}_after_last_p90_us']:7.1f}")
+        print(f"{r['backend']:>9} back-to-back allreduce loop medians: "
               + " ".join(f"{v:.1f}" for v in r["loop_medians_us"]))
     ours = next(r for r in rows if r["backend"] == "ringflow")
     print(f"ringflow vs gloo: allreduce p50 {gloo['allreduce_p50_us'] / ours['allreduce_p50_us']:.1f}x, "
