@@ -63,6 +63,7 @@ def _rank(rank: int, world: int, port: int, cfg: dict, results) -> None:
         out = {name: {"allreduce": [], "barrier": [], "loops": []} for name in groups}
         for name in groups:
             _timed(calls[name]["allreduce"], cfg["warmup"], cfg["compute_us"])
+        ringflow.reset_stats()
         # Blocks of BLOCK calls, backends taking turns: on a host whose load
         # changes, both backends see the same conditions.
         for _ in range(max(1, cfg["iters"] // BLOCK)):
@@ -70,6 +71,11 @@ def _rank(rank: int, world: int, port: int, cfg: dict, results) -> None:
                 for what in ("allreduce", "barrier"):
                     dist.barrier(group=groups["gloo"])
                     out[name][what] += _timed(calls[name][what], BLOCK, cfg["compute_us"])
+        # The core's own time per call (from the start of its work to its
+        # end, as ringflow.stats() counts it), beside the caller's.
+        ops = ringflow.stats()["ops"]
+        out["ringflow"]["core_us"] = {what: 1e3 * ops[what]["total_ms"] / ops[what]["count"]
+                                      for what in ("allreduce", "barrier") if what in ops}
         for _ in range(cfg["loops"]):
             for name in groups:
                 dist.barrier(group=groups["gloo"])
@@ -105,6 +111,10 @@ def summarise(per_rank: list[dict]) -> list[dict]:
             row[f"{what}_skew_p50_us"] = statistics.median(skew) * 1e6
             row[f"{what}_after_last_p50_us"] = statistics.median(after) * 1e6
             row[f"{what}_after_last_p90_us"] = _percentile(after, 0.9) * 1e6
+        for what in ("allreduce", "barrier"):
+            cores = [r[backend].get("core_us", {}).get(what) for r in per_rank]
+            if all(c is not None for c in cores):
+                row[f"{what}_core_mean_us"] = max(cores)
         loops = [max(r[backend]["loops"][i] for r in per_rank) * 1e6 for i in range(len(per_rank[0][backend]["loops"]))]
         row["loop_medians_us"] = loops
         row["loop_spread"] = max(loops) / min(loops)
@@ -162,12 +172,14 @@ def main(argv=None) -> int:
           f"each call; load average {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
     print("# per call, the slowest rank's time (p50, p90); the arrival skew between ranks (p50); and the")
     print("# time from the last rank's arrival to the last rank's return (p50, p90), all in us")
-    print(f"{'backend':>9} {'call':>9} {'p50':>7} {'p90':>7} {'skew':>7} {'after':>7} {'after90':>7}")
+    print("# core: the mean time the C++ core spent in the call (ringflow.stats()), slowest rank")
+    print(f"{'backend':>9} {'call':>9} {'p50':>7} {'p90':>7} {'skew':>7} {'after':>7} {'after90':>7} {'core':>7}")
     for r in rows:
         for what in ("allreduce", "barrier"):
+            core = r.get(f"{what}_core_mean_us")
             print(f"{r['backend']:>9} {what:>9} {r[f'{what}_p50_us']:7.1f} {r[f'{what}_p90_us']:7.1f} "
                   f"{r[f'{what}_skew_p50_us']:7.1f} {r[f'{what}_after_last_p50_us']:7.1f} "
-                  f"{r[f'{what}_after_last_p90_us']:7.1f}")
+                  f"{r[f'{what}_after_last_p90_us']:7.1f} " + (f"{core:7.1f}" if core else f"{'-':>7}"))
         print(f"{r['backend']:>9} back-to-back allreduce loop medians: "
               + " ".join(f"{v:.1f}" for v in r["loop_medians_us"]))
     ours = next(r for r in rows if r["backend"] == "ringflow")
