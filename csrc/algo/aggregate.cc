@@ -1,4 +1,4 @@
-// Allreduce through aggregator services (mechanism 3): sum or average of a
+// Allreduce through aggregator services (the packet aggregator): sum or average of a
 // floating-point tensor, quantised to fixed point so the aggregator's
 // integer adds are exact and every rank gets the same bits.  Configured by
 // RINGFLOW_AGGREGATOR=host:port[,host:port...] (several aggregators share
@@ -7,11 +7,11 @@
 #include <random>
 #include <vector>
 
-#include "aggregator/client.h"
-#include "algorithms.h"
-#include "kernels/half.h"
+#include "ringflow/aggregator_client.h"
+#include "ringflow/algorithms.h"
 #include "ringflow/env.h"
 #include "ringflow/kernels.h"
+#include "ringflow/settings.h"
 
 namespace ringflow::algo {
 namespace {
@@ -24,17 +24,26 @@ uint32_t packetElemsSetting() {
                           agg::kMaxPacketElems));
 }
 
-}  // namespace
-
-void readAggregateSettings() {
-  // RINGFLOW_AGGREGATOR is left to the first aggregate call: resolving its
-  // host names at start-up would fail jobs that never use it.
-  slotsSetting();
-  packetElemsSetting();
-  agg::faultsFromEnv();
-}
-
-namespace {
+// RINGFLOW_AGGREGATOR is left to the first aggregate call: resolving its
+// host names at start-up would fail jobs that never use it.
+const SettingsRegistration kSettings(
+    {{"RINGFLOW_AGGREGATOR",
+      "aggregate: the aggregator service(s), host:port[,host:port...]; chunks are shared "
+      "round-robin"},
+     {"RINGFLOW_AGG_SLOTS",
+      "aggregate: packets in flight per aggregator, at most its slots per job (default 32)"},
+     {"RINGFLOW_AGG_PACKET_ELEMS",
+      "aggregate: int32 values per packet (default 16352: one 64 KiB datagram)"},
+     {"RINGFLOW_AGG_TOKEN",
+      "aggregate: shared secret; packets then carry a keyed MAC (required by an aggregator "
+      "listening beyond loopback)"},
+     {"RINGFLOW_AGG_FAULTS",
+      "aggregate fault injector, e.g. drop:0.1,dup:0.1,reorder:0.1 (tests)"}},
+    [] {
+      slotsSetting();
+      packetElemsSetting();
+      agg::faultsFromEnv();
+    });
 
 // Every rank must agree on the job and the shape of the protocol; rank 0's
 // random job id is everyone's.  Checked with one small allgather, so a
@@ -71,28 +80,6 @@ std::shared_ptr<agg::Client> makeClient(Comm& c) {
   return std::make_shared<agg::Client>(std::move(cfg));
 }
 
-// Half and double tensors travel as float32 (fixed point has 31 bits
-// anyway).  The dtype is chosen once per tensor, not per element.
-std::vector<float> toFloat(const Buffer& b) {
-  std::vector<float> f(b.count);
-  auto convert = [&](auto* src, auto cast) {
-    for (size_t i = 0; i < b.count; ++i) f[i] = cast(src[i]);
-  };
-  if (b.dtype == DType::Float16) convert(static_cast<const uint16_t*>(b.ptr), kernels::halfToFloat);
-  else if (b.dtype == DType::BFloat16) convert(static_cast<const uint16_t*>(b.ptr), kernels::bf16ToFloat);
-  else convert(static_cast<const double*>(b.ptr), [](double v) { return float(v); });
-  return f;
-}
-
-void fromFloat(const std::vector<float>& f, const Buffer& b) {
-  auto convert = [&](auto* dst, auto cast) {
-    for (size_t i = 0; i < b.count; ++i) dst[i] = cast(f[i]);
-  };
-  if (b.dtype == DType::Float16) convert(static_cast<uint16_t*>(b.ptr), kernels::floatToHalf);
-  else if (b.dtype == DType::BFloat16) convert(static_cast<uint16_t*>(b.ptr), kernels::floatToBf16);
-  else convert(static_cast<double*>(b.ptr), [](float v) { return double(v); });
-}
-
 }  // namespace
 
 bool aggregateApplies(DType dtype, ReduceOp op) {
@@ -101,19 +88,21 @@ bool aggregateApplies(DType dtype, ReduceOp op) {
 
 void aggregateAllreduce(Comm& c, Buffer data, ReduceOp op) {
   if (c.size() == 1 || data.count == 0) return;  // nothing to add
-  auto& client = c.aggregateClient();
+  auto& client = c.attachment<agg::Client>();
   if (!client) client = makeClient(c);
+  // Half and double tensors travel as float32 (fixed point has 31 bits anyway).
   std::vector<float> staged;
   float* x = static_cast<float*>(data.ptr);
   if (data.dtype != DType::Float32) {
-    staged = toFloat(data);
+    staged.resize(data.count);
+    kernels::convert(staged.data(), DType::Float32, data.ptr, data.dtype, data.count);
     x = staged.data();
   }
   client->allreduceSum(x, data.count, uint32_t(c.op().seq), c.deadline(),
                        [&c] { return c.transport().abortReason(c.id()); });
   c.markAggregated();
   if (op == ReduceOp::Avg) kernels::divide(x, data.count, DType::Float32, double(c.size()));
-  if (!staged.empty()) fromFloat(staged, data);
+  if (!staged.empty()) kernels::convert(data.ptr, data.dtype, x, DType::Float32, data.count);
 }
 
 }  // namespace ringflow::algo

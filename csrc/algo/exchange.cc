@@ -2,7 +2,7 @@
 // dissemination barrier (log2(n) rounds of empty messages).
 #include <cstring>
 
-#include "algorithms.h"
+#include "schedule.h"
 
 namespace ringflow::algo {
 namespace {

@@ -7,7 +7,7 @@
 // side by side.  K is the smallest group's size: in a larger group, local
 // ranks K and up get empty blocks (they only add their data in and receive
 // the result), so every group cuts the message at the same offsets.
-#include "algorithms.h"
+#include "schedule.h"
 #include "ringflow/kernels.h"
 
 namespace ringflow::algo {

@@ -3,8 +3,9 @@
 // holds block r fully reduced, and n-1 allgather steps hand every block round.
 #include <cstring>
 
-#include "algorithms.h"
+#include "schedule.h"
 #include "ringflow/env.h"
+#include "ringflow/settings.h"
 #include "ringflow/kernels.h"
 
 namespace ringflow::algo {
@@ -104,6 +105,13 @@ size_t pieceBytes() {
   }();
   return bytes;
 }
+
+namespace {
+const SettingsRegistration kSettings(
+    {{"RINGFLOW_PIECE_BYTES",
+      "pipelining piece size of ring/chain algorithms (default 262144; below 64 means the default)"}},
+    [] { pieceBytes(); });
+}  // namespace
 
 Blocks::Blocks(size_t count, int parts) : offsets(parts + 1, 0) {
   for (int b = 0; b < parts; ++b)

@@ -3,7 +3,7 @@
 // gather and scatter talk to the root directly.
 #include <cstring>
 
-#include "algorithms.h"
+#include "schedule.h"
 #include "ringflow/kernels.h"
 
 namespace ringflow::algo {

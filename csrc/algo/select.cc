@@ -18,9 +18,10 @@
 // Elsewhere (sub-groups, several hosts, no shared memory) every setting
 // falls back to the ring.  Every rank decides the same way, from facts all
 // ranks share.
-#include "algorithms.h"
+#include "schedule.h"
 #include "ringflow/env.h"
-#include "ringflow/routed.h"
+#include "ringflow/settings.h"
+#include "ringflow/shm.h"
 
 namespace ringflow::algo {
 namespace {
@@ -40,15 +41,16 @@ size_t hierarchicalMinBytes() {
   return v;
 }
 
-}  // namespace
-
-void readSelectSettings() {
-  fromEnv();
-  hierarchicalMinBytes();
-  pieceBytes();
-}
-
-namespace {
+const SettingsRegistration kSettings(
+    {{"RINGFLOW_ALGO",
+      "allreduce algorithm: auto (default: shared-memory arena when every rank is on this "
+      "host, hierarchical rings for a multi-group layout, ring otherwise), ring, shm, "
+      "hierarchical, or aggregate"},
+     {"RINGFLOW_HIER_MIN_BYTES", "auto picks hierarchical from this message size up (default 65536)"}},
+    [] {
+      fromEnv();
+      hierarchicalMinBytes();
+    });
 
 // From facts every rank shares (a rank outside the higher rings has none).
 bool layoutWorthIt(Comm& c) {
@@ -58,9 +60,8 @@ bool layoutWorthIt(Comm& c) {
 }  // namespace
 
 ShmTransport* arenaFor(Comm& c) {
-  auto* routed = dynamic_cast<RoutedTransport*>(&c.transport());
-  if (!routed || routed->shm().arenaComm() != c.id()) return nullptr;
-  return &routed->shm();
+  ShmTransport* shm = c.transport().sharedMemory();
+  return shm && shm->arenaComm() == c.id() ? shm : nullptr;
 }
 
 const char* allreduceAlgorithm(Comm& c, size_t bytes, DType dtype, ReduceOp op) {

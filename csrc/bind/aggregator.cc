@@ -4,10 +4,9 @@
 
 #include <cstring>
 
-#include "aggregator/client.h"
-#include "aggregator/faults.h"
 #include "bind.h"
 #include "ringflow/aggregator.h"
+#include "ringflow/aggregator_client.h"
 #include "ringflow/packet.h"
 
 namespace py = pybind11;

@@ -53,7 +53,8 @@ void bindComm(py::module_& m) {
       .def_property_readonly("id", &Comm::id)
       .def_property_readonly("timeout", &Comm::timeout)
       .def_property_readonly("members", &Comm::members)
-      .def("split", &Comm::split, py::arg("color"), py::arg("key"), Release())
+      .def("split", [](Comm& c, int color, int key) { return split(c, color, key); },
+           py::arg("color"), py::arg("key"), Release())
       .def("subgroup", &Comm::subgroup, py::arg("ranks"), py::arg("tag"))
       .def("set_groups", &Comm::setGroups, py::arg("group_of"),
            "Hierarchical layout: group_of[r] labels rank r's lower-order group.")

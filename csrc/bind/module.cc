@@ -22,6 +22,12 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("check_settings", &ringflow::checkSettings,
         "Reads every RINGFLOW_* setting of the core; raises ValueError naming a bad one.");
+  m.def("settings", [] {
+        py::dict d;
+        for (const auto& s : ringflow::registeredSettings()) d[s.name] = s.help;
+        return d;
+      }, "Every RINGFLOW_* setting the core reads, registered by the module that reads it: "
+         "{name: what it does}.");
   // The core's parsers, for the few settings Python reads, so both spell
   // and check values alike.
   m.def("env_size", [](const std::string& name, size_t fallback) {

@@ -3,11 +3,11 @@
 // rank, attach, a store barrier, unlink.
 #include <pybind11/stl.h>
 
-#include "algo/algorithms.h"
 #include "bind.h"
+#include "ringflow/algorithms.h"
+#include "ringflow/huge_pages.h"
 #include "ringflow/routed.h"
-#include "transport/huge_pages.h"
-#include "transport/shared_buffer.h"
+#include "ringflow/shared_buffer.h"
 
 namespace py = pybind11;
 

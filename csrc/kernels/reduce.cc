@@ -12,6 +12,7 @@
 #include "reduce_isa.h"
 #include "ringflow/env.h"
 #include "ringflow/kernels.h"
+#include "ringflow/settings.h"
 
 namespace ringflow::kernels {
 namespace {
@@ -149,10 +150,16 @@ void divide(void* data, size_t n, DType dtype, double divisor) {
   }
 }
 
-void readKernelSettings() {
-  currentLevel();
-  maxThreads();
-}
+namespace {
+const SettingsRegistration kSettings(
+    {{"RINGFLOW_SIMD", "caps the CPU kernels' instruction set (avx512, avx2, scalar)"},
+     {"RINGFLOW_KERNEL_THREADS",
+      "threads for very large N-way reductions (default: one per CPU, at most 4; 0 or 1 = none)"}},
+    [] {
+      currentLevel();
+      maxThreads();
+    });
+}  // namespace
 
 const char* simdLevel() { return kLevelNames[currentLevel().load(std::memory_order_relaxed)]; }
 

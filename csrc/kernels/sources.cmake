@@ -2,6 +2,7 @@
 set(RINGFLOW_KERNEL_SOURCES
   csrc/kernels/reduce_scalar.cc
   csrc/kernels/reduce.cc
+  csrc/kernels/convert.cc
   csrc/kernels/reduce_avx2.cc
   csrc/kernels/reduce_avx512.cc
   csrc/kernels/quantize_fixed.cc

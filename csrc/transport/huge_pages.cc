@@ -1,4 +1,4 @@
-#include "transport/huge_pages.h"
+#include "ringflow/huge_pages.h"
 
 #include <sys/mman.h>
 
@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "ringflow/env.h"
+#include "ringflow/settings.h"
 
 #ifndef MADV_COLLAPSE
 #define MADV_COLLAPSE 25  // Linux 6.1; older kernels answer EINVAL
@@ -55,6 +56,15 @@ void collapseLocked(State& s, uintptr_t lo, uintptr_t hi) {
   }
 }
 
+}  // namespace
+
+namespace {
+const SettingsRegistration kSettings(
+    {{"RINGFLOW_SHM_HUGEPAGES",
+      "collapse a large buffer the shm allreduce sees a third time at the same address into "
+      "transparent huge pages, once (peers read it faster; costs a copy of it; default 1, 0 "
+      "turns it off)"}},
+    [] { hugePagesEnabled(); });
 }  // namespace
 
 bool hugePagesEnabled() {

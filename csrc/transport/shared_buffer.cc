@@ -1,4 +1,4 @@
-#include "transport/shared_buffer.h"
+#include "ringflow/shared_buffer.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "ringflow/types.h"
-#include "transport/huge_pages.h"
+#include "ringflow/huge_pages.h"
 
 namespace ringflow::shm {
 namespace {

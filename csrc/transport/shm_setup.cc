@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "ringflow/env.h"
+#include "ringflow/settings.h"
 #include "shm_internal.h"
 #include "trace.h"
 
@@ -51,6 +52,13 @@ char* mapSegment(int fd, size_t bytes, const std::string& name) {
   return static_cast<char*>(p);
 }
 
+}  // namespace
+
+namespace {
+const SettingsRegistration kSettings(
+    {{"RINGFLOW_SHM_SPIN_US",
+      "shm reader thread: microseconds of polling before it sleeps (default 50)"}},
+    [] { ShmTransport::idleSpinSetting(); });
 }  // namespace
 
 std::chrono::microseconds ShmTransport::idleSpinSetting() {

@@ -5,17 +5,13 @@
 #include <cstdio>
 #include <string>
 
-#include "ringflow/env.h"
 
 namespace ringflow {
 
 // Throws on a malformed RINGFLOW_TRACE, so TcpTransport's constructor calls
 // it first: trace() also runs on progress threads, where a throw would end
 // the process.
-inline bool traceEnabled() {
-  static const bool on = envBool("RINGFLOW_TRACE", false);
-  return on;
-}
+bool traceEnabled();
 
 inline void trace(int rank, const std::string& what) {
   if (traceEnabled()) std::fprintf(stderr, "[ringflow rank %d] %s\n", rank, what.c_str());

@@ -36,5 +36,8 @@ WorkPtr scatter(Comm& c, Buffer in, Buffer out, int root, bool blocking = false)
 WorkPtr alltoall(Comm& c, Buffer in, Buffer out, std::vector<size_t> inCounts,
                  std::vector<size_t> outCounts, bool blocking = false);
 WorkPtr barrier(Comm& c, bool blocking = false);
+// Collective, blocking: ranks passing the same color form a communicator,
+// ordered by (key, rank); a negative color opts out (returns null).
+std::shared_ptr<Comm> split(Comm& c, int color, int key);
 
 }  // namespace ringflow

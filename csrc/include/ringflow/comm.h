@@ -11,6 +11,8 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <typeindex>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -19,9 +21,6 @@
 #include "ringflow/work.h"
 
 namespace ringflow {
-namespace agg {
-class Client;
-}
 
 class Comm : public std::enable_shared_from_this<Comm> {
  public:
@@ -39,14 +38,15 @@ class Comm : public std::enable_shared_from_this<Comm> {
   const std::vector<int>& members() const { return members_; }
   Transport& transport() { return *transport_; }
 
-  // Collective: ranks passing the same color form a communicator, ordered by
-  // (key, rank); a negative color opts out (returns null).
-  std::shared_ptr<Comm> split(int color, int key);
+  // The local half of split (collectives.h): given every rank's (color, key)
+  // pair, in rank order, the communicator of the ranks passing `color`,
+  // ordered by (key, rank); null for a negative color.
+  std::shared_ptr<Comm> splitByColor(const std::vector<int64_t>& colorKeyPairs, int color);
   // Local, no messages: `ranks` of this communicator form a new one.  Every
   // member must pass the same ranks and tag.  Null if this rank is not in it.
   std::shared_ptr<Comm> subgroup(const std::vector<int>& ranks, uint64_t tag);
 
-  // Hierarchical layout (mechanism 1): `groupOf[r]` labels the lower-order
+  // Hierarchical layout: `groupOf[r]` labels the lower-order
   // group of rank r (e.g. its host).  Every rank passes the same labels.
   // Builds the lower ring (my group) and the higher ring (the ranks holding
   // the same shard in every group).  Groups may differ in size: the message
@@ -87,9 +87,15 @@ class Comm : public std::enable_shared_from_this<Comm> {
   // caller's for a call run inline), while it runs.
   const OpDesc& op() const { return op_; }
   Deadline deadline() const { return deadline_; }
-  // The aggregate algorithm's client (its sockets and slot rounds outlive a
-  // call), made by that algorithm on first use.
-  std::shared_ptr<agg::Client>& aggregateClient() { return aggregateClient_; }
+  // State an algorithm keeps with this communicator across calls, one per
+  // type (the aggregate algorithm's client: its sockets and slot rounds
+  // outlive a call), made by that algorithm on first use.  Calls only.
+  template <class T>
+  std::shared_ptr<T>& attachment() {
+    auto& slot = attachments_[std::type_index(typeid(T))];
+    if (!slot) slot = std::make_shared<std::shared_ptr<T>>();
+    return *static_cast<std::shared_ptr<T>*>(slot.get());
+  }
   RequestPtr isend(int to, uint64_t slot, const void* data, size_t bytes);
   RequestPtr irecv(int from, uint64_t slot, void* data, size_t bytes);
   void wait(const RequestPtr& req);
@@ -124,7 +130,7 @@ class Comm : public std::enable_shared_from_this<Comm> {
   std::shared_ptr<Transport> transport_;
   std::shared_ptr<Comm> lower_, higher_;
   int hierarchyGroups_ = 0, hierarchyShards_ = 0;
-  std::shared_ptr<agg::Client> aggregateClient_;
+  std::unordered_map<std::type_index, std::shared_ptr<void>> attachments_;
   Comm* creditWaitsTo_ = nullptr;  // parent of a call run inline
   uint64_t id_;
   std::vector<int> members_;

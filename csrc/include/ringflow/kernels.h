@@ -17,6 +17,10 @@ void reduce(void* dst, const void* a, const void* b, size_t n, DType dtype, Redu
 // result is deterministic; dst may alias srcs[0].
 void reduceN(void* dst, const void* const* srcs, size_t k, size_t n, DType dtype, ReduceOp op);
 
+// dst[i] = src[i] converted between floating-point dtypes (float32, float64,
+// float16, bfloat16), rounding to nearest-even; dst must not alias src.
+void convert(void* dst, DType dstType, const void* src, DType srcType, size_t n);
+
 // data[i] = data[i] / divisor, the last step of an average.
 void divide(void* data, size_t n, DType dtype, double divisor);
 
@@ -28,8 +32,6 @@ void reduceNScalar(void* dst, const void* const* srcs, size_t k, size_t n, DType
 // The instruction set the CPU kernels dispatch to on this machine: "avx512",
 // "avx2" or "scalar".  RINGFLOW_SIMD=<level> in the environment lowers it.
 const char* simdLevel();
-// Reads (and so checks) RINGFLOW_SIMD and RINGFLOW_KERNEL_THREADS.
-void readKernelSettings();
 
 // Lowers (or restores, up to what the CPU has) the level the kernels use, so
 // tests and benchmarks can compare paths; returns the level now in force.

@@ -35,8 +35,7 @@ class RoutedTransport : public Transport {
   std::string abortReason(uint64_t comm) override;
   void close() override;
 
-  TcpTransport& tcp() { return *tcp_; }
-  ShmTransport& shm() { return *shm_; }
+  ShmTransport* sharedMemory() override { return shm_.get(); }
 
  private:
   std::shared_ptr<TcpTransport> tcp_;

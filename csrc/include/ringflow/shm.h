@@ -71,16 +71,16 @@ class ShmTransport {
   int localIndex(int globalRank) const { return localOf_[globalRank]; }
   int globalRank(int local) const { return localRanks_[local]; }
   int localSize() const { return int(localRanks_.size()); }
-  shm::Header& header(int local) { return *headers_[local]; }
-  char* slot(int local) { return slots_[local]; }
   size_t slotBytes() const { return options_.slotBytes; }
   // Every local rank can read and write every other's memory
   // (process_vm_readv/writev).
   bool crossMemoryEverywhere();
-  uint64_t nextArenaStep() { return ++arenaStep_; }
   Mailbox& mailbox() { return *mailbox_; }
 
  private:
+  // The arena protocol reads and writes the segments' headers and slots.
+  friend class ShmArenaStep;
+
   struct SendItem;
   struct Link;
 

@@ -1,8 +1,8 @@
 // Transports move framed, tagged messages between ranks; algorithms see only
 // asynchronous send/recv requests.  Every message carries the descriptor of
-// the call that sent it (op kind, sequence number, count, dtype, reduce op,
-// root), so a receiver whose own call differs raises a MismatchError naming
-// both calls instead of hanging or producing a wrong result.
+// the call that sent it (op.h), so a receiver whose own call differs raises a
+// MismatchError naming both calls instead of hanging or producing a wrong
+// result.
 #pragma once
 
 #include <atomic>
@@ -16,46 +16,12 @@
 #include <string>
 #include <vector>
 
+#include "ringflow/op.h"
 #include "ringflow/types.h"
 
 namespace ringflow {
 
-using Clock = std::chrono::steady_clock;
-using Deadline = Clock::time_point;
-
-// Values are part of the wire format: append only.
-enum class OpKind : uint8_t {
-  None = 0,
-  AllReduce,
-  Broadcast,
-  AllGather,
-  ReduceScatter,
-  Reduce,
-  Gather,
-  Scatter,
-  AllToAll,
-  Barrier,
-  Send,
-  Split,
-};
-const char* opKindName(OpKind kind);
-
-// What one call is.  Two ranks in the same collective must agree on all of it.
-struct OpDesc {
-  uint64_t seq = 0;  // position of the call in its communicator's order
-  uint64_t count = 0;
-  OpKind kind = OpKind::None;
-  DType dtype = DType::UInt8;
-  ReduceOp op = ReduceOp::Sum;
-  uint32_t root = 0;
-
-  bool operator==(const OpDesc& o) const {
-    return seq == o.seq && count == o.count && kind == o.kind && dtype == o.dtype &&
-           op == o.op && root == o.root;
-  }
-  bool operator!=(const OpDesc& o) const { return !(*this == o); }
-  std::string str() const;  // e.g. "allreduce #5 (count=100, float32, sum)"
-};
+class ShmTransport;
 
 // Collective messages are matched by (comm, seq, slot); point-to-point ones
 // by (comm, per-peer-and-tag counter, tag) on their own channel.
@@ -157,6 +123,10 @@ class Transport {
 
   // Says goodbye to every peer and stops the progress thread.
   virtual void close() = 0;
+
+  // The shared-memory transport among this transport's links, whose arena
+  // a same-host allreduce may use; null when there is none.
+  virtual ShmTransport* sharedMemory() { return nullptr; }
 };
 
 }  // namespace ringflow

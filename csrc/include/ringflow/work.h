@@ -8,7 +8,7 @@
 #include <mutex>
 #include <string>
 
-#include "ringflow/transport.h"
+#include "ringflow/op.h"
 
 namespace ringflow {
 

@@ -1,7 +1,8 @@
 #include "ringflow/collectives.h"
 
-#include "algo/algorithms.h"
+#include "ringflow/algorithms.h"
 #include "ringflow/env.h"
+#include "ringflow/settings.h"
 
 namespace ringflow {
 namespace {
@@ -55,6 +56,14 @@ size_t inlineLimit() {
   static const size_t limit = envSize("RINGFLOW_INLINE_BYTES", 256 << 10);
   return limit;
 }
+
+namespace {
+const SettingsRegistration kSettings(
+    {{"RINGFLOW_INLINE_BYTES",
+      "blocking collectives up to this size run on the calling thread when nothing is queued "
+      "(default 262144; 0 = never)"}},
+    [] { inlineLimit(); });
+}  // namespace
 
 WorkPtr allreduce(Comm& c, Buffer data, ReduceOp op, bool blocking) {
   checkBuffer("allreduce", "tensor", data);
@@ -155,6 +164,19 @@ WorkPtr alltoall(Comm& c, Buffer in, Buffer out, std::vector<size_t> inCounts,
   return c.submit(d, [cp, in, out, inCounts, outCounts] {
     algo::pairwiseAlltoall(*cp, in, out, inCounts, outCounts);
   }, runHere(blocking, in.bytes() + out.bytes()));
+}
+
+std::shared_ptr<Comm> split(Comm& c, int color, int key) {
+  std::vector<int64_t> mine = {color, key};
+  std::vector<int64_t> all(2 * size_t(c.size()));
+  OpDesc d;
+  d.kind = OpKind::Split;
+  d.dtype = DType::Int64;
+  d.count = 2;
+  Buffer in{mine.data(), 2, DType::Int64}, out{all.data(), all.size(), DType::Int64};
+  Comm* cp = &c;
+  c.submit(d, [cp, in, out] { algo::ringAllgather(*cp, in, out); })->wait();
+  return c.splitByColor(all, color);
 }
 
 WorkPtr barrier(Comm& c, bool blocking) {

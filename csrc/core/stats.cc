@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "ringflow/env.h"
+#include "ringflow/settings.h"
 
 namespace ringflow {
 namespace {
@@ -19,6 +20,14 @@ Stats& Stats::global() {
   static Stats* s = new Stats();  // never destroyed: op threads may record at exit
   return *s;
 }
+
+namespace {
+const SettingsRegistration kSettings(
+    {{"RINGFLOW_WARN_MS",
+      "watchdog: warn when a call's aggregation phase or whole call exceeds this many ms, a "
+      "decimal number (default 10000, 0 or less = off)"}},
+    [] { Stats::global(); });
+}  // namespace
 
 Stats::Stats() : warnMs_(envDouble("RINGFLOW_WARN_MS", 10000.0)) {}
 

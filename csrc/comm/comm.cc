@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstdio>
 
-#include "algo/algorithms.h"
 #include "ringflow/stats.h"
 
 namespace ringflow {
@@ -227,15 +226,10 @@ void Comm::waitAll(std::vector<RequestPtr>& reqs) {
   reqs.clear();
 }
 
-std::shared_ptr<Comm> Comm::split(int color, int key) {
-  std::vector<int64_t> mine = {color, key};
-  std::vector<int64_t> all(2 * size_t(size()));
-  OpDesc desc;
-  desc.kind = OpKind::Split;
-  desc.dtype = DType::Int64;
-  desc.count = 2;
-  Buffer in{mine.data(), 2, DType::Int64}, out{all.data(), all.size(), DType::Int64};
-  submit(desc, [this, in, out] { algo::ringAllgather(*this, in, out); })->wait();
+std::shared_ptr<Comm> Comm::splitByColor(const std::vector<int64_t>& all, int color) {
+  if (all.size() != 2 * size_t(size()))
+    throw InvalidArgument("split: " + std::to_string(all.size()) + " values for " +
+                          std::to_string(size()) + " ranks");
   uint64_t tag = mix(++splits_) ^ mix(uint64_t(int64_t(color)) + 0x5157);
   if (color < 0) return nullptr;
   std::vector<std::pair<int64_t, int>> order;
