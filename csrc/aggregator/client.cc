@@ -23,9 +23,10 @@ constexpr int kAbortCheckMs = 50;  // how soon a peer's failure stops our wait
 // Rejected notices are unauthenticated, so one alone proves nothing: a call
 // fails on them only after kRejectedRun of them from one aggregator, over at
 // least kRejectedSpanMs, with no authentic packet from it in between -- a
-// call that is making progress is never failed by them.
+// call that the aggregator answers at least every kRejectedSpanMs is never
+// failed by them, and no notice is ever taken for a result.
 constexpr int kRejectedRun = 3;
-constexpr double kRejectedSpanMs = 200;
+constexpr double kRejectedSpanMs = 500;
 constexpr int kGoodbyeCopies = 3;  // UDP may lose one; nothing answers a goodbye
 
 double msBetween(Clock::time_point a, Clock::time_point b) {
