@@ -50,11 +50,17 @@
 // count 0, flags 0 and mac 0.  It cannot be authenticated (the worker's
 // key is not the aggregator's), so a worker may let notices only fail a
 // call sooner -- after a run of them with no authentic packet from that
-// aggregator in between, it fails with an error naming
-// RINGFLOW_AGG_TOKEN -- never change a result.  A notice is never longer
-// than the packet that caused it (the header alone), and the aggregator
-// sends at most a few per second per source address and a bounded number
-// per second in all, so it cannot be used as an amplifier.
+// aggregator in between (the client: 3 notices over at least 500 ms), it
+// fails with an error naming RINGFLOW_AGG_TOKEN -- never change a result.
+// A notice is never longer than the packet that caused it (the header
+// alone), and the aggregator sends at most 4 a second to one source address
+// and 256 a second in all (NoticeLimiter, aggregator/job_table.h), so it
+// cannot be used as an amplifier.  Malformed datagrams get no notice.
+//
+// Goodbye and Rejected extend version 1 compatibly: an aggregator that
+// predates them counts a Goodbye as malformed (the entry then frees after
+// --job-idle-s, as before), and a worker that predates them ignores
+// notices (its call then ends at its timeout, as before).
 //
 // Mismatched calls.  Every packet names the call and the tensor's size, and
 // the aggregator checks that all contributions to a round agree; if not it
