@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     except (ValueError, _C.Error) as e:
         # A user's mistake (no token beyond loopback, a port in use, a bad
         # flag): one line, as argparse reports its own, not a traceback.
-        message = " ".join(str(e).split())
+        message = " ".join(str(e).split()).removeprefix("aggregator: ")
         p.exit(2, f"{p.prog}: error: {message}\n")
     print(f"ringflow aggregator listening on {args.host}:{core.port} "
           f"(workers={args.workers}, jobs={args.jobs}, slots={args.slots}, "
