@@ -251,16 +251,6 @@ def test_mismatched_calls_fail_on_every_rank():
         assert seconds < 15, f"rank {rank} waited {seconds:.1f} s"
 
 
-def test_packets_without_the_token_are_dropped_and_the_call_times_out():
-    with ringflow.Aggregator(workers=2, token="right") as agg:
-        results = run_world(2, allreduce_error, 3, [10, 10],
-                            env=env_for(agg, RINGFLOW_AGG_TOKEN="wrong"), timeout=60)
-        stats = agg.stats()
-    for _, message, _ in results:
-        assert "no result from aggregator" in message, message
-    assert stats["bad_mac"] > 0 and stats["contributions"] == 0
-
-
 @pytest.mark.parametrize("env, expected", [
     ({"RINGFLOW_ALGO": "aggregate"}, "RINGFLOW_AGGREGATOR"),
     ({"RINGFLOW_ALGO": "aggregate", "RINGFLOW_AGGREGATOR": "127.0.0.1:1",

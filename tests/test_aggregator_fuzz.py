@@ -27,7 +27,8 @@ from ringflow import _C
 HOST = "127.0.0.1"
 TOKEN = "fuzz-token"
 HEADER = _C.PACKET_HEADER_BYTES
-DATA, RESULT, ERROR = 1, 2, 3
+DATA, RESULT, ERROR, REJECTED = 1, 2, 3, 5
+NOTICES_PER_ADDRESS = 4  # Rejected notices a second to one address (job_table.h)
 SHADOW = 0x80000000
 NO_EXPONENT = -32768
 MAGIC = 0x47414652
@@ -269,6 +270,7 @@ def test_fuzzing_does_not_disturb_a_genuine_job():
         fuzzer = Fuzzer(rng)
         socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
         replies, too_big, sent, thread = Counter(), 0, 0, None
+        longest_notice, started = 0, time.monotonic()
         try:
             good.round(0, time.monotonic() + DEADLINE)  # the genuine job has its entry first
             good.next_round = 1
@@ -277,7 +279,8 @@ def test_fuzzing_does_not_disturb_a_genuine_job():
             for s in socks:
                 s.bind((HOST, 0))
                 s.setblocking(False)
-            end = time.monotonic() + FUZZ_SECONDS
+            started = time.monotonic()
+            end = started + FUZZ_SECONDS
             while time.monotonic() < end and thread.is_alive():
                 for datagram in fuzzer.next():
                     try:
@@ -297,8 +300,11 @@ def test_fuzzing_does_not_disturb_a_genuine_job():
                                 break
                             d = _C.decode_packet(data, token=TOKEN)
                             replies[d["type"], d["authentic"], d["magic"] == MAGIC] += 1
+                            if d["type"] == REJECTED:
+                                longest_notice = max(longest_notice, len(data))
                     time.sleep(0.001)  # the genuine job and the service need the CPUs too
         finally:
+            fuzz_seconds = time.monotonic() - started
             fuzzing_done.set()
             if thread is not None:
                 thread.join(DEADLINE + 10)
@@ -331,6 +337,11 @@ def test_fuzzing_does_not_disturb_a_genuine_job():
     assert stats["results"] >= GOOD_SLOTS * (good.next_round + 1), f"{stats} {where}"
     assert 1 <= stats["jobs_active"] <= JOBS, f"{stats} {where}"
     assert stats["memory_bytes"] == stats["jobs_active"] * PER_JOB <= JOBS * PER_JOB, where
-    # packet.h: the aggregator answers with Result and Error packets, signed.
+    # packet.h: the aggregator answers with Result and Error packets, signed,
+    # and with Rejected notices: unsigned, a header long, rationed per address.
+    notices = replies.pop((REJECTED, False, True), 0)
+    assert longest_notice <= HEADER, f"a notice of {longest_notice} bytes {where}"
+    assert notices <= NOTICES_PER_ADDRESS * len(socks) * (int(fuzz_seconds) + 1), \
+        f"{notices} notices in {fuzz_seconds:.1f} s {where}"
     invalid = {k: n for k, n in replies.items() if k[0] not in (RESULT, ERROR) or not all(k[1:])}
     assert not invalid, f"(type, authentic, magic ok): count of bad replies {invalid} {where}"

@@ -2,7 +2,8 @@
 on raw UDP sockets speak the wire format of ringflow/packet.h to an
 in-process aggregator and check exact sums, exactly-once adding across
 duplicates, lost results and stale rounds, the Error replies, packet
-integrity, the bounded job table and the `ringflow aggregator` command.
+integrity and the rationed Rejected notices, the bounded job table and the
+goodbye that frees a job's entry, and the `ringflow aggregator` command.
 
 Silence is checked with a probe rather than a timeout: the aggregator
 handles one socket's datagrams in order and answers in order, so when a
@@ -33,7 +34,8 @@ from ringflow import _C
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 HEADER = _C.PACKET_HEADER_BYTES
-DATA, RESULT, ERROR = 1, 2, 3
+DATA, RESULT, ERROR, GOODBYE, REJECTED = 1, 2, 3, 4, 5
+NOTICES_PER_ADDRESS = 4  # NoticeLimiter::kPerAddress: per second, per source address
 SHADOW = 0x80000000
 NO_WORKER = 0xFFFF
 NO_EXPONENT = -32768
@@ -104,6 +106,21 @@ class Worker:
         assert (reply["type"], reply["count"], reply["slot_index"]) == \
             (ERROR, SLOT_OUT_OF_RANGE, PROBE_SLOT), f"an answer before the probe's: {reply}"
         assert reply["authentic"], reply
+
+    def expect_rejected(self, sent: bytes) -> None:
+        """The next reply is the Rejected notice for `sent`: its header alone,
+        unsigned, echoing the fields that let the worker match it."""
+        reply = self.receive()
+        assert reply["type"] == REJECTED, reply
+        assert len(reply["bytes"]) == HEADER <= len(sent), reply
+        assert (reply["mac"], reply["flags"], reply["count"], reply["sender"]) == \
+            (0, 0, 0, NO_WORKER), reply
+        fields = _C.decode_packet(sent)
+        for f in ("job", "slot", "round", "call", "workers"):
+            assert reply[f] == fields[f], (f, reply, fields)
+
+    def goodbye(self, token=None) -> None:
+        self.send(self.packet(0, 0, type=GOODBYE, token=token))
 
     def close(self):
         self.sock.close()
@@ -408,9 +425,11 @@ def test_a_corrupted_packet_is_dropped_as_bad_mac(serve, workers_of, where):
     bad = bytearray(good)
     bad[where] ^= 0x01
     w0.send(bytes(bad))
+    w0.expect_rejected(bytes(bad))
     w0.expect_silence()
     stats = agg.stats()
     assert (stats["bad_mac"], stats["malformed"], stats["contributions"]) == (1, 0, 0)
+    assert stats["rejected_notices"] == 1
     w0.send(good)
     w1.contribute(0, 0, [0, 0, 0, 0])
     np.testing.assert_array_equal(values_of(w0.receive()), [1, 2, 3, 4])
@@ -434,6 +453,7 @@ def test_a_corrupted_contribution_leaves_the_sum_exact(serve, workers_of, count,
             bad = bytearray(w.packet(0, 0, vals[r]))
             bad[HEADER + 4 * (count // 2) if where == "payload" else 40] ^= 0x10
             w.send(bytes(bad))
+            w.expect_rejected(bytes(bad))
             w.expect_silence()
         w.contribute(0, 0, vals[r])
     want = np.sum(vals, axis=0)
@@ -480,9 +500,13 @@ def test_with_a_token_only_packets_signed_with_it_count(serve, workers_of):
     agg = serve(2, token="s3cret", packet_elems=8)
     w0, w1 = workers_of(agg, 2, token="s3cret")
     a, b = [3, -4, 5], [-3, 4, 6]
-    w0.send(w0.packet(0, 0, a, token=""))  # the unkeyed checksum
-    w0.send(w0.packet(0, 0, a, token="other"))  # another job's key
-    w0.send(w0.packet(0, 0, a, sign=False, flags=FLAG_KEYED))  # claims a MAC, has none
+    forged = [w0.packet(0, 0, a, token=""),  # the unkeyed checksum
+              w0.packet(0, 0, a, token="other"),  # another job's key
+              w0.packet(0, 0, a, sign=False, flags=FLAG_KEYED)]  # claims a MAC, has none
+    for p in forged:
+        w0.send(p)
+    for p in forged:
+        w0.expect_rejected(p)
     w0.expect_silence()
     stats = agg.stats()
     assert (stats["bad_mac"], stats["contributions"], stats["malformed"]) == (3, 0, 0)
@@ -497,6 +521,42 @@ def test_with_a_token_only_packets_signed_with_it_count(serve, workers_of):
     # The aggregator's own Error replies are keyed too.
     w0.expect_silence()
     assert agg.stats()["results"] == 1
+
+
+def test_rejected_notices_are_rationed_per_source_address(serve, workers_of):
+    """A worker with the wrong token hears that its packets are rejected, but
+    a flood of forged packets gets at most a few header-sized notices a
+    second per source address: the aggregator is no amplifier."""
+    agg = serve(2, token="s3cret", packet_elems=64)
+    flooder, other = workers_of(agg, 2, token="wrong")
+    forged = flooder.packet(0, 0, list(range(64)))
+    started = time.monotonic()
+    for _ in range(50):
+        flooder.send(forged)
+    flooder.send(flooder.packet(PROBE_SLOT, 0, token="s3cret"))  # answered last
+    notices = 0
+    while (reply := flooder.receive())["type"] == REJECTED:
+        assert len(reply["bytes"]) == HEADER < len(forged), reply
+        notices += 1
+    assert reply["type"] == ERROR and reply["slot_index"] == PROBE_SLOT, reply
+    # The budget is per second: allow for every second the flood took.
+    seconds = int(time.monotonic() - started) + 1
+    assert 1 <= notices <= NOTICES_PER_ADDRESS * seconds, notices
+    # Another address has a budget of its own.
+    other.send(forged)
+    other.expect_rejected(forged)
+    stats = agg.stats()
+    assert stats["bad_mac"] == 51 and stats["rejected_notices"] == notices + 1, stats
+    assert stats["contributions"] == 0
+
+
+@pytest.mark.parametrize("what", ["short", "wrong magic", "truncated payload"])
+def test_a_malformed_datagram_gets_no_notice(serve, workers_of, what):
+    agg = serve(2, token="s3cret", packet_elems=8)
+    w, _ = workers_of(agg, 2, token="s3cret")
+    w.send(MALFORMED[what](w))
+    w.expect_silence()
+    assert agg.stats()["rejected_notices"] == 0
 
 
 def test_listening_beyond_loopback_needs_a_token():
@@ -649,6 +709,72 @@ def test_idle_jobs_are_evicted_and_their_entry_reused(serve, workers_of):
     assert stats["memory_bytes"] == memory_per_job(slots, elems)
 
 
+def test_a_full_table_names_its_limits_and_the_flags_that_change_them(serve, workers_of):
+    agg = serve(2, jobs=1, packet_elems=8, job_idle_s=7.5)
+    (a0,) = workers_of(agg, 2, job=1)[:1]
+    (b0,) = workers_of(agg, 2, job=2)[:1]
+    a0.contribute(0, 0, [1])
+    p = b0.contribute(0, 0, [2])
+    reply = b0.receive()
+    assert_error(reply, TOO_MANY_JOBS, _C.decode_packet(p))
+    assert (reply["offset"], reply["total"]) == (1, 7500), reply  # --jobs, --job-idle-s in ms
+    for phrase in ("--jobs 1", "--job-idle-s", "7.5 s", "shut down"):
+        assert phrase in reply["error"], (phrase, reply["error"])
+
+
+def test_a_job_every_worker_said_goodbye_to_frees_its_entry_at_once(serve, workers_of):
+    slots, elems = 2, 8
+    agg = serve(2, jobs=1, slots=slots, packet_elems=elems, job_idle_s=3600)
+    a0, a1 = workers_of(agg, 2, job=1)
+    b0, b1 = workers_of(agg, 2, job=2)
+    a0.contribute(0, 0, [1])
+    a1.contribute(0, 0, [2])
+    for w in (a0, a1):
+        assert values_of(w.receive()).tolist() == [3]
+    a0.goodbye()
+    a0.goodbye()  # a copy, as UDP may deliver one
+    a0.expect_silence()
+    assert agg.stats()["jobs_active"] == 1, "freed before every worker said goodbye"
+    p = b0.contribute(0, 0, [5])
+    assert_error(b0.receive(), TOO_MANY_JOBS, _C.decode_packet(p))
+    a1.goodbye()
+    a1.expect_silence()
+    stats = agg.stats()
+    assert (stats["jobs_closed"], stats["jobs_active"], stats["memory_bytes"]) == (1, 0, 0), stats
+    assert stats["jobs_evicted"] == 0
+    # A late packet of the closed job opens nothing; the next job gets the entry.
+    a0.contribute(1, 0, [1])
+    a0.expect_silence()
+    b0.contribute(0, 0, [5])
+    b1.contribute(0, 0, [37])
+    for w in (b0, b1):
+        r = w.receive()
+        assert r["type"] == RESULT and values_of(r).tolist() == [42], r
+    stats = agg.stats()
+    assert (stats["jobs_opened"], stats["jobs_active"]) == (2, 1), stats
+    assert stats["memory_bytes"] == memory_per_job(slots, elems)
+
+
+def test_a_goodbye_without_the_token_frees_nothing(serve, workers_of):
+    agg = serve(2, jobs=1, packet_elems=8, token="s3cret", job_idle_s=3600)
+    a0, a1 = workers_of(agg, 2, job=1, token="s3cret")
+    a0.contribute(0, 0, [1])
+    a0.expect_silence()
+    for w in (a0, a1):
+        forged = w.packet(0, 0, type=GOODBYE, token="other")
+        w.send(forged)
+        w.expect_rejected(forged)
+    a1.send(a1.packet(0, 0, type=GOODBYE, count=1, values=[1]))  # goodbyes carry nothing
+    a1.expect_silence()
+    stats = agg.stats()
+    assert (stats["jobs_active"], stats["jobs_closed"], stats["malformed"]) == (1, 0, 1), stats
+    # Nor does a goodbye open a job.
+    (c0,) = workers_of(agg, 2, job=3, token="s3cret")[:1]
+    c0.goodbye()
+    c0.expect_silence()
+    assert agg.stats()["jobs_opened"] == 1
+
+
 # --- the command ---------------------------------------------------------------------------
 
 def test_the_aggregator_command_serves_and_prints_its_counters_on_sigterm(tmp_path):
@@ -695,3 +821,16 @@ def test_the_aggregator_command_serves_and_prints_its_counters_on_sigterm(tmp_pa
             proc.kill()
             proc.wait()
         stderr.close()
+
+
+def test_the_command_refuses_a_host_beyond_loopback_without_a_token_in_one_line():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RINGFLOW_AGG")}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    proc = subprocess.run([sys.executable, "-m", "ringflow.cli", "aggregator", "--host", "0.0.0.0",
+                           "--port", "0", "--workers", "2"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0, proc
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "RINGFLOW_AGG_TOKEN" in lines[0] and "0.0.0.0" in lines[0], lines[0]
+    assert proc.stdout == "", proc.stdout

@@ -20,6 +20,14 @@ constexpr int kSocketBuffer = 16 << 20;
 constexpr size_t kRecvBatch = 8;  // 8 x 64 KiB stays in L2 for the checks and adds that follow
 constexpr double kMinRtoMs = 20, kMaxRtoMs = 1000;
 constexpr int kAbortCheckMs = 50;  // how soon a peer's failure stops our wait
+// Rejected notices are unauthenticated, so one alone proves nothing: a call
+// fails on them only after kRejectedRun of them from one aggregator, over at
+// least kRejectedSpanMs, with no authentic packet from it in between -- a
+// call that the aggregator answers at least every kRejectedSpanMs is never
+// failed by them, and no notice is ever taken for a result.
+constexpr int kRejectedRun = 3;
+constexpr double kRejectedSpanMs = 500;
+constexpr int kGoodbyeCopies = 3;  // UDP may lose one; nothing answers a goodbye
 
 double msBetween(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
@@ -64,7 +72,28 @@ Client::Client(ClientConfig config)
 }
 
 Client::~Client() {
+  sayGoodbye();
   for (int fd : fds_) close(fd);
+}
+
+// Lets every aggregator free the job's entry as soon as all workers are
+// done, instead of after --job-idle-s of silence.  Best effort: a lost
+// goodbye leaves the entry to the idle eviction, as before.
+void Client::sayGoodbye() noexcept {
+  PacketHeader h{};
+  h.magic = kPacketMagic;
+  h.version = kPacketVersion;
+  h.type = uint8_t(PacketType::Goodbye);
+  h.job = config_.job;
+  h.sender = uint16_t(config_.rank);
+  h.workers = uint16_t(config_.workers);
+  h.nextExponent = kNoExponent;
+  auth_.sign(h, nullptr, 0);
+  for (int fd : fds_)
+    for (int i = 0; i < kGoodbyeCopies; ++i) {
+      ssize_t ignored = send(fd, &h, sizeof h, MSG_DONTWAIT);
+      (void)ignored;
+    }
 }
 
 // One allreduceSum call: the lanes (aggregator, slot) and their loop.
@@ -88,13 +117,18 @@ struct Client::Call {
   std::vector<Lane> lanes;
   std::vector<SendBatch> out;
   size_t active = 0;
+  struct Rejections {
+    int count = 0;  // notices since the aggregator's last authentic packet
+    Clock::time_point since;
+  };
+  std::vector<Rejections> rejections;  // per aggregator
   // Received datagrams the injector held back, with their aggregator.
   std::vector<std::pair<size_t, std::vector<char>>> deferred;
 
   Call(Client& c, float* d, size_t count, uint32_t callNo)
       : cl(c), data(d), n(count), chunks((count + c.config_.packetElems - 1) / c.config_.packetElems),
         call(callNo), aggs(c.fds_.size()), slots(c.config_.slots), k(c.config_.packetElems),
-        lanes(aggs * slots), out(aggs) {}
+        lanes(aggs * slots), out(aggs), rejections(aggs) {}
 
   size_t stride() const { return aggs * slots; }  // chunk c, then c + stride on one lane
   size_t offsetOf(size_t chunk) const { return chunk * k; }
@@ -207,19 +241,26 @@ struct Client::Call {
     PacketHeader h;
     if (len < sizeof h) return void(clientTraffic().stale++);
     std::memcpy(&h, d, sizeof h);
+    if (h.magic != kPacketMagic || h.version != kPacketVersion || h.job != cl.config_.job)
+      return void(clientTraffic().stale++);
+    if (h.type == uint8_t(PacketType::Rejected)) {
+      // Unauthenticated: only counted (see kRejectedRun), never acted on alone.
+      if (len == sizeof h && rejections[a].count++ == 0) rejections[a].since = Clock::now();
+      return void(clientTraffic().stale++);
+    }
     bool isError = h.type == uint8_t(PacketType::Error);
     size_t pbytes = isError ? 0 : payloadBytes(h.count);
-    if (h.magic != kPacketMagic || h.version != kPacketVersion || h.job != cl.config_.job ||
-        (!isError && h.type != uint8_t(PacketType::Result)) || len != sizeof h + pbytes ||
+    if ((!isError && h.type != uint8_t(PacketType::Result)) || len != sizeof h + pbytes ||
         !cl.auth_.verify(h, d + sizeof h, pbytes))
       return void(clientTraffic().stale++);
+    rejections[a].count = 0;  // it knows our key
     if (isError) {
       auto code = ErrorCode(h.count);
       std::string why = "aggregate: aggregator " + cl.config_.aggregators[a].text +
                         " refused call " + std::to_string(h.call) + " (slot " +
-                        std::to_string(slotIndex(h)) + "): " + errorCodeName(code);
+                        std::to_string(slotIndex(h)) + "): " + errorText(h);
       if (code == ErrorCode::Inconsistent) throw MismatchError(why);
-      throw Error(why);
+      throw PeerError(why);  // the aggregator is the call's other party
     }
     size_t l = a * slots + slotIndex(h);
     if (slotIndex(h) >= slots || !lanes[l].active) return void(clientTraffic().stale++);
@@ -312,8 +353,23 @@ struct Client::Call {
       }
       flush();
       if (!active) break;
+      checkRejections(now);
       if (std::string why = aborted(); !why.empty()) throw PeerError(why);
       if (now >= deadline) timedOut();
+    }
+  }
+
+  void checkRejections(Clock::time_point now) {
+    for (size_t a = 0; a < aggs; ++a) {
+      const Rejections& r = rejections[a];
+      if (r.count < kRejectedRun || msBetween(r.since, now) < kRejectedSpanMs) continue;
+      throw PeerError(
+          "aggregate: the aggregator rejects our packets' MACs: is RINGFLOW_AGG_TOKEN the same "
+          "everywhere? (aggregator " + cl.config_.aggregators[a].text + " sent " +
+          std::to_string(r.count) + " rejection notices in " +
+          std::to_string(int(msBetween(r.since, now))) + " ms and no result; this worker " +
+          (cl.auth_.keyed() ? "has a token" : "has no token") +
+          ", and the aggregator needs the one it was started with)");
     }
   }
 

@@ -44,6 +44,9 @@ class Client {
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
+  // The destructor says goodbye to every aggregator, so that the job's
+  // entry frees once all workers have (packet.h, "Goodbye").
+
   // data[i] becomes the sum over all workers (dequantised); `call` is the
   // same number on every worker.  `aborted` is asked now and then and stops
   // the call when it returns a reason.  Throws TimeoutError at `deadline`.
@@ -51,6 +54,7 @@ class Client {
                     const std::function<std::string()>& aborted);
 
  private:
+  void sayGoodbye() noexcept;
   struct Lane;
   struct Call;
   ClientConfig config_;

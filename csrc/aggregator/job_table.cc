@@ -1,8 +1,10 @@
 #include "job_table.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "checksum.h"
+#include "udp.h"
 
 namespace ringflow::agg {
 
@@ -15,6 +17,9 @@ struct JobTable::PacketCheck {
   const PacketHeader& h;
   const char* payload;
   size_t bytes;
+  const sockaddr_storage& from;  // where a Rejected notice would go
+  socklen_t fromLen;
+  SteadyClock::time_point now;
   int state = 0;  // 0 not yet known, 1 good, -1 bad
 
   bool ok() {
@@ -47,7 +52,35 @@ void bump(std::atomic<T>& c, T n = 1) {
   c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
 }
 
+constexpr size_t kClosedRemembered = 64;
+
+size_t addressHash(const sockaddr_storage& a, socklen_t len) {
+  uint64_t h = 0xcbf29ce484222325ull;  // FNV-1a
+  auto* b = reinterpret_cast<const unsigned char*>(&a);
+  for (socklen_t i = 0; i < len; ++i) h = (h ^ b[i]) * 0x100000001b3ull;
+  return size_t(h ^ (h >> 32));
+}
+
 }  // namespace
+
+bool NoticeLimiter::allow(const sockaddr_storage& to, socklen_t toLen,
+                          SteadyClock::time_point now) {
+  const auto second = std::chrono::seconds(1);
+  if (now - all_.since >= second) all_.since = now, all_.sent = 0;
+  if (all_.sent >= kInAll) return false;
+  Window& w = table_[addressHash(to, toLen) % table_.size()];
+  if (!w.used || !sameAddress(w.addr, to)) {
+    if (w.used && now - w.since < second) return false;  // another address's second
+    w = Window{};
+    std::memcpy(&w.addr, &to, toLen);
+    w.since = now, w.used = true;
+  } else if (now - w.since >= second) {
+    w.since = now, w.sent = 0;
+  }
+  if (w.sent >= kPerAddress) return false;
+  ++w.sent, ++all_.sent;
+  return true;
+}
 
 JobTable::JobTable(const AggregatorConfig& config) : config_(config), auth_(config.token) {
   jobs_.reserve(size_t(config.jobs));
@@ -67,6 +100,7 @@ AggregatorStats JobTable::stats() const {
   s.contributions = r(c.contributions), s.results = r(c.results), s.elements = r(c.elements);
   s.duplicates = r(c.duplicates), s.shadowAnswers = r(c.shadowAnswers), s.stale = r(c.stale);
   s.malformed = r(c.malformed), s.badMac = r(c.badMac), s.refused = r(c.refused);
+  s.rejectedNotices = r(c.rejectedNotices), s.jobsClosed = r(c.jobsClosed);
   s.jobsOpened = r(c.jobsOpened), s.jobsEvicted = r(c.jobsEvicted);
   s.jobsActive = r(c.jobsActive), s.memoryBytes = size_t(r(c.memoryBytes));
   return s;
@@ -79,24 +113,28 @@ void JobTable::handle(const char* data, size_t len, bool truncated, const sockad
   PacketHeader h;
   if (truncated || len < sizeof h) return bump(counters_.malformed);
   std::memcpy(&h, data, sizeof h);
+  const bool goodbye = h.type == uint8_t(PacketType::Goodbye);
   if (h.magic != kPacketMagic || h.version != kPacketVersion ||
-      h.type != uint8_t(PacketType::Data) || len != sizeof h + payloadBytes(h.count))
+      !(h.type == uint8_t(PacketType::Data) || (goodbye && h.count == 0)) ||
+      len != sizeof h + payloadBytes(h.count))
     return bump(counters_.malformed);
   const char* payload = data + sizeof h;
-  PacketCheck check{auth_, h, payload, payloadBytes(h.count)};
-  if (!check.deferred() && !check.ok()) return bump(counters_.badMac);
+  PacketCheck check{auth_, h, payload, payloadBytes(h.count), from, fromLen, now};
+  if (!check.deferred() && !check.ok()) return rejected(check, out);
   // Field errors are answered once the packet is known authentic, so the
   // worker can fail with a reason instead of a timeout.
   if (h.workers == 0 || h.workers > 64 || h.sender >= h.workers || h.reserved != 0 ||
       (h.slot & kShadowBit) != (slotField(0, h.round) & kShadowBit))
-    return bump(check.ok() ? counters_.malformed : counters_.badMac);
+    return check.ok() ? bump(counters_.malformed) : rejected(check, out);
+  if (goodbye) return check.ok() ? farewell(h, now) : rejected(check, out);
   ErrorCode why{};
   Job* job = nullptr;
   if (h.count > config_.packetElems) why = ErrorCode::TooManyElements;
   else if (slotIndex(h) >= config_.slots) why = ErrorCode::SlotOutOfRange;
   else job = findOrOpen(h, now, &why);
   if (!job) {
-    if (!check.ok()) return bump(counters_.badMac);
+    if (!check.ok()) return rejected(check, out);
+    if (why == ErrorCode{}) return bump(counters_.stale);  // a late packet of a closed job
     return refuse(h, why, from, fromLen, out);
   }
   job->lastSeen = now;
@@ -114,6 +152,7 @@ JobTable::Job* JobTable::findOrOpen(const PacketHeader& h, SteadyClock::time_poi
       *why = ErrorCode::WrongWorkers;
       return nullptr;
     }
+  if (std::find(closed_.begin(), closed_.end(), h.job) != closed_.end()) return nullptr;
   if (config_.workers != 0 && h.workers != config_.workers) {
     *why = ErrorCode::WrongWorkers;
     return nullptr;
@@ -151,18 +190,18 @@ void JobTable::contribute(Job& job, const PacketHeader& h, PacketCheck& check,
   const bool reuse = !first && h.round == set.round + 2 && slot.set[1 - v].round == h.round - 1 &&
                      slot.set[1 - v].complete && set.complete;
   if (!first && !reuse) {
-    if (h.round != set.round) return bump(check.ok() ? counters_.stale : counters_.badMac);
+    if (h.round != set.round) return check.ok() ? bump(counters_.stale) : rejected(check, out);
     if (set.complete) {
       // A complete set takes no more contributions.  A worker it counted
       // lost its result: answer from this set, adding nothing.
-      if (!check.ok()) return bump(counters_.badMac);
+      if (!check.ok()) return rejected(check, out);
       if (!(set.seen & bit)) return bump(counters_.stale);
       bump(counters_.shadowAnswers);
       out.push_back({&job.addrs[h.sender], job.addrLens[h.sender], &set.result,
                      sumsOf(job, index, v), payloadBytes(set.result.count)});
       return;
     }
-    if (set.seen & bit) return bump(check.ok() ? counters_.duplicates : counters_.badMac);
+    if (set.seen & bit) return check.ok() ? bump(counters_.duplicates) : rejected(check, out);
   }
   int32_t* sums = sumsOf(job, index, v);
   const char* payload = check.payload;
@@ -173,9 +212,9 @@ void JobTable::contribute(Job& job, const PacketHeader& h, PacketCheck& check,
     if (check.deferred()) {
       Checksum c = headerChecksum(h);
       copyChecksummed(sums, payload, h.count, c);
-      if (!check.settle(c)) return bump(counters_.badMac);
+      if (!check.settle(c)) return rejected(check, out);
     } else {
-      if (!check.ok()) return bump(counters_.badMac);
+      if (!check.ok()) return rejected(check, out);
       std::memcpy(sums, payload, payloadBytes(h.count));
     }
     if (first) {
@@ -190,7 +229,7 @@ void JobTable::contribute(Job& job, const PacketHeader& h, PacketCheck& check,
     if (h.offset != set.result.offset || h.count != set.result.count ||
         h.exponent != set.result.exponent || h.call != set.result.call ||
         h.total != set.result.total) {
-      if (!check.ok()) return bump(counters_.badMac);
+      if (!check.ok()) return rejected(check, out);
       // Every worker hears of it, so none waits for a round that cannot end.
       for (int w = 0; w < job.workers; ++w)
         if (job.addrLens[w]) refuse(h, ErrorCode::Inconsistent, job.addrs[w], job.addrLens[w], out);
@@ -210,11 +249,11 @@ void JobTable::contribute(Job& job, const PacketHeader& h, PacketCheck& check,
       addChecksummed(sums, payload, h.count, in, completes ? &sum : nullptr);
       if (!check.settle(in)) {
         subtract(sums, payload, h.count);
-        return bump(counters_.badMac);
+        return rejected(check, out);
       }
       if (completes) result.mac = sum.finish(), signedAlready = true;
     } else {
-      if (!check.ok()) return bump(counters_.badMac);
+      if (!check.ok()) return rejected(check, out);
       addInto(sums, payload, h.count);
     }
     set.result = result;
@@ -238,10 +277,61 @@ void JobTable::refuse(const PacketHeader& h, ErrorCode code, const sockaddr_stor
   e.type = uint8_t(PacketType::Error);
   e.sender = kNoWorker;
   e.count = uint32_t(code);
+  if (code == ErrorCode::TooManyJobs) {
+    // So that the worker's message can say when an entry frees, and which
+    // flags change that (errorText).
+    e.offset = uint64_t(config_.jobs);
+    e.total = uint64_t(config_.jobIdleSec * 1000);
+  }
   auth_.sign(e, nullptr, 0);
-  errors_.emplace_back(e, to);
+  queue(e, to, toLen, out);
+}
+
+void JobTable::rejected(const PacketCheck& check, std::vector<Reply>& out) {
+  bump(counters_.badMac);
+  if (!notices_.allow(check.from, check.fromLen, check.now)) return;
+  bump(counters_.rejectedNotices);
+  // The header alone: never longer than the packet (a whole header) that
+  // caused it.  Unsigned: the sender's key is not ours.
+  PacketHeader n = check.h;
+  n.type = uint8_t(PacketType::Rejected);
+  n.flags = 0;
+  n.sender = kNoWorker;
+  n.count = 0;
+  n.mac = 0;
+  queue(n, check.from, check.fromLen, out);
+}
+
+void JobTable::queue(const PacketHeader& h, const sockaddr_storage& to, socklen_t toLen,
+                     std::vector<Reply>& out) {
+  errors_.emplace_back(h, to);
   auto& [header, addr] = errors_.back();
   out.push_back({&addr, toLen, &header, nullptr, 0});
+}
+
+void JobTable::farewell(const PacketHeader& h, SteadyClock::time_point now) {
+  for (size_t i = 0; i < jobs_.size(); ++i) {
+    Job& j = jobs_[i];
+    if (j.id != h.job || j.workers != h.workers) continue;
+    j.goodbyes |= uint64_t(1) << h.sender;
+    j.lastSeen = now;
+    if (j.goodbyes != (j.workers == 64 ? ~uint64_t(0) : (uint64_t(1) << j.workers) - 1)) return;
+    // Every worker is done with it: no retransmission can still need a
+    // shadow answer, so the entry is free for the next job now.
+    bump(counters_.jobsClosed);
+    closed_.push_back(j.id);
+    if (closed_.size() > kClosedRemembered) closed_.pop_front();
+    freeJob(i);
+    return;
+  }
+  bump(counters_.stale);  // a job we do not hold: freed already, or never opened here
+}
+
+void JobTable::freeJob(size_t i) {
+  counters_.jobsActive.store(counters_.jobsActive.load() - 1);
+  counters_.memoryBytes.store(counters_.memoryBytes.load() -
+                              uint64_t(jobs_[i].sums.size() * sizeof(int32_t)));
+  jobs_.erase(jobs_.begin() + long(i));
 }
 
 void JobTable::evictIdle(SteadyClock::time_point now) {
@@ -252,10 +342,7 @@ void JobTable::evictIdle(SteadyClock::time_point now) {
       continue;
     }
     bump(counters_.jobsEvicted);
-    counters_.jobsActive.store(counters_.jobsActive.load() - 1);
-    counters_.memoryBytes.store(counters_.memoryBytes.load() -
-                                uint64_t(jobs_[i].sums.size() * sizeof(int32_t)));
-    jobs_.erase(jobs_.begin() + long(i));
+    freeJob(i);
   }
 }
 

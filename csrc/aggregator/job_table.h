@@ -4,6 +4,7 @@
 // counters are atomics so stats() can read them from any thread.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <deque>
@@ -16,6 +17,28 @@
 namespace ringflow::agg {
 
 using SteadyClock = std::chrono::steady_clock;
+
+// Rejected notices (packet.h) go to whatever address a packet claims to
+// come from, so they are rationed: at most kPerAddress a second to one
+// address and kInAll a second in all.  Addresses share a fixed table of
+// windows; one whose entry another address holds gets no notice until
+// that address's second is over, so no address ever gets more than its
+// share, and the table never grows.
+class NoticeLimiter {
+ public:
+  static constexpr int kPerAddress = 4, kInAll = 256;
+  bool allow(const sockaddr_storage& to, socklen_t toLen, SteadyClock::time_point now);
+
+ private:
+  struct Window {
+    sockaddr_storage addr{};
+    SteadyClock::time_point since{};
+    int sent = 0;
+    bool used = false;
+  };
+  std::array<Window, 64> table_{};
+  Window all_;
+};
 
 // One datagram to send: a header and a payload that stay valid until the
 // caller has flushed its batch.
@@ -34,7 +57,8 @@ class JobTable {
   // Never throws on any input: bad packets are counted and dropped.
   void handle(const char* data, size_t len, bool truncated, const sockaddr_storage& from,
               socklen_t fromLen, SteadyClock::time_point now, std::vector<Reply>& out);
-  // Frees jobs silent for config.jobIdleSec.
+  // Frees jobs silent for config.jobIdleSec (a job every worker said
+  // goodbye to is freed at once, in handle()).
   void evictIdle(SteadyClock::time_point now);
   // Call once the replies of a batch are sent: error headers are reused.
   void repliesSent() { errors_.clear(); }
@@ -61,10 +85,19 @@ class JobTable {
     std::vector<sockaddr_storage> addrs;
     std::vector<socklen_t> addrLens;
     SteadyClock::time_point lastSeen;
+    uint64_t goodbyes = 0;  // bit w: worker w's communicator shut down
   };
 
   struct PacketCheck;
+  // nullptr with *why left 0 for a job that every worker said goodbye to.
   Job* findOrOpen(const PacketHeader& h, SteadyClock::time_point now, ErrorCode* why);
+  void farewell(const PacketHeader& h, SteadyClock::time_point now);
+  void freeJob(size_t index);
+  // Counts a packet whose checksum or MAC failed and, rationed, tells its
+  // sender so (a Rejected notice).
+  void rejected(const PacketCheck& check, std::vector<Reply>& out);
+  void queue(const PacketHeader& h, const sockaddr_storage& to, socklen_t toLen,
+             std::vector<Reply>& out);
   void contribute(Job& job, const PacketHeader& h, PacketCheck& check, std::vector<Reply>& out);
   void refuse(const PacketHeader& h, ErrorCode code, const sockaddr_storage& to,
               socklen_t toLen, std::vector<Reply>& out);
@@ -76,12 +109,16 @@ class JobTable {
   PacketAuth auth_;
   std::vector<Job> jobs_;  // at most config_.jobs, each sized once at open
   std::deque<std::pair<PacketHeader, sockaddr_storage>> errors_;  // stable addresses
+  // Ids of jobs every worker said goodbye to, newest last: their late
+  // packets must not open the job again and hold an entry for nothing.
+  std::deque<uint32_t> closed_;
+  NoticeLimiter notices_;
 
   struct Counters {
     std::atomic<uint64_t> packetsReceived{0}, bytesReceived{0}, packetsSent{0}, bytesSent{0},
         contributions{0}, results{0}, elements{0}, duplicates{0}, shadowAnswers{0}, stale{0},
-        malformed{0}, badMac{0}, refused{0}, jobsOpened{0}, jobsEvicted{0}, jobsActive{0},
-        memoryBytes{0};
+        malformed{0}, badMac{0}, refused{0}, rejectedNotices{0}, jobsOpened{0}, jobsEvicted{0},
+        jobsClosed{0}, jobsActive{0}, memoryBytes{0};
   };
   Counters counters_;
 };

@@ -1,7 +1,9 @@
 // Packet integrity: the unkeyed checksum and the keyed four-lane SipHash-2-4
 // MAC (siphash.h).  Both read the header (mac field zeroed) and then the
 // payload as 64-bit little-endian words, so neither needs the two contiguous.
+#include <cstdio>
 #include <cstring>
+#include <string>
 
 #include "checksum.h"
 #include "ringflow/packet.h"
@@ -29,6 +31,20 @@ const char* errorCodeName(ErrorCode code) {
                                          "exponents for one round (mismatched allreduce calls?)";
   }
   return "unknown error";
+}
+
+std::string errorText(const PacketHeader& e) {
+  auto code = ErrorCode(e.count);
+  std::string text = errorCodeName(code);
+  if (code != ErrorCode::TooManyJobs) return text;
+  // The aggregator says what its limits are, so the message can name them.
+  char idle[32];
+  std::snprintf(idle, sizeof idle, "%g", double(e.total) / 1000);
+  return text + " (--jobs " + std::to_string(e.offset) +
+         "); a job's entry frees when every worker of it has shut down its communicator (a "
+         "clean exit or destroy_process_group), or after " + idle +
+         " s without packets (--job-idle-s): wait, or restart the aggregator with a larger "
+         "--jobs or a smaller --job-idle-s";
 }
 
 uint64_t packetChecksum(const void* header, size_t headerBytes, const void* payload,

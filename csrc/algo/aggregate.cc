@@ -24,8 +24,31 @@ uint32_t packetElemsSetting() {
                           agg::kMaxPacketElems));
 }
 
-// RINGFLOW_AGGREGATOR is left to the first aggregate call: resolving its
-// host names at start-up would fail jobs that never use it.
+// RINGFLOW_AGGREGATOR, resolved.  An aggregator beyond loopback serves only
+// workers with its token (it refuses to listen there without one), so
+// without RINGFLOW_AGG_TOKEN every packet would be rejected: say so now.
+std::vector<agg::Endpoint> aggregatorsSetting() {
+  std::string where = envString("RINGFLOW_AGGREGATOR");
+  if (where.empty())
+    throw InvalidArgument("RINGFLOW_ALGO=aggregate needs RINGFLOW_AGGREGATOR=host:port[,host:port...], "
+                          "the address of a running `ringflow aggregator`");
+  std::vector<agg::Endpoint> all = agg::parseEndpoints(where);
+  if (envString("RINGFLOW_AGG_TOKEN").empty())
+    for (const agg::Endpoint& e : all)
+      if (!agg::isLoopback(e.addr))
+        throw InvalidArgument("RINGFLOW_AGGREGATOR=" + where + ": aggregator " + e.text + " (" +
+                              agg::addressText(e.addr) +
+                              ") is beyond loopback and needs a token: set RINGFLOW_AGG_TOKEN on "
+                              "every rank to the one the aggregator was started with");
+  return all;
+}
+
+// Whether allreduces may go through the aggregator (select.cc's choice).
+bool aggregateChosen() { return envString("RINGFLOW_ALGO") == "aggregate"; }
+
+// Only a job that uses the aggregator resolves its address: a job that never
+// does must not fail on it.  One that does fails when its communicator is
+// built, alike on every rank.
 const SettingsRegistration kSettings(
     {{"RINGFLOW_AGGREGATOR",
       "aggregate: the aggregator service(s), host:port[,host:port...]; chunks are shared "
@@ -43,17 +66,15 @@ const SettingsRegistration kSettings(
       slotsSetting();
       packetElemsSetting();
       agg::faultsFromEnv();
+      if (aggregateChosen()) aggregatorsSetting();
     });
 
 // Every rank must agree on the job and the shape of the protocol; rank 0's
 // random job id is everyone's.  Checked with one small allgather, so a
 // mismatch fails on every rank alike.
 std::shared_ptr<agg::Client> makeClient(Comm& c) {
-  std::string where = envString("RINGFLOW_AGGREGATOR");
-  if (where.empty())
-    throw InvalidArgument("RINGFLOW_ALGO=aggregate needs RINGFLOW_AGGREGATOR=host:port[,host:port...]");
   agg::ClientConfig cfg;
-  cfg.aggregators = agg::parseEndpoints(where);
+  cfg.aggregators = aggregatorsSetting();
   cfg.slots = slotsSetting();
   cfg.packetElems = packetElemsSetting();
   cfg.token = envString("RINGFLOW_AGG_TOKEN");

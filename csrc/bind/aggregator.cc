@@ -23,6 +23,7 @@ py::dict statsDict(const agg::AggregatorStats& s) {
   d["contributions"] = s.contributions, d["results"] = s.results, d["elements"] = s.elements;
   d["duplicates"] = s.duplicates, d["shadow_answers"] = s.shadowAnswers, d["stale"] = s.stale;
   d["malformed"] = s.malformed, d["bad_mac"] = s.badMac, d["refused"] = s.refused;
+  d["rejected_notices"] = s.rejectedNotices, d["jobs_closed"] = s.jobsClosed;
   d["jobs_opened"] = s.jobsOpened, d["jobs_evicted"] = s.jobsEvicted;
   d["jobs_active"] = s.jobsActive, d["memory_bytes"] = s.memoryBytes;
   return d;
@@ -80,7 +81,7 @@ py::dict decodePacket(const py::bytes& packet, const std::string& token) {
   d["payload"] = py::bytes(payload, bytes);
   d["authentic"] = agg::PacketAuth(token).verify(h, payload, bytes);
   if (h.type == uint8_t(agg::PacketType::Error))
-    d["error"] = std::string(agg::errorCodeName(agg::ErrorCode(h.count)));
+    d["error"] = agg::errorText(h);
   return d;
 }
 

@@ -52,6 +52,10 @@ void Comm::shutdown(bool closeTransport) {
   p2pCv_.notify_all();
   if (thread_.joinable()) thread_.join();
   if (p2pThread_.joinable()) p2pThread_.join();
+  // Algorithms' state goes with the calls: the aggregate client's destructor
+  // says goodbye to the aggregator, which then frees the job's entry at once
+  // rather than after --job-idle-s.
+  attachments_.clear();
   {
     std::lock_guard<std::mutex> lock(mu_);
     dropped.swap(queue_);

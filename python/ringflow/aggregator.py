@@ -3,8 +3,13 @@
 `Aggregator(workers=N)` binds a UDP port on 127.0.0.1 and serves on a
 thread of its own; workers reach it with RINGFLOW_ALGO=aggregate and
 RINGFLOW_AGGREGATOR=host:port.  `ringflow aggregator --port P --workers N`
-runs one in the foreground.  Listening beyond loopback needs a token
-(RINGFLOW_AGG_TOKEN), which then authenticates every packet.
+runs one in the foreground, on 127.0.0.1 unless --host says otherwise.
+Listening beyond loopback (--host 0.0.0.0, or an interface's address)
+needs a token, RINGFLOW_AGG_TOKEN, in the aggregator's environment and
+every worker's; it then authenticates every packet.
+
+A job's entry (one of --jobs) frees when every worker of it has shut down
+its communicator, or after --job-idle-s seconds without packets.
 """
 
 from __future__ import annotations
@@ -72,15 +77,22 @@ def main(argv=None) -> int:
     p.add_argument("--packet-elems", type=int, default=_C.DEFAULT_PACKET_ELEMS,
                    help=f"largest payload in int32 values (default {_C.DEFAULT_PACKET_ELEMS})")
     p.add_argument("--job-idle-s", type=float, default=60.0,
-                   help="a job silent this long gives its slots back (default 60)")
+                   help="a job silent this long gives its entry back (default 60; a job "
+                        "whose workers all shut down cleanly gives it back at once)")
     p.add_argument("--stats-every", type=float, default=0,
                    help="print the counters as JSON every this many seconds (default: only at exit)")
     args = p.parse_args(argv)
-    core = _C.Aggregator(args.workers, host=args.host, port=args.port, jobs=args.jobs,
-                         slots=args.slots, packet_elems=args.packet_elems,
-                         token=os.environ.get("RINGFLOW_AGG_TOKEN", ""),
-                         faults=os.environ.get("RINGFLOW_AGG_FAULTS", ""),
-                         job_idle_s=args.job_idle_s)
+    try:
+        core = _C.Aggregator(args.workers, host=args.host, port=args.port, jobs=args.jobs,
+                             slots=args.slots, packet_elems=args.packet_elems,
+                             token=os.environ.get("RINGFLOW_AGG_TOKEN", ""),
+                             faults=os.environ.get("RINGFLOW_AGG_FAULTS", ""),
+                             job_idle_s=args.job_idle_s)
+    except (ValueError, _C.Error) as e:
+        # A user's mistake (no token beyond loopback, a port in use, a bad
+        # flag): one line, as argparse reports its own, not a traceback.
+        message = " ".join(str(e).split()).removeprefix("aggregator: ")
+        p.exit(2, f"{p.prog}: error: {message}\n")
     print(f"ringflow aggregator listening on {args.host}:{core.port} "
           f"(workers={args.workers}, jobs={args.jobs}, slots={args.slots}, "
           f"packet_elems={args.packet_elems})", flush=True)

@@ -24,7 +24,8 @@ struct AggregatorConfig {
   uint32_t packetElems = kDefaultPacketElems;  // largest payload accepted, in int32 values
   std::string token;               // shared secret; packets then carry a keyed MAC
   std::string faults;              // RINGFLOW_AGG_FAULTS syntax, for tests
-  double jobIdleSec = 60;          // a job silent this long gives its entry back
+  double jobIdleSec = 60;          // a job silent this long gives its entry back (one
+                                   // whose workers all said goodbye: at once)
 };
 
 // Counters, each a running total since start.
@@ -39,7 +40,9 @@ struct AggregatorStats {
   uint64_t malformed = 0;       // short, truncated, unknown magic/version/type, bad fields
   uint64_t badMac = 0;          // checksum or MAC wrong, or keyed-ness not ours
   uint64_t refused = 0;         // Error packets sent (job full, wrong workers, ...)
+  uint64_t rejectedNotices = 0; // Rejected notices sent (for bad_mac packets, rationed)
   uint64_t jobsOpened = 0, jobsEvicted = 0, jobsActive = 0;
+  uint64_t jobsClosed = 0;      // freed because every worker said goodbye
   size_t memoryBytes = 0;       // slot memory held now
 };
 

@@ -35,6 +35,33 @@
 // Fletcher-style checksum that catches truncation and corruption but
 // authenticates nothing.
 //
+// Goodbye.  When a worker's communicator shuts down, its client sends a
+// Goodbye (header only, count 0, signed like a Data packet) a few times,
+// since UDP may lose one and nothing answers it.  Once every worker of a
+// job has said goodbye, the aggregator frees the job's entry at once
+// instead of after --job-idle-s of silence, and drops (as stale) packets
+// that still arrive for that job id.  A Goodbye never opens a job.
+//
+// Rejected notices.  A MAC is only worth anything if forged packets are
+// dropped, but a worker whose token differs from the aggregator's would
+// then only see silence until its timeout.  So the aggregator answers a
+// well-formed packet whose MAC (or keyed-ness) is wrong with a Rejected
+// notice: the packet's own header with type Rejected, sender kNoWorker,
+// count 0, flags 0 and mac 0.  It cannot be authenticated (the worker's
+// key is not the aggregator's), so a worker may let notices only fail a
+// call sooner -- after a run of them with no authentic packet from that
+// aggregator in between (the client: 3 notices over at least 500 ms), it
+// fails with an error naming RINGFLOW_AGG_TOKEN -- never change a result.
+// A notice is never longer than the packet that caused it (the header
+// alone), and the aggregator sends at most 4 a second to one source address
+// and 256 a second in all (NoticeLimiter, aggregator/job_table.h), so it
+// cannot be used as an amplifier.  Malformed datagrams get no notice.
+//
+// Goodbye and Rejected extend version 1 compatibly: an aggregator that
+// predates them counts a Goodbye as malformed (the entry then frees after
+// --job-idle-s, as before), and a worker that predates them ignores
+// notices (its call then ends at its timeout, as before).
+//
 // Mismatched calls.  Every packet names the call and the tensor's size, and
 // the aggregator checks that all contributions to a round agree; if not it
 // sends an Inconsistent error to every worker of the job, so ranks that
@@ -67,6 +94,8 @@ enum class PacketType : uint8_t {
   Data = 1,    // worker -> aggregator: a contribution
   Result = 2,  // aggregator -> worker: the sum of every contribution
   Error = 3,   // aggregator -> worker: the packet was refused; count holds the ErrorCode
+  Goodbye = 4,   // worker -> aggregator: this worker's communicator shut down
+  Rejected = 5,  // aggregator -> worker, unauthenticated: the packet's MAC failed
 };
 
 enum PacketFlag : uint16_t {
@@ -77,7 +106,8 @@ enum PacketFlag : uint16_t {
 enum class ErrorCode : uint32_t {
   WrongWorkers = 1,     // the job was opened with another worker count
   SlotOutOfRange = 2,   // slot index >= the aggregator's slots per job
-  TooManyJobs = 3,      // every job entry is taken
+  TooManyJobs = 3,      // every job entry is taken; offset holds the aggregator's
+                        // --jobs and total its --job-idle-s in milliseconds
   TooManyElements = 4,  // count > the aggregator's elements per packet
   Inconsistent = 5,     // workers disagree on a round's call, size, offset or exponent
 };
@@ -95,7 +125,8 @@ struct PacketHeader {
   uint32_t call;          // the communicator's call number (low 32 bits)
   uint16_t sender;        // worker rank (kNoWorker from the aggregator)
   uint16_t workers;       // workers in the job
-  uint32_t count;         // int32 payload values (Error: the ErrorCode)
+  uint32_t count;         // int32 payload values (Error: the ErrorCode;
+                          // Goodbye and Rejected: 0)
   uint64_t offset;        // first element of the chunk in the tensor
   uint64_t total;         // elements in the whole tensor
   int16_t exponent;       // the block exponent the payload is scaled by
@@ -108,6 +139,10 @@ struct PacketHeader {
 static_assert(sizeof(PacketHeader) == 64, "the wire header is 64 bytes");
 // The most int32 values one datagram can carry after the header.
 constexpr uint32_t kMaxPacketElems = (kMaxDatagram - sizeof(PacketHeader)) / sizeof(int32_t);
+
+// What an Error packet says, with what its fields add (TooManyJobs: the
+// aggregator's limits and the flags that change them).
+std::string errorText(const PacketHeader& error);
 
 inline uint32_t slotIndex(const PacketHeader& h) { return h.slot & ~kShadowBit; }
 inline uint32_t slotField(uint32_t index, uint32_t round) {
