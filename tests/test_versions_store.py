@@ -247,37 +247,43 @@ def test_background_commit_snapshots_then_writes(tmp_path):
     assert [e["id"] for e in s.log()] == ids[::-1]
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "ringflow.cli", "versions", *args],
-                          capture_output=True, text=True, timeout=120)
+def _cli(capsys, *args):
+    # In-process (importing torch per call costs seconds); one test runs the real command.
+    from ringflow.cli import main
+
+    capsys.readouterr()
+    rc = main(["versions", *args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, rc, out, err)
 
 
-def test_cli_log_json_diff_fsck(tmp_path):
+def test_cli_log_json_diff_fsck(tmp_path, capsys):
     root = str(tmp_path / "st")
     s = Store(root)
     a = s.commit({"x": torch.arange(5.0)}, step=1, metrics={"loss": 3.0}, message="one")
     b = s.commit({"x": torch.arange(5.0) * 2}, step=2, metrics={"loss": 2.0}, message="two")
-    r = _cli("--store", root, "log", "--json")
+    r = subprocess.run([sys.executable, "-m", "ringflow.cli", "versions", "--store", root, "log",
+                        "--json"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     log = json.loads(r.stdout)
     assert [e["id"] for e in log] == [b, a]
     for e in log:
         assert {"id", "parent", "step", "metrics", "message"} <= set(e)
     assert log[0]["parent"] == a and log[1]["metrics"] == {"loss": 3.0}
-    r = _cli("--store", root, "diff", a, b)
+    r = _cli(capsys, "--store", root, "diff", a, b)
     assert r.returncode == 0 and "x" in r.stdout and "-1" in r.stdout, r.stdout + r.stderr
-    assert _cli("--store", root, "tag", "v1", a).returncode == 0
-    r = _cli("--store", root, "rollback", "v1")
+    assert _cli(capsys, "--store", root, "tag", "v1", a).returncode == 0
+    r = _cli(capsys, "--store", root, "rollback", "v1")
     assert r.returncode == 0 and Store(root).resolve("HEAD") == a, r.stderr
-    assert "ROLLBACK" in _cli("--store", root, "log").stdout
-    assert _cli("--store", root, "fsck").returncode == 0
+    assert "ROLLBACK" in _cli(capsys, "--store", root, "log").stdout
+    assert _cli(capsys, "--store", root, "fsck").returncode == 0
     oid = s.read_commit(b).manifest["x"]
     with open(s.objects.path(oid), "r+b") as f:
         f.seek(-1, 2)
         f.write(b"\x7f")
-    r = _cli("--store", root, "fsck")
+    r = _cli(capsys, "--store", root, "fsck")
     assert r.returncode == 1 and oid in r.stdout
-    r = _cli("--store", root, "checkout", b)
+    r = _cli(capsys, "--store", root, "checkout", b)
     assert r.returncode == 2 and oid in r.stderr
-    r = _cli("--store", str(tmp_path / "nothing"), "log")
+    r = _cli(capsys, "--store", str(tmp_path / "nothing"), "log")
     assert r.returncode == 2 and "not a ringflow version store" in r.stderr
