@@ -115,3 +115,19 @@ def test_demo_json_contract(tmp_path):
     log = subprocess.run([sys.executable, "-m", "ringflow.cli", "versions", "--store", out["store"],
                           "log", "--json"], capture_output=True, text=True, timeout=120)
     assert any(c["rollbacks"] for c in json.loads(log.stdout))
+
+
+def test_gru_data_is_sklearns_digits():
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from ringflow.jobs.gru import build, load_digits_arrays
+
+    x, y = load_digits_arrays()
+    d = load_digits()
+    assert np.array_equal(x, d.data) and np.array_equal(y, d.target)
+    job = build()
+    assert len(job.train[1]) == 1438 and len(job.test[1]) == 359
+    assert job.train[0].shape[1:] == (8, 8) and float(job.train[0].max()) == 1.0
+    with pytest.raises(ValueError, match="must be positive"):
+        build(batch_size=0)

@@ -104,7 +104,7 @@ def run_world(world: int, backend: str, opts: dict, timeout_s: float = WORLD_TIM
     return [got[r][1] for r in range(world)]
 
 
-def plot(path: str, runs: dict, rollbacks: list) -> None:
+def plot(path: str, runs: dict, rollbacks: list, abandoned: list) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -114,9 +114,14 @@ def plot(path: str, runs: dict, rollbacks: list) -> None:
     for name, losses in runs.items():
         ax.plot([s for s, _ in losses], [v for _, v in losses], label=name, lw=1.2,
                 ls="-" if name.startswith("ringflow") else "--")
+    if abandoned:
+        ax.plot([s for s, _ in abandoned], [v for _, v in abandoned], ".", color="grey", ms=3,
+                label="steps undone by the rollback")
     for i, r in enumerate(rollbacks):
+        what = "loss spike" if "spike" in r["reason"] else "NaN"
         ax.axvline(r["at_step"], color="red", lw=1, ls=":")
-        ax.annotate(f"NaN at step {r['at_step']}:\nrolled back to step {r['to_step']}",
+        ax.axvspan(r["to_step"], r["at_step"], color="red", alpha=0.08)
+        ax.annotate(f"{what} at step {r['at_step']}:\nevery rank rolled back to step {r['to_step']}",
                     (r["at_step"], 0.95 - 0.12 * i), xycoords=("data", "axes fraction"),
                     color="red", fontsize=8, ha="left", va="top")
     ax.set_yscale("log")
@@ -175,7 +180,7 @@ def main(argv=None) -> int:
     curves = {"ringflow": r0["losses"]}
     if gl:
         curves["gloo"] = gl[0]["losses"]
-    plot(png, curves, r0["rollbacks"])
+    plot(png, curves, r0["rollbacks"], r0["abandoned"])
     same_rollbacks = all(r["rollbacks"] == r0["rollbacks"] for r in rf)
     summary = {
         "accuracy": r0["test"]["accuracy"], "test_loss": r0["test"]["loss"],

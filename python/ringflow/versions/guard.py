@@ -1,7 +1,8 @@
 """The divergence guard: one small allreduce per step so every rank takes the same decision.
 
 Each rank checks its own loss and gradient norm for NaN/inf; the ranks then
-sum [non-finite flags, loss] in one allreduce of two float64 numbers.  A
+sum [non-finite loss flags, non-finite gradient flags, loss] in one
+allreduce of three float64 numbers.  A
 step diverged when any rank saw a non-finite value, or when the ranks' mean
 loss exceeds `spike_factor` times its moving average (after `warmup` good
 steps).  Every rank computes that from the same reduced numbers, so they
@@ -53,13 +54,16 @@ class DivergenceGuard:
         """Collective: every rank must call it at the same step; all get the same verdict."""
         import torch.distributed as dist
 
-        bad = 0.0 if (math.isfinite(loss) and math.isfinite(grad_norm)) else 1.0
-        buf = torch.tensor([bad, loss if bad == 0.0 else 0.0], dtype=torch.float64)
+        bad_loss = 0.0 if math.isfinite(loss) else 1.0
+        bad_grad = 0.0 if math.isfinite(grad_norm) else 1.0
+        buf = torch.tensor([bad_loss, bad_grad, loss if not bad_loss else 0.0], dtype=torch.float64)
         if dist.is_initialized() and self.world_size > 1:
             dist.all_reduce(buf, group=self.group)
-        n_bad, mean = int(buf[0].item()), buf[1].item() / self.world_size
-        if n_bad:
-            return Verdict(True, f"non-finite loss or gradient norm on {n_bad} rank(s)", math.nan)
+        n_loss, n_grad = int(buf[0].item()), int(buf[1].item())
+        mean = buf[2].item() / self.world_size
+        if n_loss or n_grad:
+            return Verdict(True, f"non-finite loss on {n_loss} rank(s), non-finite gradient norm "
+                                 f"on {n_grad} rank(s)", math.nan)
         c = self.config
         if self.ema is not None and self.good_steps >= c.warmup and mean > c.spike_factor * self.ema:
             return Verdict(True, f"loss spike: mean loss {mean:.4g} > {c.spike_factor} x moving "

@@ -45,7 +45,8 @@ class TrainResult:
     rank: int
     steps: int
     batches: int
-    losses: list            # (step, mean loss over ranks) of every accepted step
+    losses: list            # (step, mean loss over ranks) of the steps the final model went through
+    abandoned: list         # (step, loss) of good steps undone by a rollback
     rollbacks: list         # one dict per rollback, the same on every rank
     skipped: list
     final_loss: float       # mean training loss of the last step
@@ -97,7 +98,7 @@ class _Run:
         self.committer = BackgroundCommitter(self.store) if self.writer else None
         self.step = self.batch = 0
         self.skipped = set(int(b) for b in cfg.skip)
-        self.losses, self.rollbacks = [], []
+        self.losses, self.abandoned, self.rollbacks = [], [], []
         self.rng_at_commit = torch.get_rng_state()
 
     def commit(self, message: str, loss: float | None) -> None:
@@ -153,8 +154,8 @@ class _Run:
         if self.writer:
             self.committer.close()
             head = self.store.refs.head()
-        return TrainResult(self.rank, self.step, self.batch, self.losses, self.rollbacks,
-                           sorted(self.skipped), self.losses[-1][1] if self.losses else float("nan"),
+        return TrainResult(self.rank, self.step, self.batch, self.losses, self.abandoned,
+                           self.rollbacks, sorted(self.skipped), self.losses[-1][1] if self.losses else float("nan"),
                            self.job.evaluate(self.model.module), time.perf_counter() - t0,
                            model_digest(self.model.module), head)
 
@@ -181,6 +182,8 @@ class _Run:
         else:
             self.skipped.add(bad_batch)
         self.step, self.batch = commit_step, start
+        self.abandoned += [x for x in self.losses if x[0] > commit_step]
+        self.losses = [x for x in self.losses if x[0] <= commit_step]
         event = {"commit": cid, "to_step": commit_step, "at_step": bad_step,
                  "batch": bad_batch, "reason": reason}
         self.rollbacks.append(event)
