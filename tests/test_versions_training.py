@@ -8,9 +8,17 @@ import subprocess
 import sys
 
 import pytest
+import worlds
 from worlds import WorldError, init_torch, run_world
 
 pytest.importorskip("sklearn")
+
+# DDP's constructor imports torch._dynamo lazily (5-10 s per rank on a busy
+# 2-CPU host): have the worlds' forkserver import it once, if it has not
+# started yet (otherwise the ranks import it themselves, only slower).
+worlds._context().set_forkserver_preload(
+    ["torch", "torch.distributed", "numpy", "ringflow", "torch.nn.parallel", "torch._dynamo",
+     "ringflow.versions.training", "ringflow.jobs.gru"])
 
 TIMEOUT = 240
 

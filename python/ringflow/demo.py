@@ -21,6 +21,11 @@ import traceback
 
 # Generous: the whole demo takes about two minutes on 2 CPUs.
 WORLD_TIMEOUT_S = 900
+# Imported once by a forkserver, so each rank starts in milliseconds.  DDP's
+# constructor imports torch._dynamo lazily, which alone takes 5-10 s per
+# process on a busy 2-CPU host.
+PRELOAD = ["torch", "torch.distributed", "torch.nn.parallel", "torch._dynamo", "numpy", "ringflow",
+           "ringflow.versions.training", "ringflow.jobs.gru"]
 
 
 def _worker(rank, world, port, backend, opts, results):
@@ -73,7 +78,8 @@ def run_world(world: int, backend: str, opts: dict, timeout_s: float = WORLD_TIM
     """Spawns `world` training processes; returns their results or raises naming the failed ranks."""
     import socket
 
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
     results = ctx.Queue()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -155,10 +161,10 @@ def main(argv=None) -> int:
     if not 0 <= args.inject_rank < args.world:
         p.error(f"--inject-rank {args.inject_rank} is not a rank of a world of {args.world}")
     inject = int(args.steps * 0.4) if args.inject_nan is None else args.inject_nan
+    import importlib.util
+
     for mod in ("tqdm", "matplotlib", "sklearn"):
-        try:
-            __import__(mod)
-        except ImportError:
+        if importlib.util.find_spec(mod) is None:
             p.error(f"the demo needs {mod}: pip install 'ringflow[demo]' "
                     "(tqdm, matplotlib, scikit-learn)")
     import shutil

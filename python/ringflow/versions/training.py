@@ -155,7 +155,8 @@ class _Run:
             self.committer.close()
             head = self.store.refs.head()
         return TrainResult(self.rank, self.step, self.batch, self.losses, self.abandoned,
-                           self.rollbacks, sorted(self.skipped), self.losses[-1][1] if self.losses else float("nan"),
+                           self.rollbacks, sorted(self.skipped),
+                           self.losses[-1][1] if self.losses else float("nan"),
                            self.job.evaluate(self.model.module), time.perf_counter() - t0,
                            model_digest(self.model.module), head)
 
