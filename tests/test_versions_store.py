@@ -287,3 +287,37 @@ def test_cli_log_json_diff_fsck(tmp_path, capsys):
     assert r.returncode == 2 and oid in r.stderr
     r = _cli(capsys, "--store", str(tmp_path / "nothing"), "log")
     assert r.returncode == 2 and "not a ringflow version store" in r.stderr
+
+
+def test_gc_removes_only_unreachable_objects_and_stray_temporaries(tmp_path):
+    s = Store(tmp_path / "st")
+    keep = s.commit({"a": torch.ones(100)}, step=0)
+    info, data = s.objects.hash_tensor(torch.full((100,), 5.0))  # an object no commit names
+    s.objects.publish(s.objects.write(info, data), info.oid)
+    stray = s.objects.path(keep and s.read_commit(keep).manifest["a"]) + ".tmp-1-deadbeef"
+    open(stray, "wb").write(b"half a tensor")
+    assert s.fsck() == []  # a stray temporary (a crash mid-commit) is not a problem
+    removed = s.gc()
+    assert removed["objects"] == 1 and removed["tmp_files"] == 1
+    assert not os.path.exists(s.objects.path(info.oid)) and not os.path.exists(stray)
+    assert torch.equal(s.checkout(keep)["a"], torch.ones(100)) and s.fsck() == []
+
+
+def test_guard_flags_nan_and_spikes_against_its_moving_average():
+    from ringflow.versions.guard import DivergenceGuard, GuardConfig
+
+    g = DivergenceGuard(GuardConfig(spike_factor=3.0, ema_decay=0.5, warmup=2), world_size=1)
+    assert g.check(float("nan"), 1.0).diverged and g.check(1.0, float("inf")).diverged
+    ema = None
+    for loss in (2.0, 1.0, 1.5):
+        v = g.check(loss, 1.0)
+        assert not v.diverged and v.mean_loss == loss
+        g.accept(v.mean_loss)
+        ema = loss if ema is None else 0.5 * ema + 0.5 * loss
+    assert g.ema == ema
+    assert not g.check(3 * ema - 1e-9, 1.0).diverged
+    v = g.check(3 * ema + 1e-6, 1.0)
+    assert v.diverged and "loss spike" in v.reason
+    for bad in ({"skip": "all"}, {"spike_factor": 1.0}, {"max_rollbacks": -1}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            GuardConfig(**bad)
