@@ -70,6 +70,9 @@ def test_checkout_is_bit_identical(tmp_path):
     for k, v in m.state_dict().items():
         assert _bytes(v) == _bytes(back[k])
     assert s.resolve("HEAD") == cid and s.resolve(cid[:8]) == cid
+    assert s.resolve("HEAD~") == ids[2] and s.resolve("main~3") == ids[0]
+    with pytest.raises(StoreError, match="has only 3 ancestor"):
+        s.resolve("HEAD~4")
     assert [e["id"] for e in s.log()] == [cid] + ids[::-1]
     assert s.fsck() == []
 

@@ -124,7 +124,20 @@ class Store:
 
     # ---- reading -------------------------------------------------------
     def resolve(self, rev: str = "HEAD") -> str:
-        """A commit id from HEAD, a branch, a tag, a ref path, a full id or a unique prefix (>= 4)."""
+        """A commit id from HEAD, a branch, a tag, a ref path, a full id or a unique prefix (>= 4);
+        REV~N is the Nth parent of REV (REV~ the first)."""
+        if not isinstance(rev, str) or not rev:
+            raise StoreError(f"not a revision: {rev!r}")
+        if "~" in rev:
+            base, _, n = rev.rpartition("~")
+            if not (n == "" or n.isdigit()):
+                raise StoreError(f"bad revision {rev!r}: use REV~N with a whole number N")
+            cid = self.resolve(base)
+            for i in range(int(n or 1)):
+                cid = self.commits.read(cid).parent
+                if cid is None:
+                    raise StoreError(f"{rev!r}: {base} has only {i} ancestor(s)")
+            return cid
         refs = self.refs.all()
         for cand in (rev, f"refs/heads/{rev}", f"refs/tags/{rev}", f"refs/abandoned/{rev}"):
             if cand in refs:
