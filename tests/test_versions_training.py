@@ -8,17 +8,9 @@ import subprocess
 import sys
 
 import pytest
-import worlds
 from worlds import WorldError, init_torch, run_world
 
 pytest.importorskip("sklearn")
-
-# DDP's constructor imports torch._dynamo lazily (5-10 s per rank on a busy
-# 2-CPU host): have the worlds' forkserver import it once, if it has not
-# started yet (otherwise the ranks import it themselves, only slower).
-worlds._context().set_forkserver_preload(
-    ["torch", "torch.distributed", "numpy", "ringflow", "torch.nn.parallel", "torch._dynamo",
-     "ringflow.versions.training", "ringflow.jobs.gru"])
 
 TIMEOUT = 240
 
@@ -139,3 +131,20 @@ def test_gru_data_is_sklearns_digits():
     assert job.train[0].shape[1:] == (8, 8) and float(job.train[0].max()) == 1.0
     with pytest.raises(ValueError, match="must be positive"):
         build(batch_size=0)
+
+
+def test_each_rollback_scales_the_learning_rate_once(tmp_path):
+    # NaN at batch 12 -> back to step 10 (lr x 0.5), batches 10-12 skipped; committed at step 20
+    # with lr x 0.5;
+    # NaN at batch 27 (step 24) -> back to step 20, whose lr already carries one 0.5: now x 0.25.
+    a = run_world(2, train_world, str(tmp_path / "a"), 40, 10, {12: (0, "nan"), 27: (1, "nan")},
+                  (), {"lr_scale": 0.5}, timeout=TIMEOUT)
+    rb = _same_on_every_rank(a, "rollbacks")
+    assert [(r["at_step"], r["to_step"]) for r in rb] == [(12, 10), (24, 20)]
+    from ringflow.jobs.gru import build
+    from ringflow.versions import Store
+
+    base = build().config["lr"]
+    s = Store(tmp_path / "a")
+    lrs = {c["step"]: s.checkout(c["id"])["optim"]["param_groups"][0]["lr"] for c in s.log()}
+    assert lrs[10] == base and lrs[20] == base * 0.5 and lrs[40] == base * 0.25

@@ -100,6 +100,7 @@ class _Run:
         self.skipped = set(int(b) for b in cfg.skip)
         self.losses, self.abandoned, self.rollbacks = [], [], []
         self.rng_at_commit = torch.get_rng_state()
+        self.lr_factor = 1.0    # product of the lr_scale of every rollback so far
 
     def commit(self, message: str, loss: float | None) -> None:
         self.rng_at_commit = torch.get_rng_state()  # every rank keeps its own RNG state
@@ -114,7 +115,8 @@ class _Run:
                     "seed": self.cfg.data_seed, "skipped": sorted(self.skipped)},
             config={"job": self.job.config, "world_size": self.world,
                     "guard": self.guard.describe(), "commit_every": self.cfg.commit_every},
-            extra={"guard": self.guard.state(), "rollbacks": len(self.rollbacks)})
+            extra={"guard": self.guard.state(), "rollbacks": len(self.rollbacks),
+                   "lr_factor": self.lr_factor})
 
     def one_batch(self) -> tuple[float, float]:
         x_all, y_all = self.job.train
@@ -174,9 +176,11 @@ class _Run:
         self.opt.load_state_dict(state["optim"])
         torch.set_rng_state(self.rng_at_commit)
         self.guard.load(extra.get("guard", {}))
-        n = len(self.rollbacks) + 1
+        # The commit's learning rates carry the scaling of the rollbacks before it;
+        # bring them to lr_scale ** (rollbacks so far, this one included).
+        self.lr_factor *= self.cfg.guard.lr_scale
         for g in self.opt.param_groups:
-            g["lr"] *= self.cfg.guard.lr_scale ** n
+            g["lr"] *= self.lr_factor / extra.get("lr_factor", 1.0)
         start = int(cursor["position"])
         if self.cfg.guard.skip == "since":
             self.skipped.update(range(start, bad_batch + 1))
