@@ -116,6 +116,13 @@ class ObjectStore:
             # ACCESS_COPY: a private mapping, so callers get writable tensors
             # backed by the page cache, and writes never reach the store.
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        try:
+            return self._parse(oid, p, mm, size)
+        except BaseException:
+            mm.close()
+            raise
+
+    def _parse(self, oid: str, p: str, mm: mmap.mmap, size: int) -> tuple[mmap.mmap, dict, int]:
         if mm[:len(MAGIC)] != MAGIC:
             raise CorruptObjectError(f"object {oid} has a bad magic number ({p})")
         (hlen,) = struct.unpack("<Q", mm[len(MAGIC):len(MAGIC) + 8])
