@@ -158,6 +158,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.world < 1 or args.steps < 1 or args.commit_every < 1:
         p.error("--world, --steps and --commit-every must be >= 1")
+    if args.batch_size % args.world:
+        p.error(f"--batch-size {args.batch_size} does not split evenly over --world {args.world}")
     if not 0 <= args.inject_rank < args.world:
         p.error(f"--inject-rank {args.inject_rank} is not a rank of a world of {args.world}")
     inject = int(args.steps * 0.4) if args.inject_nan is None else args.inject_nan
