@@ -20,7 +20,10 @@ def _context():
     global _ctx
     if _ctx is None:
         _ctx = mp.get_context("forkserver")
-        _ctx.set_forkserver_preload(["torch", "torch.distributed", "numpy", "ringflow"])
+        # torch._dynamo: DDP's constructor imports it lazily, which costs every
+        # rank 5-10 s on a busy 2-CPU host; imported here once instead.
+        _ctx.set_forkserver_preload(["torch", "torch.distributed", "torch.nn.parallel",
+                                     "torch._dynamo", "numpy", "ringflow"])
     return _ctx
 
 

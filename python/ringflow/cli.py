@@ -1,4 +1,5 @@
-"""The `ringflow` command: `ringflow info`, `ringflow bench ...`, `ringflow aggregator ...`."""
+"""The `ringflow` command: `info`, `bench`, `aggregator`, `versions` and `demo`."""
+`ringflow versions ...`, `ringflow demo ...`."""
 
 from __future__ import annotations
 
@@ -52,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
                    add_help=False)
     sub.add_parser("aggregator", help="run the gradient-packet aggregator service "
                    "(see `ringflow aggregator --help`)", add_help=False)
+    sub.add_parser("versions", help="inspect a version store: log, show, diff, checkout, rollback, "
+                   "tag, fsck, gc (see `ringflow versions --help`)", add_help=False)
+    sub.add_parser("demo", help="train the GRU reference job on 4 local processes with versions "
+                   "and an automatic rollback (see `ringflow demo --help`)", add_help=False)
     return parser
 
 
@@ -69,6 +74,14 @@ def _run(argv: list[str]) -> int:
         from . import aggregator
 
         return aggregator.main(rest)
+    if args.command == "versions":
+        from .versions import cli as versions_cli
+
+        return versions_cli.main(rest)
+    if args.command == "demo":
+        from . import demo
+
+        return demo.main(rest)
     from . import benchmark
 
     return benchmark.main(rest) or 0

@@ -1,0 +1,205 @@
+"""The version store against torch.save and a plain sequential file write, in the same run.
+
+    python bench/versions.py [--sizes 100M,1G] [--dir DIR] [--json]
+
+Runs against the installed ringflow.  For each state size (20 tensors
+for 100M, 100 for 1G, like the layers of a model) it measures:
+  stall        how long the training loop is held: BackgroundCommitter.submit
+               (the snapshot copy; steady state, when it reuses the last snapshot's
+               memory, and cold, the first one) beside torch.save + fsync and a plain
+               write + fsync, which hold the loop for all their time
+  bg_write     bytes / (durable - snapshot): the background writer's rate
+               (hash, write, fsync, rename, ref), as a fraction of the plain write's
+  checkout     Store.checkout from the page cache: memory-map + verify every hash
+               ("read": memory-map without verifying, then read every byte once)
+  dedup        bytes on disk of a commit where 10% of the tensors changed / a full commit
+Every write is fsynced, so all three writers pay for the disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+import ringflow
+from ringflow.versions import BackgroundCommitter, Store
+
+
+
+def parse_size(t: str) -> int:
+    t = t.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1], 1)
+    return int(float(t.rstrip("KMG")) * mult)
+
+
+def header() -> dict:
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    return {"host": platform.node(), "cpus": os.cpu_count(), "git": sha or "?",
+            "torch": torch.__version__, "ringflow": ringflow.__version__}
+
+
+def make_state(nbytes: int, seed: int = 0) -> dict:
+    """A multiple of 10 tensors (so that "10% changed" is exact), like a model's layers."""
+    n = 100 if nbytes >= 1 << 30 else 20
+    g = torch.Generator().manual_seed(seed)
+    return {f"layer{i:03d}.weight": torch.randn(nbytes // n // 4, generator=g) for i in range(n)}
+
+
+def gb_total(state: dict) -> float:
+    return sum(t.numel() * t.element_size() for t in state.values()) / 1e9
+
+
+def disk_bytes(root: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
+
+
+def plain_write(state: dict, path: str) -> float:
+    t0 = time.perf_counter()
+    with open(path, "wb") as f:
+        for t in state.values():
+            f.write(memoryview(t.numpy()).cast("B"))
+        f.flush()
+        os.fsync(f.fileno())
+    return time.perf_counter() - t0
+
+
+def torch_save(state: dict, path: str) -> float:
+    t0 = time.perf_counter()
+    with open(path, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    return time.perf_counter() - t0
+
+
+def drop(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.unlink(path)
+
+
+def bench_size(nbytes: int, work: str) -> dict:
+    state = make_state(nbytes)
+    total = sum(t.numel() * 4 for t in state.values())
+    row = {"bytes": total, "tensors": len(state)}
+
+    row["plain_s"] = plain_write(state, os.path.join(work, "plain.bin"))
+    drop(os.path.join(work, "plain.bin"))
+    row["torch_save_s"] = torch_save(state, os.path.join(work, "state.pt"))
+    drop(os.path.join(work, "state.pt"))
+
+    # Background commit: the loop waits for the snapshot only.
+    root = os.path.join(work, "store")
+    store = Store(root)
+    w = BackgroundCommitter(store)
+    t0 = time.perf_counter()
+    fut = w.submit(state, step=0, message="full")
+    stall_cold = time.perf_counter() - t0
+    cid = fut.result(timeout=3600)
+    durable = time.perf_counter() - t0
+    # Steady state, as in training: the next snapshot reuses the written one's memory.
+    # (Its objects exist already, so this commit writes only its commit file.)
+    t0 = time.perf_counter()
+    fut = w.submit(state, step=1, message="again")
+    stall = time.perf_counter() - t0
+    fut.result(timeout=3600)
+    w.close()
+    store.rollback(cid)
+    row.update(stall_cold_s=stall_cold, stall_s=stall, durable_s=durable,
+               bg_write_s=durable - stall_cold)
+    full_disk = disk_bytes(os.path.join(root, "objects")) + disk_bytes(os.path.join(root, "commits"))
+
+    # Checkout from the page cache (the files were just written).
+    # verified: every hash checked (the default); mmap_read: no hashes, every byte read
+    # once (the page-cache ceiling); mmap: no hashes, nothing read (pages map lazily).
+    for kind, verify, read in (("verified", True, False), ("mmap_read", False, True),
+                               ("mmap", False, False)):
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            out = store.checkout(cid, verify=verify)
+            if read:
+                for v in out.values():
+                    v.max()  # reads every byte
+            best = min(best, time.perf_counter() - t0)
+            del out
+        row[f"checkout_{kind}_s"] = best
+
+    # Dedup: 10% of the tensors change.
+    changed = dict(state)
+    for i, k in enumerate(list(changed)):
+        if i % 10 == 0:
+            changed[k] = changed[k] * 1.001
+    before = disk_bytes(os.path.join(root, "objects")) + disk_bytes(os.path.join(root, "commits"))
+    store.commit(changed, step=1, message="10% changed")
+    after = disk_bytes(os.path.join(root, "objects")) + disk_bytes(os.path.join(root, "commits"))
+    row.update(changed_tensors=sum(1 for i in range(len(state)) if i % 10 == 0),
+               full_commit_disk=full_disk, incremental_disk=after - before,
+               dedup_ratio=(after - before) / full_disk)
+    drop(root)
+
+    # The ceilings on this machine: a memcpy of the state and sha256.
+    t0 = time.perf_counter()
+    snap = {k: v.clone() for k, v in state.items()}
+    row["memcpy_s"] = time.perf_counter() - t0
+    del snap
+    t0 = time.perf_counter()
+    for v in state.values():
+        hashlib.sha256(memoryview(v.numpy()).cast("B")).digest()
+    row["sha256_gbps"] = gb_total(state) / (time.perf_counter() - t0)
+    gb = total / 1e9
+    row.update(plain_gbps=gb / row["plain_s"], bg_write_gbps=gb / row["bg_write_s"],
+               bg_vs_plain=row["plain_s"] / row["bg_write_s"],
+               checkout_gbps=gb / row["checkout_verified_s"],
+               checkout_mmap_read_gbps=gb / row["checkout_mmap_read_s"],
+               checkout_mmap_gbps=gb / row["checkout_mmap_s"],
+               stall_vs_torch_save=row["torch_save_s"] / row["stall_s"],
+               memcpy_gbps=gb / row["memcpy_s"])
+    return row
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="100M,1G")
+    p.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    h = header()
+    work = tempfile.mkdtemp(prefix="ringflow-bench-versions-", dir=args.dir)
+    rows = []
+    try:
+        if not args.json:
+            print("# ringflow versions bench: " + ", ".join(f"{k} {v}" for k, v in h.items()))
+            print(f"# {'size':>6} {'stall ms':>9} {'cold ms':>8} {'torch.save ms':>13} {'plain ms':>9} "
+                  f"{'save/stall':>10} {'bg GB/s':>8} {'plain GB/s':>10} {'bg/plain':>8} {'co GB/s':>8} "
+                  f"{'read GB/s':>9} {'dedup':>6} {'memcpy GB/s':>11} {'sha256 GB/s':>11}")
+        for size in (parse_size(s) for s in args.sizes.split(",")):
+            r = bench_size(size, work)
+            rows.append(r)
+            if not args.json:
+                print(f"  {r['bytes'] / 2**20:>5.0f}M {r['stall_s'] * 1e3:>9.1f} {r['stall_cold_s'] * 1e3:>8.1f} "
+                      f"{r['torch_save_s'] * 1e3:>13.1f} {r['plain_s'] * 1e3:>9.1f} "
+                      f"{r['stall_vs_torch_save']:>9.1f}x {r['bg_write_gbps']:>8.3f} {r['plain_gbps']:>10.3f} "
+                      f"{r['bg_vs_plain']:>8.2f} {r['checkout_gbps']:>8.3f} {r['checkout_mmap_read_gbps']:>9.2f} "
+                      f"{r['dedup_ratio']:>6.3f} {r['memcpy_gbps']:>11.2f} {r['sha256_gbps']:>11.2f}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps({"header": h, "rows": rows}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""Background commits: the training loop pays only for a copy of the state.
+
+`submit` copies every tensor (the snapshot, so the loop may go on changing
+its parameters at once) and hands the copy to a writer thread that hashes,
+writes, syncs and moves HEAD.  Hashing and file I/O release the GIL, so the
+thread runs beside the loop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+
+import torch
+
+from .errors import StoreError
+from .store import Store
+
+
+def snapshot(state, into=None):
+    """A deep copy of the tensors in a nested state (modules become their state_dict).
+
+    `into`, an earlier snapshot of the same structure, is reused where shapes
+    and dtypes match: copying into memory already faulted in is several times
+    faster than into fresh pages, and that copy is all the training loop waits for.
+    """
+    if isinstance(state, torch.nn.Module):
+        state = state.state_dict()
+    if isinstance(state, torch.Tensor):
+        src = state.detach()
+        if (isinstance(into, torch.Tensor) and into.shape == src.shape and into.dtype == src.dtype
+                and into.device.type == "cpu"):
+            return into.copy_(src)
+        return src.to("cpu", copy=True)
+    if isinstance(state, dict):
+        other = into if isinstance(into, dict) else {}
+        return {k: snapshot(v, other.get(k)) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        other = into if isinstance(into, type(state)) and len(into) == len(state) else [None] * len(state)
+        return type(state)(snapshot(v, o) for v, o in zip(state, other))
+    return state
+
+
+class BackgroundCommitter:
+    """Commits snapshots on a thread; at most `max_pending` commits wait to be written."""
+
+    def __init__(self, store: Store, max_pending: int = 2, timeout_s: float = 600.0):
+        self.store = store
+        self.max_pending = max_pending
+        self.timeout_s = timeout_s
+        self._queue: deque = deque()
+        self._cv = threading.Condition()
+        self._pending: deque[Future] = deque()
+        self._closed = False
+        self._free: list = []   # snapshots already written, reused as copy targets
+        self.last_stall_s = 0.0
+        self._thread = threading.Thread(target=self._run, name="ringflow-versions-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, state, **commit_kwargs) -> Future:
+        """Snapshots `state` and returns a Future of the commit id (see Store.commit)."""
+        t0 = time.perf_counter()
+        while len(self._pending) >= self.max_pending:  # back-pressure, bounded memory
+            self._pending.popleft().result(timeout=self.timeout_s)
+        with self._cv:
+            reuse = self._free.pop() if self._free else None
+        snap = snapshot(state, reuse)
+        rng = commit_kwargs.pop("rng", None)
+        fut: Future = Future()
+        with self._cv:
+            if self._closed:
+                raise StoreError("the background committer is closed")
+            self._queue.append((snap, snapshot(rng), commit_kwargs, fut))
+            self._pending.append(fut)
+            self._cv.notify()
+        self.last_stall_s = time.perf_counter() - t0
+        return fut
+
+    def flush(self) -> list[str]:
+        """Waits for every pending commit; returns their ids (raises the first failure)."""
+        ids = []
+        while self._pending:
+            ids.append(self._pending.popleft().result(timeout=self.timeout_s))
+        return ids
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            with self._cv:
+                self._closed = True
+                self._cv.notify()
+            self._thread.join(timeout=self.timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                snap, rng, kwargs, fut = self._queue.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                cid = self.store.commit(snap, rng=rng, **kwargs)
+            except BaseException as e:  # noqa: BLE001 - handed to whoever waits on it
+                fut.set_exception(e)
+                continue
+            with self._cv:  # written: its memory may take the next snapshot
+                self._free = [snap]
+            fut.set_result(cid)
