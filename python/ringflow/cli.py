@@ -1,5 +1,4 @@
 """The `ringflow` command: `info`, `bench`, `aggregator`, `versions` and `demo`."""
-`ringflow versions ...`, `ringflow demo ...`."""
 
 from __future__ import annotations
 
