@@ -94,3 +94,23 @@ def test_quick_start_example_trains_under_torchrun():
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("done: 2 ranks, final loss"), last
     assert float(last.rsplit(" ", 1)[1]) < 1.0, last
+
+
+def test_bench_help_usage_and_the_training_pattern():
+    out = _run("-m", "ringflow.cli", "bench", "--help")
+    assert out.returncode == 0 and out.stdout.startswith("usage: ringflow bench ["), out.stdout[:200]
+    repo = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    out = subprocess.run([sys.executable, "-m", "ringflow.cli", "bench", "--world", "2", "--sizes", "4K",
+                          "--compute-us", "200", "--iters", "20", "--warmup", "1", "--json", "--quiet",
+                          "--backends", "ringflow,gloo"], capture_output=True, text=True, timeout=240,
+                         cwd=repo)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    rows = json.loads(lines[-1])
+    assert [r["backend"] for r in rows] == ["ringflow", "gloo"]
+    assert all(r["wrong"] == 0 and r["p90_us"] >= r["p50_us"] > 0 for r in rows)
+    verdict = [l for l in lines if l.startswith("# verdict: ringflow ")]
+    assert verdict and "gloo's speed at p50" in verdict[0]
+    git = [l for l in lines if l.startswith("#   git")]
+    if subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True).returncode == 0:
+        assert git and "unknown" not in git[0], git

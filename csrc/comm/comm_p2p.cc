@@ -32,13 +32,24 @@ WorkPtr Comm::trackP2P(RequestPtr req, const OpDesc& desc, int peer, const char*
   return work;
 }
 
-WorkPtr Comm::send(int peer, uint64_t tag, const Buffer& buf) {
-  if (peer < 0 || peer >= size() || peer == rank_)
-    throw InvalidArgument("send: invalid destination rank " + std::to_string(peer));
+namespace {
+
+// Both ends of a point-to-point message describe it alike (its seq is the
+// per-(peer, tag) counter, filled in by the caller).
+OpDesc p2pDesc(const Buffer& buf) {
   OpDesc desc;
   desc.kind = OpKind::Send;
   desc.dtype = buf.dtype;
   desc.count = buf.count;
+  return desc;
+}
+
+}  // namespace
+
+WorkPtr Comm::send(int peer, uint64_t tag, const Buffer& buf) {
+  if (peer < 0 || peer >= size() || peer == rank_)
+    throw InvalidArgument("send: invalid destination rank " + std::to_string(peer));
+  OpDesc desc = p2pDesc(buf);
   {
     std::lock_guard<std::mutex> lock(p2pMu_);
     desc.seq = sendCount_[{peer, tag}]++;
@@ -51,10 +62,7 @@ WorkPtr Comm::send(int peer, uint64_t tag, const Buffer& buf) {
 WorkPtr Comm::recv(int peer, uint64_t tag, const Buffer& buf) {
   if (peer < 0 || peer >= size() || peer == rank_)
     throw InvalidArgument("recv: invalid source rank " + std::to_string(peer));
-  OpDesc desc;
-  desc.kind = OpKind::Send;
-  desc.dtype = buf.dtype;
-  desc.count = buf.count;
+  OpDesc desc = p2pDesc(buf);
   {
     std::lock_guard<std::mutex> lock(recvOrder_->mu);
     desc.seq = recvOrder_->next[{peer, tag}]++;
@@ -66,10 +74,7 @@ WorkPtr Comm::recv(int peer, uint64_t tag, const Buffer& buf) {
 
 WorkPtr Comm::recvAny(uint64_t tag, const Buffer& buf) {
   if (size() < 2) throw InvalidArgument("recv from any source: the group has no other rank");
-  OpDesc desc;
-  desc.kind = OpKind::Send;
-  desc.dtype = buf.dtype;
-  desc.count = buf.count;
+  OpDesc desc = p2pDesc(buf);
   std::vector<int> peers;
   for (int r = 0; r < size(); ++r)
     if (r != rank_) peers.push_back(members_[r]);

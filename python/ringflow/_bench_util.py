@@ -242,19 +242,25 @@ def cpu_model() -> str:
 
 
 def git_revision() -> str:
-    """Short sha of the checkout this file lives in, '+dirty' if modified."""
-    here = Path(__file__).resolve().parent
+    """Short sha of the ringflow checkout being benchmarked, '+dirty' if
+    modified: the working directory's (an installed package lives outside
+    any checkout), else the one this file lives in."""
 
-    def git(*args):
-        return subprocess.run(["git", "-C", str(here), *args], capture_output=True,
+    def git(where, *args):
+        return subprocess.run(["git", "-C", str(where), *args], capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()
 
-    try:
-        sha = git("rev-parse", "--short=12", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (not a git checkout)"
-    return sha + ("+dirty" if dirty else "")
+    for where in (Path.cwd(), Path(__file__).resolve().parent):
+        try:
+            top = Path(git(where, "rev-parse", "--show-toplevel"))
+            if not (top / "python" / "ringflow").is_dir():
+                continue  # some other project's checkout
+            sha = git(where, "rev-parse", "--short=12", "HEAD")
+            dirty = git(where, "status", "--porcelain", "--untracked-files=no")
+        except (OSError, subprocess.SubprocessError):
+            continue
+        return sha + ("+dirty" if dirty else "") + ("" if where == Path.cwd() else f" ({where})")
+    return "unknown (run from outside a git checkout)"
 
 
 def binary_fingerprint() -> str:
@@ -287,7 +293,8 @@ def environment() -> list[tuple[str, str]]:
         ("git", git_revision()),
         ("torch", torch.__version__),
         ("python", platform.python_version()),
-        ("ringflow", f"{ringflow.__version__} build_info={info}"),
+        ("ringflow", f"{ringflow.__version__} (SIMD {info['simd']}, CUDA kernels "
+                     f"{'yes' if info['cuda'] else 'no'})"),
         ("binary", binary_fingerprint()),
         ("transports", ",".join(info.get("transports", [])) or "?"),
         ("env", " ".join(f"{k}={v}" for k, v in knobs.items()) or "(no RINGFLOW_*/GLOO_* set)"),

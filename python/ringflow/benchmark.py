@@ -136,6 +136,13 @@ def memory_bound_busbw(memory_gbps: float, world: int) -> float:
     return memory_gbps * (world - 1) / world ** 2
 
 
+def _busy(us: float) -> None:
+    """Computation standing in for a piece of backward."""
+    end = time.perf_counter() + us * 1e-6
+    while time.perf_counter() < end:
+        pass
+
+
 def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
     from datetime import timedelta
 
@@ -189,7 +196,20 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
             for _ in range(cfg["warmup"]):
                 _, wrong = checked_allreduce()
                 bad_iters += wrong > 0
-            if cfg["no_barrier"]:
+            if cfg["compute_us"]:
+                # Training's call pattern (DDP's buckets between pieces of
+                # backward): computation, then the call, no barrier between
+                # calls.  A sample is one call, the slowest rank's.
+                iters = cfg["iters"] or default_round_iters(nbytes)
+                dist.barrier(group=gloo)
+                for _ in range(iters):
+                    _busy(cfg["compute_us"])
+                    t0 = time.perf_counter()
+                    dist.all_reduce(buf, op=op, group=group)
+                    times.append(time.perf_counter() - t0)
+                _, wrong = checked_allreduce()  # and check once more, from a fresh input
+                bad_iters += wrong > 0
+            elif cfg["no_barrier"]:
                 per_round = cfg["iters"] or default_round_iters(nbytes)
                 for _ in range(ROUNDS):
                     # Each iteration reduces the previous result in place:
@@ -254,7 +274,8 @@ def _rows(per_rank: list[dict], cfg: dict, world: int) -> list[dict]:
         rows.append({
             "backend": first["backend"], "world": world, "bytes": first["bytes"],
             "count": first["count"], "type": DTYPES[cfg["dtype"]][1], "dtype": cfg["dtype"],
-            "op": cfg["op"], "p50_us": p50 * 1e6, "p99_us": bu.percentile(times, 99) * 1e6,
+            "op": cfg["op"], "p50_us": p50 * 1e6, "p90_us": bu.percentile(times, 90) * 1e6,
+            "p99_us": bu.percentile(times, 99) * 1e6,
             "min_us": min(times) * 1e6, "algbw": algbw, "busbw": busbw,
             # nccl-tests sums wrong elements over ranks; so do we.
             "wrong": sum(m["wrong"] for m in mine),
@@ -272,9 +293,21 @@ def _rows(per_rank: list[dict], cfg: dict, world: int) -> list[dict]:
     return rows
 
 
+def _verdict(rows: list[dict]) -> str:
+    """One line: each backend's range of speed-ups over gloo across the sizes."""
+    parts = []
+    for backend in dict.fromkeys(r["backend"] for r in rows if "ratio_vs_gloo" in r):
+        mine = [r for r in rows if r["backend"] == backend and "ratio_vs_gloo" in r]
+        lo = min(mine, key=lambda r: r["ratio_vs_gloo"])
+        hi = max(mine, key=lambda r: r["ratio_vs_gloo"])
+        parts.append(f"{backend} {lo['ratio_vs_gloo']:.2f}x ({bu.format_size(lo['bytes'])}) to "
+                     f"{hi['ratio_vs_gloo']:.2f}x ({bu.format_size(hi['bytes'])}) gloo's speed at p50")
+    return "; ".join(parts)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="ringflow bench allreduce",
+        prog="ringflow bench",
         description="Allreduce latency and bandwidth, ringflow vs gloo (nccl-tests columns).")
     p.add_argument("--world", type=int, default=2, help="processes to spawn, 1..8 (default 2)")
     p.add_argument("--sizes", default=DEFAULT_SIZES,
@@ -291,6 +324,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-barrier", action="store_true",
                    help=f"time back-to-back allreduces: {ROUNDS} rounds, each a barrier then "
                         "--iters calls; a sample is a round's total / iterations (max over ranks)")
+    p.add_argument("--compute-us", type=float, default=0, metavar="US",
+                   help="training's call pattern: US microseconds of computation before each "
+                        "call and no barrier between calls; samples are single calls (p50, p90)")
     p.add_argument("--timeout", type=float, default=300,
                    help="seconds for the whole run; a hung rank kills the world (default 300)")
     p.add_argument("--algo", choices=("auto", "ring", "shm"),
@@ -318,11 +354,13 @@ def _config(args, p) -> dict:
         p.error(f"--backends: unknown {unknown}; choose from {', '.join(BACKENDS)}")
     if not sizes:
         p.error("--sizes is empty")
-    if args.warmup < 0 or args.iters < 0 or args.timeout <= 0:
-        p.error("--warmup and --iters must be >= 0, --timeout > 0")
+    if args.warmup < 0 or args.iters < 0 or args.timeout <= 0 or args.compute_us < 0:
+        p.error("--warmup, --iters and --compute-us must be >= 0, --timeout > 0")
+    if args.compute_us and args.no_barrier:
+        p.error("--compute-us and --no-barrier are two different timing modes: pick one")
     return {"sizes": sizes, "backends": backends, "dtype": args.dtype, "op": args.op,
             "warmup": args.warmup, "iters": args.iters, "timeout": args.timeout,
-            "no_barrier": args.no_barrier, "hugepages": args.hugepages}
+            "no_barrier": args.no_barrier, "hugepages": args.hugepages, "compute_us": args.compute_us}
 
 
 def main(argv=None) -> int:
@@ -337,10 +375,13 @@ def main(argv=None) -> int:
     header = [("world", f"{args.world} processes on this host, MASTER_ADDR=127.0.0.1"),
               ("backends", ",".join(cfg["backends"]) + f" (the barrier before {where} is gloo's)")]
     header += bu.environment()
-    per = default_round_iters if no_barrier else default_iters
+    per = default_round_iters if no_barrier or cfg["compute_us"] else default_iters
     iters = str(cfg["iters"]) if cfg["iters"] else "adaptive " + ", ".join(
         f"{bu.format_size(s)}:{per(s)}" for s in cfg["sizes"])
-    if no_barrier:
+    if cfg["compute_us"]:
+        run = f"{cfg['compute_us']:.0f} us of computation before each call, no barrier ({iters} calls)"
+        timing = "perf_counter around each call; max over ranks per call, then p50/p90/p99"
+    elif no_barrier:
         run = f"{ROUNDS} rounds of back-to-back iterations ({iters} per round)"
         timing = (f"no barrier between iterations: perf_counter around each round, / its iterations; "
                   f"max over ranks per round, then p50/p99 over the {ROUNDS} rounds")
@@ -367,12 +408,8 @@ def main(argv=None) -> int:
     if measured:
         each = ", ".join(f"{b:.1f} GB/s before {bu.format_size(n)} (busbw <= "
                          f"{memory_bound_busbw(b, args.world):.2f})" for n, b in measured.items())
-        header.append(("memory", f"{args.world} ranks each adding 1 in place to "
-                                 f"{bu.format_size(MEMORY_BYTES)} (huge pages where THP allows) at once, "
-                                 f"all ranks' bytes (read + write) over the slowest one's time, "
-                                 f"fastest of {MEMORY_REPS} in which they overlapped: {each}. "
-                                 f"An allreduce reads every input and writes every output at least "
-                                 f"once: 'of bound' = busbw / that bound"))
+        header.append(("memory", f"all ranks updating {bu.format_size(MEMORY_BYTES)} in place at once: "
+                                 f"{each}; 'of bound' = busbw / that bound (bench/README.md)"))
     if bu.binary_fingerprint() != dict(header)["binary"]:
         note = "ringflow's _C extension was rebuilt DURING this run: the results mix builds"
         header.append(("WARNING", note))
@@ -386,6 +423,15 @@ def main(argv=None) -> int:
 
     bu.print_header("ringflow allreduce benchmark", header)
     bu.print_table(rows)
+    if cfg["compute_us"]:
+        print("# p90 (us): " + ", ".join(f"{bu.format_size(r['bytes'])} {r['backend']} {r['p90_us']:.1f}"
+                                         for r in rows))
+    if "ringflow-shared" in cfg["backends"]:
+        print("# ringflow-shared: ringflow on a tensor from ringflow.shared_empty(), which same-host "
+              "peers map and reduce in place (no kernel copy)")
+    verdict = _verdict(rows)
+    if verdict:
+        print(f"# verdict: {verdict}")
     wrong = [r for r in rows if r["wrong"] or r["wrong_iters"]]
     print(f"# {len(rows)} rows in {time.monotonic() - started:.1f} s; "
           f"{'WRONG RESULTS in ' + str(len(wrong)) + ' rows' if wrong else 'all results correct'}")
