@@ -46,6 +46,56 @@ def _timed(call, iters: int, compute_us: float) -> list[tuple[float, float]]:
     return out
 
 
+SEGMENTS = ("torch before", "ringflow allreduce()", "torch between", "Work.wait()", "torch after")
+
+
+def _profile(dist, x, cfg: dict) -> dict:
+    """Where one blocking ringflow allreduce spends its time on this rank:
+    timestamps at the entry and exit of the backend's allreduce() (which runs
+    a small blocking call inline, core included) and of Work.wait(), around
+    torch's own dispatch.  Medians per segment, after computation and back
+    to back."""
+    from ringflow import backend
+
+    stamps: list[float] = []
+    real_allreduce, real_wait = backend.ProcessGroup.allreduce, backend.Work.wait
+
+    def allreduce(self, *a, **k):
+        stamps.append(time.perf_counter())
+        try:
+            return real_allreduce(self, *a, **k)
+        finally:
+            stamps.append(time.perf_counter())
+
+    def wait(self, *a, **k):
+        stamps.append(time.perf_counter())
+        try:
+            return real_wait(self, *a, **k)
+        finally:
+            stamps.append(time.perf_counter())
+
+    backend.ProcessGroup.allreduce, backend.Work.wait = allreduce, wait
+    try:
+        out = {}
+        for mode, compute in (("after computation", cfg["compute_us"]), ("back to back", 0)):
+            segments = {name: [] for name in SEGMENTS}
+            for _ in range(cfg["iters"]):
+                _busy(compute)
+                stamps.clear()
+                t0 = time.perf_counter()
+                dist.all_reduce(x)
+                t1 = time.perf_counter()
+                if len(stamps) != 4:
+                    continue  # torch took another path (no wait call): not profiled
+                points = [t0, *stamps, t1]
+                for name, a, b in zip(SEGMENTS, points, points[1:]):
+                    segments[name].append(b - a)
+            out[mode] = {name: statistics.median(v) * 1e6 for name, v in segments.items() if v}
+        return out
+    finally:
+        backend.ProcessGroup.allreduce, backend.Work.wait = real_allreduce, real_wait
+
+
 def _rank(rank: int, world: int, port: int, cfg: dict, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     import torch
@@ -81,6 +131,9 @@ def _rank(rank: int, world: int, port: int, cfg: dict, results) -> None:
                 dist.barrier(group=groups["gloo"])
                 loop = _timed(calls[name]["allreduce"], cfg["loop_iters"], 0)
                 out[name]["loops"].append(statistics.median(e - s for s, e in loop))
+        if cfg["profile"]:
+            dist.barrier(group=groups["gloo"])
+            out["profile"] = _profile(dist, x, cfg)
         dist.destroy_process_group()
         results.put((rank, out))
     except BaseException as e:  # noqa: BLE001 - reported by the parent
@@ -97,7 +150,7 @@ def _percentile(values, q):
 
 def summarise(per_rank: list[dict]) -> list[dict]:
     rows = []
-    for backend in per_rank[0]:
+    for backend in (b for b in per_rank[0] if b != "profile"):
         row = {"backend": backend}
         for what in ("allreduce", "barrier"):
             calls = list(zip(*(r[backend][what] for r in per_rank)))  # per call: each rank's (start, end)
@@ -147,7 +200,8 @@ def run(cfg: dict) -> list[dict]:
             p.join(timeout=5)
             if p.is_alive():
                 p.kill()
-    return summarise([got[r] for r in range(cfg["world"])])
+    per_rank = [got[r] for r in range(cfg["world"])]
+    return summarise(per_rank), [r["profile"] for r in per_rank if "profile" in r]
 
 
 def main(argv=None) -> int:
@@ -160,13 +214,15 @@ def main(argv=None) -> int:
     p.add_argument("--loops", type=int, default=8, help="back-to-back loops (bimodality check)")
     p.add_argument("--loop-iters", type=int, default=200)
     p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--profile", action="store_true",
+                   help="also split ringflow's call into torch's dispatch, the backend and the wait")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     units = {"K": 1 << 10, "M": 1 << 20}
     size = int(a.bytes[:-1]) * units[a.bytes[-1].upper()] if a.bytes[-1].upper() in units else int(a.bytes)
     cfg = dict(world=a.world, bytes=size, compute_us=a.compute_us, iters=a.iters, warmup=a.warmup,
-               loops=a.loops, loop_iters=a.loop_iters, timeout=a.timeout)
-    rows = run(cfg)
+               loops=a.loops, loop_iters=a.loop_iters, timeout=a.timeout, profile=a.profile)
+    rows, profiles = run(cfg)
     gloo = next(r for r in rows if r["backend"] == "gloo")
     print(f"# {a.world} ranks, {size} B float32 allreduce, {a.compute_us:.0f} us of computation before "
           f"each call; load average {os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs")
@@ -187,8 +243,12 @@ def main(argv=None) -> int:
           f"p90 {gloo['allreduce_p90_us'] / ours['allreduce_p90_us']:.1f}x, "
           f"barrier p50 {gloo['barrier_p50_us'] / ours['barrier_p50_us']:.1f}x faster; "
           f"ringflow loop medians spread {ours['loop_spread']:.2f}x")
+    for rank, prof in enumerate(profiles):
+        for mode, segments in prof.items():
+            print(f"# profile rank {rank}, {mode} (median us): "
+                  + ", ".join(f"{name} {us:.1f}" for name, us in segments.items()))
     if a.json:
-        print(json.dumps(rows))
+        print(json.dumps(rows + [{"profile_by_rank": profiles}] if profiles else rows))
     return 0
 
 
