@@ -23,33 +23,29 @@ WorkPtr Comm::trackP2P(RequestPtr req, const OpDesc& desc, int peer, const char*
   return work;
 }
 
-WorkPtr Comm::send(int peer, uint64_t tag, const Buffer& buf) {
+OpDesc Comm::describeP2P(int peer, uint64_t tag, const Buffer& buf, bool isSend) {
   if (peer < 0 || peer >= size() || peer == rank_)
-    throw InvalidArgument("send: invalid destination rank " + std::to_string(peer));
+    throw InvalidArgument(std::string(isSend ? "send: invalid destination rank "
+                                             : "recv: invalid source rank ") +
+                          std::to_string(peer));
   OpDesc desc;
   desc.kind = OpKind::Send;
   desc.dtype = buf.dtype;
   desc.count = buf.count;
-  {
-    std::lock_guard<std::mutex> lock(p2pMu_);
-    desc.seq = sendCount_[{peer, tag}]++;
-  }
+  std::lock_guard<std::mutex> lock(p2pMu_);
+  desc.seq = (isSend ? sendCount_ : recvCount_)[{peer, tag}]++;
+  return desc;
+}
+
+WorkPtr Comm::send(int peer, uint64_t tag, const Buffer& buf) {
+  OpDesc desc = describeP2P(peer, tag, buf, true);
   MsgKey key{id_, desc.seq, tag, Channel::P2P};
   auto req = transport_->send(members_[peer], key, desc, buf.ptr, buf.bytes());
   return trackP2P(req, desc, peer, "send");
 }
 
 WorkPtr Comm::recv(int peer, uint64_t tag, const Buffer& buf) {
-  if (peer < 0 || peer >= size() || peer == rank_)
-    throw InvalidArgument("recv: invalid source rank " + std::to_string(peer));
-  OpDesc desc;
-  desc.kind = OpKind::Send;
-  desc.dtype = buf.dtype;
-  desc.count = buf.count;
-  {
-    std::lock_guard<std::mutex> lock(p2pMu_);
-    desc.seq = recvCount_[{peer, tag}]++;
-  }
+  OpDesc desc = describeP2P(peer, tag, buf, false);
   MsgKey key{id_, desc.seq, tag, Channel::P2P};
   auto req = transport_->recv(members_[peer], key, desc, buf.ptr, buf.bytes());
   return trackP2P(req, desc, peer, "recv");
