@@ -30,12 +30,6 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-if __package__ in (None, ""):
-    try:
-        import ringflow  # noqa: F401
-    except ImportError:  # a checkout without an install
-        sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
-
 from ringflow import netns  # noqa: E402
 from ringflow._bench_util import (CpuMeter, allreduce_p50, environment, load_average,  # noqa: E402
                                   parse_size, print_header)

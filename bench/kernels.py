@@ -31,8 +31,9 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
-from ringflow import _C, ops  # noqa: E402
+# The installed package (pip install .): a checkout's python/ has no _C.
+from ringflow import _C  # noqa: E402
+from ringflow import kernels as ops  # noqa: E402
 
 
 def median_time(fn, repeat: int) -> float:

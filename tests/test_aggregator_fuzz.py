@@ -1,4 +1,4 @@
-"""A bounded fuzz of the packet aggregator (mechanism 3): while a genuine
+"""A bounded fuzz of the packet aggregator: while a genuine
 two-worker job runs round after round, the main thread throws random bytes,
 authentic packets with random fields, authentic packets mutated after
 signing, unsigned and wrongly keyed packets at the same socket.  The genuine

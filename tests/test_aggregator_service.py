@@ -1,4 +1,4 @@
-"""The packet aggregator (mechanism 3) at the protocol level: fake workers
+"""The packet aggregator at the protocol level: fake workers
 on raw UDP sockets speak the wire format of ringflow/packet.h to an
 in-process aggregator and check exact sums, exactly-once adding across
 duplicates, lost results and stale rounds, the Error replies, packet

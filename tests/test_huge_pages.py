@@ -11,6 +11,14 @@ from ringflow._bench_util import thp_mode
 from worlds import init_torch, live_communicator, run_world
 
 COUNT = 3 << 20  # 12 MiB of float32: five or six whole huge pages, whatever the alignment
+HUGE_PAGE = 2 << 20
+
+
+def whole_huge_pages_bytes(address: int, nbytes: int) -> int:
+    """Bytes of the whole 2 MiB pages inside [address, address + nbytes)."""
+    lo = -(-address // HUGE_PAGE) * HUGE_PAGE
+    hi = (address + nbytes) // HUGE_PAGE * HUGE_PAGE
+    return max(0, hi - lo)
 
 
 def _kernel_has_madv_collapse() -> bool:
@@ -37,8 +45,9 @@ def kept_buffer(rank, size):
         correct.append(torch.equal(x, want))
         fractions.append(huge_page_fraction(x))
     stats = ringflow.stats()["huge_pages"]
+    whole = whole_huge_pages_bytes(x.data_ptr(), COUNT * 4)
     dist.destroy_process_group()
-    return algo, correct, fractions, stats
+    return algo, correct, fractions, stats, whole
 
 
 @pytest.mark.skipif(thp_mode() not in ("always", "madvise") or not _kernel_has_madv_collapse(),
@@ -49,13 +58,14 @@ def test_a_kept_buffer_is_collapsed_into_huge_pages_once(setting, monkeypatch):
     monkeypatch.delenv("RINGFLOW_SHM_HUGEPAGES", raising=False)
     env = {} if setting is None else {"RINGFLOW_SHM_HUGEPAGES": setting}
     results = run_world(2, kept_buffer, timeout=120, env=env)
-    for rank, (algo, correct, fractions, stats) in enumerate(results):
+    for rank, (algo, correct, fractions, stats, whole) in enumerate(results):
         assert algo == "shm", f"rank {rank}: ran {algo}"
         assert all(correct), f"rank {rank}: wrong results {correct}"
         if setting != "0":
-            assert stats == {"enabled": True, "collapsed": 1, "collapsed_bytes": stats["collapsed_bytes"],
-                             "failed": 0}, stats
-            assert stats["collapsed_bytes"] >= 5 * (2 << 20), stats
+            # Exactly the buffer's whole huge pages, once.
+            assert whole >= 5 * HUGE_PAGE, whole
+            assert stats == {"enabled": True, "collapsed": 1, "collapsed_bytes": whole,
+                             "failed": 0}, (stats, whole)
             assert fractions[2] > 0 and fractions[3] > 0, f"rank {rank}: {fractions}"
         else:
             assert stats == {"enabled": False, "collapsed": 0, "collapsed_bytes": 0, "failed": 0}

@@ -71,11 +71,29 @@ def run_world(size: int, fn, *args, timeout: float = 120, env: dict | None = Non
     import time
 
     deadline = time.monotonic() + timeout
-    while len(got) < size and time.monotonic() < deadline:
+    failed = None  # the first rank that raised or died: the others are killed at once
+    while len(got) < size and time.monotonic() < deadline and failed is None:
         try:
             rank, ok, value = results.get(timeout=0.2)
             got[rank] = (ok, value)
+            if not ok:
+                failed = rank
         except queue.Empty:
+            if any(not p.is_alive() and r not in got for r, p in enumerate(procs)):
+                # A rank exited: read what it put before exiting, then see
+                # whether it left without a result (a crash).
+                try:
+                    while True:
+                        rank, ok, value = results.get(timeout=0.5)
+                        got[rank] = (ok, value)
+                        if not ok and failed is None:
+                            failed = rank
+                except queue.Empty:
+                    pass
+                dead = [r for r, p in enumerate(procs)
+                        if not p.is_alive() and r not in got and r not in may_die]
+                if dead and failed is None:
+                    failed = dead[0]
             if all(not p.is_alive() for p in procs):
                 # Drain what the last ranks put before exiting.
                 try:
@@ -86,7 +104,8 @@ def run_world(size: int, fn, *args, timeout: float = 120, env: dict | None = Non
                     break
     hung = [r for r, p in enumerate(procs) if p.is_alive() and r not in got]
     for p in procs:
-        p.join(timeout=5)
+        if failed is None:
+            p.join(timeout=5)
         if p.is_alive():
             p.kill()
             p.join()
@@ -95,7 +114,11 @@ def run_world(size: int, fn, *args, timeout: float = 120, env: dict | None = Non
         if r in got and not got[r][0]:
             problems.append(f"--- rank {r} raised:\n{got[r][1]}")
         elif r not in got and r not in may_die:
-            why = "still running at the timeout (killed)" if r in hung else f"exited with code {procs[r].exitcode}"
+            if r in hung:
+                why = (f"killed when rank {failed} failed" if failed is not None
+                       else "still running at the timeout (killed)")
+            else:
+                why = f"exited with code {procs[r].exitcode}"
             problems.append(f"--- rank {r} gave no result: {why}")
     if problems:
         raise WorldError(f"world of {size} failed:\n" + "\n".join(problems))

@@ -1,4 +1,4 @@
-// Hierarchical ring aggregation (mechanism 1).  With G groups (by default
+// Hierarchical ring aggregation.  With G groups (by default
 // one per host), each group reduce-scatters over its own lower-order ring so
 // that local rank i holds shard i summed over the group; the G ranks holding
 // shard i form the higher-order ring and allreduce it; each group then
@@ -33,7 +33,7 @@ void hierarchicalAllreduce(Comm& c, Buffer data, ReduceOp op) {
   for (int s = 0; s < c.hierarchyShards(); ++s) counts[size_t(s)] = shards.count(s);
   Blocks blocks(counts);
   const int mine = lower->rank();
-  Buffer shard{data.at(blocks.offset(mine)), blocks.count(mine), data.dtype, data.device};
+  Buffer shard{data.at(blocks.offset(mine)), blocks.count(mine), data.dtype};
 
   lower->runInline(subCall(c.op(), OpKind::ReduceScatter, data.count), c, [&] {
     if (lower->size() > 1) reduceScatterInPlace(*lower, data, blocks, op);

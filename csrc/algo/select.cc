@@ -18,21 +18,22 @@
 // Elsewhere (sub-groups, several hosts, no shared memory) every setting
 // falls back to the ring.  Every rank decides the same way, from facts all
 // ranks share.
-#include "schedule.h"
+#include <vector>
+
 #include "ringflow/env.h"
 #include "ringflow/settings.h"
 #include "ringflow/shm.h"
+#include "schedule.h"
 
 namespace ringflow::algo {
 namespace {
 
-// In the order of their names in fromEnv.
+// RINGFLOW_ALGO's values, in the order of kChoiceNames.
 enum class Choice { Auto, Ring, Shm, Hierarchical, Aggregate };
+const std::vector<const char*> kChoiceNames = {"auto", "ring", "shm", "hierarchical", "aggregate"};
 
 Choice fromEnv() {
-  static const Choice c = Choice(
-      envChoice("RINGFLOW_ALGO", size_t(Choice::Auto),
-                {"auto", "ring", "shm", "hierarchical", "aggregate"}));
+  static const Choice c = Choice(envChoice("RINGFLOW_ALGO", size_t(Choice::Auto), kChoiceNames));
   return c;
 }
 
@@ -64,29 +65,41 @@ ShmTransport* arenaFor(Comm& c) {
   return shm && shm->arenaComm() == c.id() ? shm : nullptr;
 }
 
-const char* allreduceAlgorithm(Comm& c, size_t bytes, DType dtype, ReduceOp op) {
+namespace {
+
+// The allreduces a call can run; never Auto.
+Choice choose(Comm& c, size_t bytes, DType dtype, ReduceOp op) {
   switch (fromEnv()) {
     case Choice::Aggregate:
-      if (aggregateApplies(dtype, op)) return "aggregate";
+      if (aggregateApplies(dtype, op)) return Choice::Aggregate;
       break;
-    case Choice::Ring: return "ring";
+    case Choice::Ring: return Choice::Ring;
     case Choice::Hierarchical:
       if (!c.lower())
         throw InvalidArgument("RINGFLOW_ALGO=hierarchical needs a group layout (RINGFLOW_GROUPS)");
-      return "hierarchical";
-    case Choice::Shm: return arenaFor(c) ? "shm" : "ring";
+      return Choice::Hierarchical;
+    case Choice::Shm: return arenaFor(c) ? Choice::Shm : Choice::Ring;
     case Choice::Auto: break;
   }
-  if (arenaFor(c)) return "shm";
-  if (layoutWorthIt(c) && bytes >= hierarchicalMinBytes()) return "hierarchical";
-  return "ring";
+  if (arenaFor(c)) return Choice::Shm;
+  if (layoutWorthIt(c) && bytes >= hierarchicalMinBytes()) return Choice::Hierarchical;
+  return Choice::Ring;
+}
+
+}  // namespace
+
+const char* allreduceAlgorithm(Comm& c, size_t bytes, DType dtype, ReduceOp op) {
+  return kChoiceNames[size_t(choose(c, bytes, dtype, op))];
 }
 
 void allreduce(Comm& c, Buffer data, ReduceOp op) {
-  const char* algo = allreduceAlgorithm(c, data.bytes(), data.dtype, op);
-  if (algo[0] == 'a') return aggregateAllreduce(c, data, op);
-  if (algo[0] == 's') return shmAllreduce(c, *arenaFor(c), data, op);
-  if (algo[0] == 'h') return hierarchicalAllreduce(c, data, op);
+  switch (choose(c, data.bytes(), data.dtype, op)) {
+    case Choice::Aggregate: return aggregateAllreduce(c, data, op);
+    case Choice::Shm: return shmAllreduce(c, *arenaFor(c), data, op);
+    case Choice::Hierarchical: return hierarchicalAllreduce(c, data, op);
+    case Choice::Ring:
+    case Choice::Auto: break;
+  }
   ringAllreduce(c, data, op);
 }
 

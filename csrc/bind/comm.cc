@@ -16,7 +16,7 @@ namespace ringflow::bind {
 namespace {
 
 Buffer buf(uintptr_t ptr, size_t count, int dtype) {
-  return Buffer{reinterpret_cast<void*>(ptr), count, dtypeFromInt(dtype), Device::CPU};
+  return Buffer{reinterpret_cast<void*>(ptr), count, dtypeFromInt(dtype)};
 }
 
 }  // namespace

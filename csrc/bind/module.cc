@@ -38,6 +38,19 @@ PYBIND11_MODULE(_C, m) {
         return ringflow::envBool(name.c_str(), fallback);
       }, py::arg("name"), py::arg("fallback"),
       "A boolean setting: 1/true/yes/on or 0/false/no/off; ValueError naming a bad one.");
+  // The codes of the enums, in code order: python/ringflow/_dtypes.py builds
+  // its tables from these, so the two sides cannot drift.
+  m.def("dtype_names", [] {
+    std::vector<std::string> names;
+    for (int i = 0; i < ringflow::kNumDTypes; ++i) names.push_back(ringflow::dtypeName(ringflow::DType(i)));
+    return names;
+  });
+  m.def("reduce_op_names", [] {
+    std::vector<std::string> names;
+    for (int i = 0; i < ringflow::kNumReduceOps; ++i)
+      names.push_back(ringflow::reduceOpName(ringflow::ReduceOp(i)));
+    return names;
+  });
   ringflow::bind::bindErrors(m);
   ringflow::bind::bindComm(m);
   ringflow::bind::bindShm(m);

@@ -14,7 +14,6 @@ namespace py = pybind11;
 namespace ringflow::bind {
 
 void bindShm(py::module_& m) {
-  using Release = py::call_guard<py::gil_scoped_release>;
   py::class_<ShmTransport, std::shared_ptr<ShmTransport>>(m, "ShmTransport")
       .def(py::init([](std::shared_ptr<TcpTransport> tcp, std::vector<int> localRanks,
                        uint64_t token, size_t queueBytes, size_t slotBytes, bool crossMemory) {

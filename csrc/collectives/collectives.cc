@@ -21,9 +21,6 @@ void checkBuffer(const char* call, const char* name, const Buffer& b) {
   if (b.count > 0 && b.ptr == nullptr)
     throw InvalidArgument(std::string(call) + ": " + name + " is null but has " +
                           std::to_string(b.count) + " elements");
-  if (b.device != Device::CPU)
-    throw InvalidArgument(std::string(call) + ": " + name +
-                          " is not in host memory (only CPU buffers are supported here)");
 }
 
 void checkRoot(const char* call, const Comm& c, int root) {

@@ -46,27 +46,31 @@ OpDesc p2pDesc(const Buffer& buf) {
 
 }  // namespace
 
-WorkPtr Comm::send(int peer, uint64_t tag, const Buffer& buf) {
+OpDesc Comm::describeP2P(int peer, uint64_t tag, const Buffer& buf, bool isSend) {
   if (peer < 0 || peer >= size() || peer == rank_)
-    throw InvalidArgument("send: invalid destination rank " + std::to_string(peer));
+    throw InvalidArgument(std::string(isSend ? "send: invalid destination rank "
+                                             : "recv: invalid source rank ") +
+                          std::to_string(peer));
   OpDesc desc = p2pDesc(buf);
-  {
+  if (isSend) {
     std::lock_guard<std::mutex> lock(p2pMu_);
     desc.seq = sendCount_[{peer, tag}]++;
+  } else {
+    std::lock_guard<std::mutex> lock(recvOrder_->mu);
+    desc.seq = recvOrder_->next[{peer, tag}]++;
   }
+  return desc;
+}
+
+WorkPtr Comm::send(int peer, uint64_t tag, const Buffer& buf) {
+  OpDesc desc = describeP2P(peer, tag, buf, true);
   MsgKey key{id_, desc.seq, tag, Channel::P2P};
   auto req = transport_->send(members_[peer], key, desc, buf.ptr, buf.bytes());
   return trackP2P(req, desc, peer, "send");
 }
 
 WorkPtr Comm::recv(int peer, uint64_t tag, const Buffer& buf) {
-  if (peer < 0 || peer >= size() || peer == rank_)
-    throw InvalidArgument("recv: invalid source rank " + std::to_string(peer));
-  OpDesc desc = p2pDesc(buf);
-  {
-    std::lock_guard<std::mutex> lock(recvOrder_->mu);
-    desc.seq = recvOrder_->next[{peer, tag}]++;
-  }
+  OpDesc desc = describeP2P(peer, tag, buf, false);
   MsgKey key{id_, desc.seq, tag, Channel::P2P};
   auto req = transport_->recv(members_[peer], key, desc, buf.ptr, buf.bytes());
   return trackP2P(req, desc, peer, "recv");

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ringflow/kernels.h"
+#include "simd.h"
 #include "ringflow/lut.h"
 #include "ringflow/quantize.h"
 #include "ringflow/types.h"
@@ -24,10 +25,7 @@ void lutGemvTileInt8(float* y16, const uint8_t* idx8, const float* tscales, cons
 
 namespace {
 
-bool useAvx2() {
-  // simdLevel() is "avx2" or "avx512" exactly when the CPU has AVX2 + FMA.
-  return std::strcmp(simdLevel(), "scalar") != 0;
-}
+bool useAvx2() { return atLeastAvx2(); }
 
 void checkBlock(size_t block, bool multipleOf4) {
   if (block == 0 || (multipleOf4 && block % kLutGroup != 0))

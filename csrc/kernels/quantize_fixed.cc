@@ -9,6 +9,7 @@
 #include <string>
 
 #include "quantize_isa.h"
+#include "simd.h"
 #include "ringflow/clones.h"
 #include "ringflow/kernels.h"
 #include "ringflow/quantize.h"
@@ -49,10 +50,7 @@ double fixedInverse(int exponent, int workers) {
   return std::ldexp(1.0 / (kInt32Max / double(workers)), exponent);
 }
 
-bool useAvx2() {
-  // simdLevel() is "avx2" or "avx512" exactly when the CPU has AVX2 + FMA.
-  return std::strcmp(simdLevel(), "scalar") != 0;
-}
+bool useAvx2() { return atLeastAvx2(); }
 
 }  // namespace
 

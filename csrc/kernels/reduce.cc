@@ -10,6 +10,7 @@
 
 #include "half.h"
 #include "reduce_isa.h"
+#include "simd.h"
 #include "ringflow/env.h"
 #include "ringflow/kernels.h"
 #include "ringflow/settings.h"
@@ -17,7 +18,7 @@
 namespace ringflow::kernels {
 namespace {
 
-enum Level : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+constexpr int kScalar = int(Simd::Scalar), kAvx2 = int(Simd::Avx2), kAvx512 = int(Simd::Avx512);
 const char* const kLevelNames[] = {"scalar", "avx2", "avx512"};
 
 int detectLevel() {
@@ -160,6 +161,8 @@ const SettingsRegistration kSettings(
       maxThreads();
     });
 }  // namespace
+
+Simd currentSimd() { return Simd(currentLevel().load(std::memory_order_relaxed)); }
 
 const char* simdLevel() { return kLevelNames[currentLevel().load(std::memory_order_relaxed)]; }
 

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <vector>
 
 #include "ringflow/transport.h"
 
@@ -62,15 +63,24 @@ struct FrameHeader {
 #pragma pack(pop)
 static_assert(sizeof(FrameHeader) == 56, "frame header layout is part of the wire format");
 
+// One queued frame of a byte-stream link (tcp, shm): its header, then
+// `bytes` of payload at `data`, of which `sent` (header included) are out.
+struct SendItem {
+  FrameHeader header;
+  const char* data = nullptr;
+  size_t bytes = 0;
+  size_t sent = 0;          // header and payload bytes already written
+  std::vector<char> owned;  // payload we own (control frames, cancelled sends)
+  RequestPtr req;
+};
+
 // Detaches the queued frame of send `req` from its caller's buffer: a frame
 // not yet started is dropped; a half-written one keeps its own copy of the
 // payload, because the peer expects the rest of it.  Caller holds the
-// queue's lock.  Item: header/data/bytes/sent/owned/req, as both byte-stream
-// transports queue them.
-template <typename Item>
-void detachQueued(std::deque<std::shared_ptr<Item>>& queue, const RequestPtr& req) {
+// queue's lock.
+inline void detachQueued(std::deque<std::shared_ptr<SendItem>>& queue, const RequestPtr& req) {
   for (auto it = queue.begin(); it != queue.end(); ++it) {
-    Item& item = **it;
+    SendItem& item = **it;
     if (item.req != req) continue;
     if (item.sent == 0)
       queue.erase(it);

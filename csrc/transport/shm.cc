@@ -44,7 +44,7 @@ RequestPtr ShmTransport::send(int peer, const MsgKey& key, const OpDesc& desc, c
       return item->req;
     }
   }
-  Link& l = *links_[localOf_[peer]];
+  PeerQueues& l = *peers_[localOf_[peer]];
   {
     std::lock_guard<std::mutex> lock(l.sendMu);
     if (l.dead) {
@@ -64,7 +64,7 @@ RequestPtr ShmTransport::send(int peer, const MsgKey& key, const OpDesc& desc, c
   return item->req;
 }
 
-bool ShmTransport::writeSome(Link& l, SendItem& item) {
+bool ShmTransport::writeSome(PeerQueues& l, SendItem& item) {
   const size_t cap = options_.queueBytes, hsize = sizeof(FrameHeader);
   const char* payload = item.owned.empty() ? item.data : item.owned.data();
   size_t space = cap - size_t(l.outHead - l.out->tail.load(std::memory_order_acquire));
@@ -91,7 +91,7 @@ bool ShmTransport::writeSome(Link& l, SendItem& item) {
   return item.sent == hsize + item.bytes;
 }
 
-bool ShmTransport::flushOut(Link& l) {
+bool ShmTransport::flushOut(PeerQueues& l) {
   std::vector<RequestPtr> done;
   bool moved = false;
   {
@@ -117,7 +117,7 @@ bool ShmTransport::flushOut(Link& l) {
   return moved || !done.empty();
 }
 
-bool ShmTransport::drainIn(Link& l) {
+bool ShmTransport::drainIn(PeerQueues& l) {
   const size_t cap = options_.queueBytes, hsize = sizeof(FrameHeader);
   uint64_t head = l.in->head.load(std::memory_order_acquire);
   if (head == l.inTail) return false;
@@ -159,15 +159,15 @@ bool ShmTransport::drainIn(Link& l) {
   return true;
 }
 
-void ShmTransport::finishFrame(Link& l) {
+void ShmTransport::finishFrame(PeerQueues& l) {
   l.headerGot = 0;
   mailbox_->onPayload(l.peer, std::move(l.sink));
 }
 
 void ShmTransport::failDeadPeers() {
-  for (auto& lp : links_) {
+  for (auto& lp : peers_) {
     if (!lp) continue;
-    Link& l = *lp;
+    PeerQueues& l = *lp;
     std::deque<std::shared_ptr<SendItem>> lost;
     {
       std::lock_guard<std::mutex> lock(l.sendMu);
@@ -195,9 +195,9 @@ void ShmTransport::progressLoop() {
   while (!stop_) {
     uint32_t seen = me.rxBell.word.load(std::memory_order_acquire);
     bool worked = false;
-    for (auto& l : links_)
+    for (auto& l : peers_)
       if (l) worked |= drainIn(*l);
-    for (auto& l : links_)
+    for (auto& l : peers_)
       if (l) worked |= flushOut(*l);
     if (worked) {
       idleSince = Clock::now();
@@ -214,7 +214,7 @@ void ShmTransport::progressLoop() {
 
 void ShmTransport::cancelSend(const RequestPtr& req) {
   if (req->done()) return;
-  Link& l = *links_[localOf_[req->peer()]];
+  PeerQueues& l = *peers_[localOf_[req->peer()]];
   std::lock_guard<std::mutex> lock(l.sendMu);
   detachQueued(l.pending, req);
 }

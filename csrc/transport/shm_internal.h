@@ -13,17 +13,8 @@
 
 namespace ringflow {
 
-struct ShmTransport::SendItem {
-  FrameHeader header;
-  const char* data = nullptr;
-  size_t bytes = 0;
-  size_t sent = 0;          // header and payload bytes already in the queue
-  std::vector<char> owned;  // our own copy once a half-sent item is cancelled
-  RequestPtr req;
-};
-
 // Both directions between this rank and one local peer.
-struct ShmTransport::Link {
+struct ShmTransport::PeerQueues {
   int peer = -1;  // global rank
   shm::Header* peerHeader = nullptr;
   // Outgoing: the queue for this rank inside the peer's segment.

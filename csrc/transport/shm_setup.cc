@@ -172,10 +172,10 @@ void ShmTransport::attach(const std::vector<std::string>& names, double timeoutS
   headers_[me]->cmaOk.store(cma ? 1 : 0, std::memory_order_release);
   for (size_t i = 0; i < maps_.size(); ++i) {
     if (int(i) == me) {
-      links_.emplace_back();
+      peers_.emplace_back();
       continue;
     }
-    auto l = std::make_unique<Link>();
+    auto l = std::make_unique<PeerQueues>();
     l->peer = localRanks_[i];
     l->peerHeader = headers_[i];
     l->out = reinterpret_cast<shm::QueueCtl*>(maps_[i] + layout.ctlOffset() +
@@ -184,7 +184,7 @@ void ShmTransport::attach(const std::vector<std::string>& names, double timeoutS
     l->in = reinterpret_cast<shm::QueueCtl*>(maps_[me] + layout.ctlOffset() +
                                              i * sizeof(shm::QueueCtl));
     l->inData = maps_[me] + layout.queueOffset(i);
-    links_.push_back(std::move(l));
+    peers_.push_back(std::move(l));
   }
   (void)timeoutSec;
   thread_ = std::thread([this] { progressLoop(); });
@@ -231,7 +231,7 @@ bool ShmTransport::readCurrent(int local, OpDesc& d) {
 
 void ShmTransport::drain(double timeoutSec) {
   Deadline until = Clock::now() + std::chrono::microseconds(int64_t(timeoutSec * 1e6));
-  for (auto& l : links_) {
+  for (auto& l : peers_) {
     if (!l) continue;
     while (Clock::now() < until) {
       {
@@ -254,7 +254,7 @@ void ShmTransport::close() {
     thread_.join();
   }
   std::vector<RequestPtr> lost;
-  for (auto& l : links_) {
+  for (auto& l : peers_) {
     if (!l) continue;
     std::lock_guard<std::mutex> lock(l->sendMu);
     l->dead = true;

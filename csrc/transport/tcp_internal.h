@@ -15,15 +15,6 @@
 
 namespace ringflow {
 
-struct TcpTransport::SendItem {
-  FrameHeader header;
-  const char* data = nullptr;
-  size_t bytes = 0;
-  size_t sent = 0;  // header and payload bytes already written
-  std::vector<char> owned;  // payload we own (control frames, cancelled sends)
-  RequestPtr req;
-};
-
 struct TcpTransport::Conn {
   int fd = -1;
   int peer = -1;

@@ -1,27 +1,21 @@
-"""Codes shared with the C++ core (types.h) for element types and reduce ops."""
+"""Codes of the C++ core (types.h) for element types and reduce ops, from the binding."""
 
 from __future__ import annotations
 
 import numpy as np
 
-# Same order as ringflow::DType.
-DTYPE_NAMES = ("float32", "float64", "float16", "bfloat16", "int8", "uint8", "int32", "int64", "bool")
+from . import _C
+
+# The core's codes are positions in these tuples (types.h), read from the
+# binding, so nothing here copies an enum order.
+DTYPE_NAMES = tuple(_C.dtype_names())
 DTYPE_CODE = {name: code for code, name in enumerate(DTYPE_NAMES)}
 
-# Same order as ringflow::ReduceOp.
-REDUCE_OP_NAMES = ("sum", "product", "min", "max", "avg", "band", "bor", "bxor")
+REDUCE_OP_NAMES = tuple(_C.reduce_op_names())
 REDUCE_OP_CODE = {name: code for code, name in enumerate(REDUCE_OP_NAMES)}
 
-_NUMPY_CODE = {
-    np.dtype(np.float32): 0,
-    np.dtype(np.float64): 1,
-    np.dtype(np.float16): 2,
-    np.dtype(np.int8): 4,
-    np.dtype(np.uint8): 5,
-    np.dtype(np.int32): 6,
-    np.dtype(np.int64): 7,
-    np.dtype(np.bool_): 8,
-}
+# numpy has no bfloat16.
+_NUMPY_CODE = {np.dtype(name): code for name, code in DTYPE_CODE.items() if name != "bfloat16"}
 
 
 def numpy_dtype_code(dtype) -> int:
@@ -44,17 +38,7 @@ def torch_dtype_code(dtype) -> int:
     if not _TORCH_CODE:  # built on first use: torch is imported only by those who use it
         import torch
 
-        _TORCH_CODE.update({
-            torch.float32: 0,
-            torch.float64: 1,
-            torch.float16: 2,
-            torch.bfloat16: 3,
-            torch.int8: 4,
-            torch.uint8: 5,
-            torch.int32: 6,
-            torch.int64: 7,
-            torch.bool: 8,
-        })
+        _TORCH_CODE.update({getattr(torch, name): code for name, code in DTYPE_CODE.items()})
         if dtype in _TORCH_CODE:
             return _TORCH_CODE[dtype]
     raise ValueError(f"ringflow does not support tensors of dtype {dtype}")

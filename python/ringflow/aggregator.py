@@ -1,4 +1,4 @@
-"""The gradient-packet aggregator service (mechanism 3), from Python.
+"""The gradient-packet aggregator service (SwitchML-style in-network aggregation), from Python.
 
 `Aggregator(workers=N)` binds a UDP port on 127.0.0.1 and serves on a
 thread of its own; workers reach it with RINGFLOW_ALGO=aggregate and

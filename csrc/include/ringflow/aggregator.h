@@ -1,4 +1,4 @@
-// The packet-aggregation service (mechanism 3): SwitchML's "computing
+// The packet-aggregation service: SwitchML's "computing
 // interconnect device" in software.  One UDP socket, one thread: receive a
 // batch of worker packets (recvmmsg), add each payload into its job's slot
 // exactly once, and send every completed slot's sum back to all the job's

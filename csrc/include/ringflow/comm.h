@@ -126,6 +126,8 @@ class Comm : public std::enable_shared_from_this<Comm> {
   void release();  // an inline call ends: idle again, wake the op thread if needed
   void watchP2P();
   WorkPtr trackP2P(RequestPtr req, const OpDesc& desc, int peer, const char* verb);
+  // Checks `peer` and numbers the call in its (peer, tag) order.
+  OpDesc describeP2P(int peer, uint64_t tag, const Buffer& buf, bool isSend);
 
   std::shared_ptr<Transport> transport_;
   std::shared_ptr<Comm> lower_, higher_;

@@ -1,4 +1,4 @@
-// LUT-based distributed arithmetic (mechanism 4): y = sum_n c[n] * x[n] with
+// LUT-based distributed arithmetic: y = sum_n c[n] * x[n] with
 // x low-bit codes, computed without multiplies.  The codes are split into bit
 // planes; the coefficients are taken four at a time and each group's 16-entry
 // table {sum of the coefficients whose bit is set} is built once; every

@@ -1,4 +1,4 @@
-// The wire format of gradient packet aggregation (mechanism 3).
+// The wire format of gradient packet aggregation.
 //
 // Workers cut a float tensor into chunks of at most k elements, quantise
 // each chunk to int32 fixed point (kernels/quantize_fixed.cc) and send it

@@ -1,6 +1,6 @@
 // Gradient quantisation kernels (CPU, float32 in and out).
 //
-// Fixed point (SwitchML's scheme, mechanism 3): a block of values shares an
+// Fixed point (SwitchML's scheme): a block of values shares an
 // exponent e with 2^e >= max|x|; each value becomes an int32 with scale
 // INT32_MAX / (N * 2^e), so the sum of N workers' integers cannot overflow
 // and the aggregator's integer adds are exact and order-independent.  The

@@ -1,12 +1,14 @@
 // The transport a process uses when some peers share its host: data frames
-// to those peers go through shared memory, everything else (other hosts,
-// Abort and Bye control frames) through the TCP mesh.  Both deliver into the
-// TCP transport's Mailbox, so matching, mismatch detection and abort state
-// are the same whichever link a frame took; a peer's death is still noticed
-// by its TCP link's EOF, which fails waits on its shared-memory queue too.
+// go over the first link that reaches their peer (shared memory to ranks on
+// this host, TCP to everyone else); TCP stays the control link, carrying
+// Abort and Bye frames and owning the Mailbox every link delivers into, so
+// matching, mismatch detection and abort state are the same whichever link
+// a frame took.  A peer's death is still noticed by its TCP link's EOF,
+// which fails waits on its shared-memory queue too.
 #pragma once
 
 #include <memory>
+#include <vector>
 
 #include "ringflow/shm.h"
 #include "ringflow/tcp.h"
@@ -18,11 +20,13 @@ class RoutedTransport : public Transport {
   RoutedTransport(std::shared_ptr<TcpTransport> tcp, std::shared_ptr<ShmTransport> shm);
   ~RoutedTransport() override;
 
-  int rank() const override { return tcp_->rank(); }
-  int size() const override { return tcp_->size(); }
+  int rank() const override { return control_->rank(); }
+  int size() const override { return control_->size(); }
   const char* name() const override { return "tcp+shm"; }
   RequestPtr send(int peer, const MsgKey& key, const OpDesc& desc, const void* data,
-                  size_t bytes) override;
+                  size_t bytes) override {
+    return route_[peer]->send(peer, key, desc, data, bytes);
+  }
   RequestPtr recv(int peer, const MsgKey& key, const OpDesc& desc, void* data,
                   size_t bytes) override;
   RequestPtr recvAny(const std::vector<int>& peers, const MsgKey& key, ClaimFn claim,
@@ -34,12 +38,13 @@ class RoutedTransport : public Transport {
   void abort(uint64_t comm, const std::string& why) override;
   std::string abortReason(uint64_t comm) override;
   void close() override;
-
   ShmTransport* sharedMemory() override { return shm_.get(); }
 
  private:
-  std::shared_ptr<TcpTransport> tcp_;
+  std::shared_ptr<TcpTransport> control_;
   std::shared_ptr<ShmTransport> shm_;
+  std::vector<Link*> links_;  // asked in this order; the control link last
+  std::vector<Link*> route_;  // per peer: the first link that reaches it
 };
 
 }  // namespace ringflow

@@ -20,12 +20,13 @@
 namespace ringflow {
 
 class Mailbox;
+struct SendItem;
 namespace shm {
 struct Header;
 struct QueueCtl;
 }  // namespace shm
 
-class ShmTransport {
+class ShmTransport : public Link {
  public:
   struct Options {
     size_t queueBytes = 1 << 20;  // per (sender, receiver) queue
@@ -39,7 +40,7 @@ class ShmTransport {
   // `localRanks` are the global ranks on this host, this one included.
   ShmTransport(int rank, int size, std::vector<int> localRanks, std::shared_ptr<Mailbox> mailbox,
                uint64_t token, Options options);
-  ~ShmTransport();
+  ~ShmTransport() override;
 
   const std::string& segmentName() const { return name_; }
   // Maps the peers' segments (`names` in the order of localRanks), checks
@@ -50,14 +51,24 @@ class ShmTransport {
   void unlink();
 
   int rank() const { return rank_; }
-  bool reaches(int peer) const { return peer >= 0 && peer < size_ && localOf_[peer] >= 0; }
+  const char* name() const override { return "shm"; }
+  bool reaches(int peer) const override {
+    return peer >= 0 && peer < size_ && peer != rank_ && localOf_[peer] >= 0;
+  }
   RequestPtr send(int peer, const MsgKey& key, const OpDesc& desc, const void* data,
-                  size_t bytes);
-  void cancelSend(const RequestPtr& req);
+                  size_t bytes) override;
+  void cancelSend(const RequestPtr& req) override;
+  // The arena goes to the first communicator that spans every rank (offerArena).
+  void commRegistered(uint64_t comm, const std::vector<int>& members) override {
+    offerArena(comm, members);
+  }
+  void opBegun(uint64_t comm, const OpDesc& desc) override {
+    if (comm == arenaComm()) publishCurrent(desc);
+  }
   // Waits (at most `timeoutSec`) until the peers have read all we sent, so a
   // goodbye on the TCP link cannot overtake data still in a queue.
-  void drain(double timeoutSec);
-  void close();
+  void drain(double timeoutSec) override;
+  void close() override;
 
   // The allreduce arena, used by one communicator: the first one registered
   // that spans every rank of the transport, when they are all on this host.
@@ -81,13 +92,12 @@ class ShmTransport {
   // The arena protocol reads and writes the segments' headers and slots.
   friend class ShmArenaStep;
 
-  struct SendItem;
-  struct Link;
+  struct PeerQueues;
 
-  bool writeSome(Link& l, SendItem& item);
-  bool flushOut(Link& l);
-  bool drainIn(Link& l);
-  void finishFrame(Link& l);
+  bool writeSome(PeerQueues& l, SendItem& item);
+  bool flushOut(PeerQueues& l);
+  bool drainIn(PeerQueues& l);
+  void finishFrame(PeerQueues& l);
   void failDeadPeers();
   void progressLoop();
 
@@ -105,7 +115,7 @@ class ShmTransport {
   std::vector<char*> maps_;  // per local rank
   std::vector<shm::Header*> headers_;
   std::vector<char*> slots_;
-  std::vector<std::unique_ptr<Link>> links_;  // per local rank; null for this one
+  std::vector<std::unique_ptr<PeerQueues>> peers_;  // per local rank; null for this one
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> closed_{false};

@@ -1,4 +1,4 @@
-// Per-call timings and the ring-relay watchdog's counters (mechanism 2):
+// Per-call timings and the ring-relay watchdog's counters:
 // every call is timed in its aggregation phase (partial results travelling
 // round the ring) and in aggregation plus dispatch (the whole call), and
 // the peer this rank waited on longest is remembered as the slow hop.

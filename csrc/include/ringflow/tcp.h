@@ -14,8 +14,11 @@
 namespace ringflow {
 
 class Mailbox;
+struct SendItem;
 
-class TcpTransport : public Transport {
+// Also the control link of a RoutedTransport: it owns the Mailbox every link
+// delivers into, carries Abort and Bye frames, and reaches every peer.
+class TcpTransport : public Transport, public Link {
  public:
   // Binds and listens on `bindHost` (an ephemeral port), so the address can
   // be published before anyone connects.
@@ -37,6 +40,8 @@ class TcpTransport : public Transport {
   RequestPtr recvAny(const std::vector<int>& peers, const MsgKey& key, ClaimFn claim,
                      const OpDesc& desc, void* data, size_t bytes) override;
   void cancel(const RequestPtr& req) override;
+  bool reaches(int peer) const override { return peer >= 0 && peer < size_ && peer != rank_; }
+  void cancelSend(const RequestPtr& req) override { cancel(req); }
   void registerComm(uint64_t comm, const std::vector<int>& members, uint64_t parent) override;
   void beginOp(uint64_t comm, const OpDesc& desc) override;
   void endOp(uint64_t comm) override;
@@ -50,7 +55,6 @@ class TcpTransport : public Transport {
   std::shared_ptr<Mailbox> mailbox() const { return mailbox_; }
 
  private:
-  struct SendItem;
   struct Conn;
 
   RequestPtr enqueue(int peer, std::shared_ptr<SendItem> item);

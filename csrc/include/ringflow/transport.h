@@ -85,6 +85,32 @@ class Request {
 };
 using RequestPtr = std::shared_ptr<Request>;
 
+// One way of carrying data frames to some of the peers: tcp, shm, later
+// cuda_ipc.  A link only moves bytes; what it receives it delivers into the
+// control transport's Mailbox, so message matching, mismatch detection and
+// abort live above the links, whichever link a frame took.  RoutedTransport
+// asks each link in turn whether it reaches a peer (as NCCL picks
+// transports), so a new transport is one Link plus one line there.
+class Link {
+ public:
+  virtual ~Link() = default;
+  virtual const char* name() const = 0;
+  // Whether data frames to `peer` (a global rank, not this one) can go
+  // here; asked once per peer when the route is built.
+  virtual bool reaches(int peer) const = 0;
+  virtual RequestPtr send(int peer, const MsgKey& key, const OpDesc& desc, const void* data,
+                          size_t bytes) = 0;
+  // Detaches an unfinished send from the caller's buffer (Transport::cancel).
+  virtual void cancelSend(const RequestPtr& req) = 0;
+  // A communicator was registered / begins a call (the shm arena's hooks).
+  virtual void commRegistered(uint64_t comm, const std::vector<int>& members) {}
+  virtual void opBegun(uint64_t comm, const OpDesc& desc) {}
+  // Waits, at most `timeoutSec`, until the peers took everything sent here,
+  // so that a goodbye on another link cannot overtake it.
+  virtual void drain(double timeoutSec) {}
+  virtual void close() = 0;
+};
+
 // All links of one process to the ranks of one group (global ranks 0..size-1),
 // whatever carries them.
 class Transport {

@@ -36,8 +36,6 @@ enum class ReduceOp : uint8_t {
 };
 constexpr int kNumReduceOps = 8;
 
-enum class Device : uint8_t { CPU = 0, CUDA = 1 };
-
 size_t elementSize(DType t);
 const char* dtypeName(DType t);
 const char* reduceOpName(ReduceOp op);
@@ -50,12 +48,13 @@ void checkReduceOp(DType t, ReduceOp op);
 DType dtypeFromInt(int v);
 ReduceOp reduceOpFromInt(int v);
 
-// A view of memory owned by someone else (a tensor, a numpy array).
+// A view of host memory owned by someone else (a tensor, a numpy array).
+// Only the kernels know about device memory (kernels_cuda.h); the Python
+// backend stages any other tensor through host memory first.
 struct Buffer {
   void* ptr = nullptr;
   size_t count = 0;  // elements, not bytes
   DType dtype = DType::Float32;
-  Device device = Device::CPU;
 
   size_t bytes() const { return count * elementSize(dtype); }
   char* at(size_t element) const {
