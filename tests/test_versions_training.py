@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from worlds import WorldError, init_torch, run_world
+from worlds import init_torch, run_world
 
 pytest.importorskip("sklearn")
 
@@ -72,16 +72,25 @@ def test_loss_spike_is_caught_and_only_the_culprit_skipped(tmp_path):
     assert _same_on_every_rank(ref, "model_sha256") == _same_on_every_rank(a, "model_sha256")
 
 
+def diverging_world(rank, size, store, inject, guard):
+    """train_world, but each rank reports its own DivergenceError instead of
+    raising it (the harness stops the other ranks as soon as one raises)."""
+    from ringflow.versions import DivergenceError
+
+    try:
+        train_world(rank, size, store, 60, 5, inject, (), guard)
+    except DivergenceError as e:
+        return f"{type(e).__name__}: {e}"
+    return "trained to the end"
+
+
 def test_job_that_keeps_diverging_stops_on_every_rank(tmp_path):
     inject = {b: (1, "nan") for b in range(12, 200)}
-    with pytest.raises(WorldError) as e:
-        run_world(2, train_world, str(tmp_path / "a"), 60, 5, inject, (), {"max_rollbacks": 2},
-                  timeout=TIMEOUT)
-    msg = str(e.value)
-    for rank in (0, 1):
-        assert f"--- rank {rank} raised" in msg
-        assert f"DivergenceError: rank {rank}: training diverged" in msg
-    assert "giving up after 2 rollback(s)" in msg
+    results = run_world(2, diverging_world, str(tmp_path / "a"), inject, {"max_rollbacks": 2},
+                        timeout=TIMEOUT)
+    for rank, msg in enumerate(results):
+        assert msg.startswith(f"DivergenceError: rank {rank}: training diverged"), msg
+        assert "giving up after 2 rollback(s)" in msg, msg
     from ringflow.versions import Store
 
     s = Store(tmp_path / "a")
