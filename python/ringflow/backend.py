@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from . import _C
+from . import timeline as _timeline
 from ._dtypes import REDUCE_OP_CODE, torch_dtype_code
 from .rendezvous import Communicator, close_all
 
@@ -143,6 +144,9 @@ class Work(dist.Work):
         self._lock = threading.Lock()
         self._done = False
         self._error: BaseException | None = None
+        # RINGFLOW_TIMELINE: one attribute test when it is off.
+        if _timeline.ACTIVE is not None and self._core:
+            _timeline.ACTIVE.collective(self._core, pg.rank())
 
     def _complete(self) -> None:
         with self._lock:
