@@ -111,12 +111,16 @@ def pipeline_schedules_agree(rank, size):
     init_torch(rank, size)
     batches = _batches(rank, rounds=4)
     a, _ = _pipelined(_members(), batches, None, overlap=True)
-    b, _ = _pipelined(_members(), batches, None, overlap=False)
-    return all(torch.equal(x, y) for p, q in zip(a, b) for x, y in zip(p, q))
+    b, seq = _pipelined(_members(), batches, None, overlap=False)
+    same = all(torch.equal(x, y) for p, q in zip(a, b) for x, y in zip(p, q))
+    return same, seq.times.overlapped, seq.times.computations
 
 
 def test_pipelined_and_sequential_schedules_agree_on_three_ranks():
-    assert all(run_world(3, pipeline_schedules_agree, timeout=180))
+    for same, overlapped, computations in run_world(3, pipeline_schedules_agree, timeout=180):
+        assert same
+        # The sequential schedule never computes while a sync is in flight.
+        assert overlapped == 0 and computations == 4 * len(WIDTHS)
 
 
 # -- the timeline ---------------------------------------------------------------

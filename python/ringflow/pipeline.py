@@ -18,7 +18,7 @@ trained one after another (`overlap=False`) with the same data order.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Callable, Sequence
 
@@ -111,9 +111,10 @@ class Times:
     waiting: float = 0.0
     wall: float = 0.0
     rounds: int = 0
-    # Per round: (model computing, models whose sync was still in flight
-    # when it started) — where the pipeline says comm and compute overlap.
-    overlaps: list = field(default_factory=list)
+    # Computations run, and how many of them started while another model's
+    # sync was still in flight (the timeline names which, per span).
+    computations: int = 0
+    overlapped: int = 0
 
 
 class Pipeline:
@@ -151,7 +152,8 @@ class Pipeline:
             # flight really was running during the span.
             t0 = time.perf_counter()
             in_flight = [self.members[j].name for j, s in enumerate(self.pending) if s is not None and not s.done()]
-            self.times.overlaps.append((m.name, in_flight))
+            self.times.computations += 1
+            self.times.overlapped += bool(in_flight)
             losses.append(self._compute(i, m, batch, t0, in_flight))
             self.pending[i] = self._submit(i)
             if not self.overlap:
