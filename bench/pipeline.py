@@ -99,23 +99,32 @@ def rank_main(rank: int, size: int, cfg: dict) -> dict:
     g = torch.Generator().manual_seed(rank)
     members = _members(cfg, torch)
     rows = cfg["rows"] or _calibrate(members, cfg, 64, dist, torch, g)
-    out = {"rows": rows, "sequential": [], "pipelined": [], "comm": [], "compute": [], "waiting": []}
+    out = {"rows": rows, "sequential": [], "pipelined": [], "comm": [], "compute": [], "waiting": [],
+           "compute_pipelined": [], "call_ms": {"sequential": [], "pipelined": []}}
     for block in range(cfg["blocks"]):
         for overlap in (False, True):
             pipe = Pipeline(members, overlap=overlap)
             batches = [[_batch(rows, cfg, g, torch) for _ in members] for _ in range(cfg["rounds"])]
             dist.barrier()
+            ringflow.reset_stats()
             t0 = time.perf_counter()
             for b in batches:
                 pipe.round(b)
             pipe.finish()
             wall = time.perf_counter() - t0
-            out["pipelined" if overlap else "sequential"].append(wall)
+            schedule = "pipelined" if overlap else "sequential"
+            out[schedule].append(wall)
+            # The core's own time per allreduce: longer when pipelined means
+            # communication and computation fight over the CPUs.
+            ops = ringflow.stats()["ops"].get("allreduce")
+            if ops and cfg["backend"] == "ringflow":
+                out["call_ms"][schedule].append(ops["total_ms"] / ops["count"])
             if not overlap:
                 out["comm"].append(pipe.times.comm)
                 out["compute"].append(pipe.times.compute)
             else:
                 out["waiting"].append(pipe.times.waiting)
+                out["compute_pipelined"].append(pipe.times.compute)
     if timeline.ACTIVE is not None:
         timeline.ACTIVE.set_rank(rank)
         out["timeline"] = timeline.ACTIVE.flush()
@@ -126,14 +135,21 @@ def rank_main(rank: int, size: int, cfg: dict) -> dict:
 def summarise(per_rank: list[dict]) -> dict:
     from ringflow.pipeline import overlap_efficiency
 
+    def mean(key):  # a per-rank total, averaged over ranks
+        return sum(sum(r[key]) for r in per_rank) / len(per_rank)
+
+    def calls(schedule):  # the core's mean time per allreduce
+        v = [x for r in per_rank for x in r["call_ms"][schedule]]
+        return sum(v) / len(v) if v else None
+
     blocks = len(per_rank[0]["sequential"])
     seq = sum(max(r["sequential"][b] for r in per_rank) for b in range(blocks))
     pipe = sum(max(r["pipelined"][b] for r in per_rank) for b in range(blocks))
-    comm = sum(sum(r["comm"]) for r in per_rank) / len(per_rank)
-    compute = sum(sum(r["compute"]) for r in per_rank) / len(per_rank)
+    comm, compute = mean("comm"), mean("compute")
     return {"sequential_s": seq, "pipelined_s": pipe, "speedup": seq / pipe, "comm_s": comm,
             "compute_s": compute, "overlap_efficiency": overlap_efficiency(seq, pipe, comm, compute),
-            "waiting_pipelined_s": sum(sum(r["waiting"]) for r in per_rank) / len(per_rank),
+            "waiting_pipelined_s": mean("waiting"), "compute_pipelined_s": mean("compute_pipelined"),
+            "allreduce_ms_sequential": calls("sequential"), "allreduce_ms_pipelined": calls("pipelined"),
             "rows": per_rank[0]["rows"]}
 
 
@@ -152,6 +168,10 @@ def _scenarios(a, cfg, here: str):
     if not a.skip_one_host:
         yield ("1 host", netns.run_ranks([[]] * 4, [{}] * 4, "127.0.0.1", "pipeline:rank_main", [cfg],
                                          env=env, timeout=a.timeout, path=[here]))
+
+
+def _pair(a, b) -> str:
+    return f"{a:.0f}/{b:.0f}" if a is not None and b is not None else "-"
 
 
 def _git_sha() -> str:
@@ -189,8 +209,10 @@ def main(argv=None) -> int:
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; backend {a.backend}")
     print(f"# 4 ranks, {a.models} models of ~{params / 1e6:.2f}M float32 parameters "
           f"({params * 4 / 2**20:.1f} MiB of gradients each), {a.blocks} blocks x {a.rounds} rounds per schedule")
+    print("# comm s, compute s: measured in the sequential schedule (mean over ranks); pipe compute s: the")
+    print("# same computation in the pipelined schedule; call ms: the core's mean time per allreduce, seq/pipe")
     print(f"{'scenario':>22} {'rows':>5} {'seq s':>7} {'pipe s':>7} {'speedup':>7} {'comm s':>7} "
-          f"{'compute s':>9} {'efficiency':>10}", flush=True)
+          f"{'compute s':>9} {'efficiency':>10} {'pipe compute s':>14} {'call ms':>13}", flush=True)
     here = os.path.dirname(os.path.abspath(__file__))
     rows = []
     for name, per_rank in _scenarios(a, cfg, here):
@@ -198,7 +220,8 @@ def main(argv=None) -> int:
         s["scenario"] = name
         rows.append(s)
         print(f"{name:>22} {s['rows']:5d} {s['sequential_s']:7.2f} {s['pipelined_s']:7.2f} "
-              f"{s['speedup']:7.2f} {s['comm_s']:7.2f} {s['compute_s']:9.2f} {s['overlap_efficiency']:10.2f}",
+              f"{s['speedup']:7.2f} {s['comm_s']:7.2f} {s['compute_s']:9.2f} {s['overlap_efficiency']:10.2f} "
+              f"{s['compute_pipelined_s']:14.2f} {_pair(s['allreduce_ms_sequential'], s['allreduce_ms_pipelined']):>13}",
               flush=True)
     if not rows:
         return 1

@@ -5,9 +5,11 @@ A `Pipeline` goes round its models.  After model i's backward its gradients
 are packed into buckets (about 25 MiB, as DDP coalesces them) and each
 bucket is all-reduced with async_op=True; model i+1's forward and backward
 run while those calls are in flight; then model i's synchronisation is
-awaited (it is usually done by then), its gradients averaged and its
-optimizer stepped — always before model i's next forward.  The last model's
-synchronisation overlaps the first model's computation in the next round.
+awaited, its gradients averaged and its optimizer stepped: as soon as a
+check between two models' computations finds it complete, and at the
+latest just before model i's next forward (the only place the pipeline
+blocks).  The last model's synchronisation overlaps the first models'
+computation in the next round.
 
 Nothing here depends on ringflow: any torch.distributed group works (gloo
 for comparison).  Gradients are summed and divided by the world size, as
@@ -143,10 +145,9 @@ class Pipeline:
             raise ValueError(f"{len(self.members)} models need {len(self.members)} batches, got {len(batches)}")
         start = time.perf_counter()
         losses = []
-        n = len(self.members)
         for i, (m, batch) in enumerate(zip(self.members, batches)):
-            # Model i's previous sync was finished one model later in the last
-            # round; with one model that is now.
+            # Model i's last sync has had the other models' computation to
+            # finish in; if it has not, this is where the pipeline stalls.
             self._finish(i)
             # Asked after the compute span has begun, so a sync reported in
             # flight really was running during the span.
@@ -158,10 +159,12 @@ class Pipeline:
             self.pending[i] = self._submit(i)
             if not self.overlap:
                 self._finish(i)
-            elif n > 1:
-                # The previous model's sync has had this model's whole
-                # computation to finish: step it now, while ours is in flight.
-                self._finish((i - 1) % n)
+            else:
+                # Step the models whose syncs are already done, without
+                # blocking: waiting here for a sync that is a little late
+                # would stall the next model's computation, while the sync
+                # may take until that model's own next forward.
+                self._step_completed()
         self.times.wall += time.perf_counter() - start
         self.times.rounds += 1
         return losses
@@ -174,6 +177,14 @@ class Pipeline:
         self.times.wall += time.perf_counter() - start
 
     # -- the steps -------------------------------------------------------------
+    def _step_completed(self) -> None:
+        # Oldest first: calls on one group complete in submission order.
+        for j in sorted((j for j, s in enumerate(self.pending) if s is not None),
+                        key=lambda j: self.pending[j].submitted):
+            if not self.pending[j].done():
+                return
+            self._finish(j)
+
     def _compute(self, i: int, m: Member, batch, t0: float, in_flight: list[str]) -> float:
         m.optimizer.zero_grad()
         loss = m.loss(m.model, batch)
