@@ -3,7 +3,7 @@ one model's gradients synchronising while the next model computes.
 
     torchrun --nproc-per-node 2 examples/pipeline_sweep.py
     RINGFLOW_TIMELINE=trace.json torchrun --nproc-per-node 2 examples/pipeline_sweep.py
-    python -m ringflow.timeline merge trace.json trace.rank*.json   # one file for Perfetto
+    ringflow timeline merge trace.json trace.rank*.json   # one file for Perfetto
 
 Each model has its own optimizer (a different learning rate) and loss; every
 rank reads its own shard of the data.  --sequential trains the same models
@@ -59,8 +59,9 @@ def main() -> None:
         raise SystemExit(f"rank {rank}: training stopped: {type(err).__name__}: {err}")
     t = pipe.times
     if rank == 0:
-        print(f"done: {world} ranks, {t.rounds} rounds in {t.wall:.2f} s "
-              f"(compute {t.compute:.2f} s, comm {t.comm:.2f} s, blocked on comm {t.waiting:.2f} s)")
+        print(f"done: {world} ranks, {t.rounds} rounds in {t.wall:.2f} s (compute {t.compute:.2f} s, "
+              f"blocked on communication {t.waiting:.2f} s; {t.overlapped} of {t.computations} "
+              f"computations ran beside another model's sync)")
     dist.destroy_process_group()
 
 

@@ -4,7 +4,7 @@ Set ``RINGFLOW_TIMELINE=trace.json`` and every rank writes its own file,
 ``trace.rank0.json``, ``trace.rank1.json``, ... when the process exits (or
 when `flush()` is called).  Each file is a Chrome trace ({"traceEvents":
 [...]}) that Perfetto and chrome://tracing open; `merge()` (or
-``python -m ringflow.timeline merge OUT IN...``) joins the ranks' files into
+``ringflow timeline merge OUT IN...``) joins the ranks' files into
 one.  One file per rank, rather than one gathered by rank 0, because the
 rank that would gather is the one most likely to be gone when a job fails,
 and a failing job is when the timeline is wanted.
@@ -208,13 +208,10 @@ def merge(out: str, paths: list[str]) -> str:
     return out
 
 
-def _main(argv: list[str]) -> int:
+def main(argv: list[str]) -> int:
+    """`ringflow timeline merge OUT.json RANK.json...`"""
     if len(argv) < 3 or argv[0] != "merge":
-        print("usage: python -m ringflow.timeline merge OUT.json RANK_FILE.json...", file=sys.stderr)
+        print("usage: ringflow timeline merge OUT.json RANK_FILE.json...", file=sys.stderr)
         return 2
     print(merge(argv[1], argv[2:]))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
