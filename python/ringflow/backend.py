@@ -1,9 +1,8 @@
 """The torch.distributed adapter: a Python ProcessGroup named "ringflow".
 
 The only module that touches torch's distributed internals.  Tensors cross
-into the C++ core as (address, element count, dtype code); a tensor that is
-not a contiguous CPU tensor is staged through one, and copied back when the
-work finishes.
+into the C++ core as (address, element count, dtype code), staged through
+contiguous CPU memory where they are not already (staging.py).
 """
 
 from __future__ import annotations
@@ -18,8 +17,10 @@ import torch
 import torch.distributed as dist
 
 from . import _C
+from . import timeline as _timeline
 from ._dtypes import REDUCE_OP_CODE, torch_dtype_code
 from .rendezvous import Communicator, close_all
+from .staging import Staged, check_dense, check_writable, flatten, in_place, unflatten
 
 # Keyed by the enum value (ReduceOp.RedOpType), hashable, so a lookup is one
 # dict access; the options carry a ReduceOp object whose .op is that value.
@@ -49,81 +50,6 @@ def _blocking(opts) -> bool:
     return opts is not None and not getattr(opts, "asyncOp", True)
 
 
-def _in_place(t) -> bool:
-    """A dense, contiguous CPU tensor: the core can work on its memory directly."""
-    return isinstance(t, torch.Tensor) and t.is_cpu and t.layout is torch.strided and t.is_contiguous()
-
-
-class _Staged:
-    """A contiguous CPU view of a tensor, copied back after the op if needed."""
-
-    __slots__ = ("tensor", "buf", "write_back")
-
-    def __init__(self, tensor: torch.Tensor, write_back: bool):
-        _check_dense(tensor)
-        if write_back:
-            _check_writable(tensor)
-        self.tensor = tensor
-        direct = _in_place(tensor)
-        # `.to(memory_format=contiguous_format)` hands back a strided CPU
-        # view unchanged, so the copy is made explicitly: the core only ever
-        # sees count elements laid out one after another.
-        self.buf = tensor if direct else _contiguous_copy(tensor)
-        self.write_back = write_back and not direct
-
-    @property
-    def ptr(self) -> int:
-        return self.buf.data_ptr()
-
-    @property
-    def count(self) -> int:
-        return self.buf.numel()
-
-    @property
-    def code(self) -> int:
-        return torch_dtype_code(self.buf.dtype)
-
-    def finish(self) -> None:
-        if self.write_back:
-            self.tensor.copy_(self.buf)
-
-
-def _check_dense(tensor) -> None:
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"expected a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.layout is not torch.strided:
-        raise ValueError(f"ringflow supports dense (strided) tensors only, got layout {tensor.layout}")
-
-
-def _check_writable(tensor: torch.Tensor) -> None:
-    """An output whose elements share memory (an expand()ed view) cannot hold
-    one result per element: refuse it before any peer is involved."""
-    if tensor.numel() > 1 and torch._debug_has_internal_overlap(tensor) == 1:
-        raise ValueError(f"ringflow cannot write into a tensor whose elements overlap in memory "
-                         f"(shape {tuple(tensor.shape)}, strides {tensor.stride()}, e.g. from expand()); "
-                         f"pass a tensor with its own memory, such as t.clone()")
-
-
-def _contiguous_copy(tensor: torch.Tensor) -> torch.Tensor:
-    buf = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu")
-    buf.copy_(tensor.detach())
-    return buf
-
-
-def _flatten(tensors) -> torch.Tensor:
-    """One contiguous CPU tensor holding `tensors` one after another."""
-    return torch.cat([t.detach().reshape(-1).to("cpu") for t in tensors])
-
-
-def _unflatten(flat: torch.Tensor, outs) -> None:
-    """Copies consecutive pieces of `flat` into the tensors of `outs`."""
-    offset = 0
-    for o in outs:
-        o = o.detach()
-        o.copy_(flat[offset:offset + o.numel()].view(o.shape))
-        offset += o.numel()
-
-
 def _one(tensors, what: str) -> torch.Tensor:
     if len(tensors) != 1:
         raise ValueError(f"ringflow {what} takes exactly one tensor per call, got {len(tensors)}")
@@ -143,6 +69,9 @@ class Work(dist.Work):
         self._lock = threading.Lock()
         self._done = False
         self._error: BaseException | None = None
+        # RINGFLOW_TIMELINE: one attribute test when it is off.
+        if _timeline.ACTIVE is not None and self._core:
+            _timeline.ACTIVE.collective(self._core, pg.rank())
 
     def _complete(self) -> None:
         with self._lock:
@@ -274,42 +203,42 @@ class ProcessGroup(dist.ProcessGroup):
             op, blocking = _SUM, False
         else:
             op, blocking = _op_code(opts.reduceOp), not opts.asyncOp  # _blocking(), inlined
-        if _in_place(t):
+        if in_place(t):
             core = self._comm.allreduce(t.data_ptr(), t.numel(), torch_dtype_code(t.dtype), op, blocking)
             return Work(self, (core,), tensors)
-        s = _Staged(t, write_back=True)
+        s = Staged(t, write_back=True)
         return self._work([self._comm.allreduce(s.ptr, s.count, s.code, op, blocking)], tensors, [s])
 
     def allreduce_coalesced(self, tensors, opts=None):
         op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
         works, staged = [], []
         for t in tensors:
-            s = _Staged(t, write_back=True)
+            s = Staged(t, write_back=True)
             staged.append(s)
             works.append(self._comm.allreduce(s.ptr, s.count, s.code, op))
         return self._work(works, tensors, staged)
 
     def broadcast(self, tensors, opts):
-        t = _Staged(_one(tensors, "broadcast"), write_back=True)
+        t = Staged(_one(tensors, "broadcast"), write_back=True)
         w = self._comm.broadcast(t.ptr, t.count, t.code, opts.rootRank, _blocking(opts))
         return self._work([w], tensors, [t])
 
     def reduce(self, tensors, opts):
-        t = _Staged(_one(tensors, "reduce"), write_back=True)
+        t = Staged(_one(tensors, "reduce"), write_back=True)
         w = self._comm.reduce(t.ptr, t.count, t.code, opts.rootRank, _op_code(opts.reduceOp), _blocking(opts))
         return self._work([w], tensors, [t])
 
     def allgather(self, output_lists, input_tensors, opts=None):
-        inp = _Staged(_one(input_tensors, "allgather"), write_back=False)
+        inp = Staged(_one(input_tensors, "allgather"), write_back=False)
         outs = _one(output_lists, "allgather")
         self._check_list(outs, inp.tensor, "allgather output", output=True)
         flat = torch.empty(self.size() * inp.count, dtype=inp.buf.dtype)
         w = self._comm.allgather(inp.ptr, inp.count, flat.data_ptr(), inp.code, _blocking(opts))
-        return self._work([w], output_lists, [inp], lambda: _unflatten(flat, outs), keep=flat)
+        return self._work([w], output_lists, [inp], lambda: unflatten(flat, outs), keep=flat)
 
     def all_gather_single(self, output, input, opts=None):  # noqa: A002 - torch's name
-        inp = _Staged(input, write_back=False)
-        out = _Staged(output, write_back=True)
+        inp = Staged(input, write_back=False)
+        out = Staged(output, write_back=True)
         self._check_numel(out.count, self.size() * inp.count, "all_gather_into_tensor output")
         self._check_dtype(out, inp, "all_gather_into_tensor")
         w = self._comm.allgather(inp.ptr, inp.count, out.ptr, inp.code, _blocking(opts))
@@ -327,12 +256,12 @@ class ProcessGroup(dist.ProcessGroup):
                 raise ValueError(f"all_gather_coalesced: each output list needs {len(input_tensors)} "
                                  f"tensors, got {len(outs)}")
             for o, i in zip(outs, input_tensors):
-                _check_dense(o)
-                _check_writable(o)
+                check_dense(o)
+                check_writable(o)
                 if o.numel() != i.numel() or o.dtype != i.dtype:
                     raise ValueError(f"all_gather_coalesced outputs must match their inputs "
                                      f"({i.numel()} x {i.dtype}), got {o.numel()} x {o.dtype}")
-        flat_in = _flatten(input_tensors)
+        flat_in = flatten(input_tensors)
         total = flat_in.numel()
         flat = torch.empty(self.size() * total, dtype=flat_in.dtype)
         w = self._comm.allgather(flat_in.data_ptr(), total, flat.data_ptr(),
@@ -340,7 +269,7 @@ class ProcessGroup(dist.ProcessGroup):
 
         def scatter_back():
             for r, outs in enumerate(output_lists):
-                _unflatten(flat[r * total:(r + 1) * total], outs)
+                unflatten(flat[r * total:(r + 1) * total], outs)
 
         return self._work([w], output_lists, (), scatter_back, keep=(flat_in, flat))
 
@@ -350,17 +279,17 @@ class ProcessGroup(dist.ProcessGroup):
     all_gather_single_coalesced = allgather_into_tensor_coalesced
 
     def reduce_scatter(self, outputs, input_lists, opts=None):
-        out = _Staged(_one(outputs, "reduce_scatter"), write_back=True)
+        out = Staged(_one(outputs, "reduce_scatter"), write_back=True)
         ins = _one(input_lists, "reduce_scatter")
         self._check_list(ins, out.tensor, "reduce_scatter input")
-        flat = _flatten(ins)
+        flat = flatten(ins)
         op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
         w = self._comm.reduce_scatter(flat.data_ptr(), out.ptr, out.count, out.code, op, _blocking(opts))
         return self._work([w], outputs, [out], keep=flat)
 
     def reduce_scatter_single(self, output, input, opts=None):  # noqa: A002
-        out = _Staged(output, write_back=True)
-        inp = _Staged(input, write_back=False)
+        out = Staged(output, write_back=True)
+        inp = Staged(input, write_back=False)
         self._check_numel(inp.count, self.size() * out.count, "reduce_scatter_tensor input")
         self._check_dtype(out, inp, "reduce_scatter_tensor")
         op = _op_code(opts.reduceOp if opts is not None else dist.ReduceOp.SUM)
@@ -375,7 +304,7 @@ class ProcessGroup(dist.ProcessGroup):
     reduce_scatter_single_coalesced = reduce_scatter_tensor_coalesced
 
     def gather(self, output_lists, input_tensors, opts):
-        inp = _Staged(_one(input_tensors, "gather"), write_back=False)
+        inp = Staged(_one(input_tensors, "gather"), write_back=False)
         root = opts.rootRank
         if self.rank() != root:
             w = self._comm.gather(inp.ptr, inp.count, 0, inp.code, root, _blocking(opts))
@@ -384,23 +313,23 @@ class ProcessGroup(dist.ProcessGroup):
         self._check_list(outs, inp.tensor, "gather output", output=True)
         flat = torch.empty(self.size() * inp.count, dtype=inp.buf.dtype)
         w = self._comm.gather(inp.ptr, inp.count, flat.data_ptr(), inp.code, root, _blocking(opts))
-        return self._work([w], output_lists, [inp], lambda: _unflatten(flat, outs), keep=flat)
+        return self._work([w], output_lists, [inp], lambda: unflatten(flat, outs), keep=flat)
 
     def scatter(self, output_tensors, input_lists, opts):
-        out = _Staged(_one(output_tensors, "scatter"), write_back=True)
+        out = Staged(_one(output_tensors, "scatter"), write_back=True)
         root = opts.rootRank
         flat = None
         if self.rank() == root:
             ins = _one(input_lists, "scatter")
             self._check_list(ins, out.tensor, "scatter input")
-            flat = _flatten(ins)
+            flat = flatten(ins)
         ptr = flat.data_ptr() if flat is not None else 0
         w = self._comm.scatter(ptr, out.ptr, out.count, out.code, root, _blocking(opts))
         return self._work([w], output_tensors, [out], keep=flat)
 
     def all_to_all_single(self, output, input, output_split_sizes, input_split_sizes, opts=None):  # noqa: A002
-        out = _Staged(output, write_back=True)
-        inp = _Staged(input, write_back=False)
+        out = Staged(output, write_back=True)
+        inp = Staged(input, write_back=False)
         self._check_dtype(out, inp, "all_to_all_single")
         in_counts = self._split_counts(input, input_split_sizes, "input")
         out_counts = self._split_counts(output, output_split_sizes, "output")
@@ -414,17 +343,17 @@ class ProcessGroup(dist.ProcessGroup):
             raise ValueError(f"all_to_all needs {self.size()} input and output tensors, got "
                              f"{len(input_tensors)} and {len(output_tensors)}")
         for t in output_tensors:
-            _check_dense(t)
-            _check_writable(t)
+            check_dense(t)
+            check_writable(t)
         dtypes = {t.dtype for t in list(input_tensors) + list(output_tensors)}
         if len(dtypes) != 1:
             raise ValueError(f"all_to_all tensors must share one dtype, got {sorted(map(str, dtypes))}")
-        flat_in = _flatten(input_tensors)
+        flat_in = flatten(input_tensors)
         flat_out = torch.empty(sum(t.numel() for t in output_tensors), dtype=flat_in.dtype)
         w = self._comm.alltoall(flat_in.data_ptr(), flat_out.data_ptr(), torch_dtype_code(flat_in.dtype),
                                 [t.numel() for t in input_tensors], [t.numel() for t in output_tensors],
                                 _blocking(opts))
-        return self._work([w], output_tensors, (), lambda: _unflatten(flat_out, output_tensors),
+        return self._work([w], output_tensors, (), lambda: unflatten(flat_out, output_tensors),
                           keep=(flat_in, flat_out))
 
     def barrier(self, opts=None):
@@ -435,15 +364,15 @@ class ProcessGroup(dist.ProcessGroup):
 
     # -- point to point --------------------------------------------------------
     def send(self, tensors, dst_rank, tag=0):
-        t = _Staged(_one(tensors, "send"), write_back=False)
+        t = Staged(_one(tensors, "send"), write_back=False)
         return self._work([self._comm.send(t.ptr, t.count, t.code, dst_rank, tag)], tensors, [t])
 
     def recv(self, tensors, src_rank, tag=0):
-        t = _Staged(_one(tensors, "recv"), write_back=True)
+        t = Staged(_one(tensors, "recv"), write_back=True)
         return self._work([self._comm.recv(t.ptr, t.count, t.code, src_rank, tag)], tensors, [t])
 
     def recv_anysource(self, tensors, tag=0):
-        t = _Staged(_one(tensors, "recv"), write_back=True)
+        t = Staged(_one(tensors, "recv"), write_back=True)
         return self._work([self._comm.recv_any(t.ptr, t.count, t.code, tag)], tensors, [t])
 
     # -- checks ----------------------------------------------------------------
@@ -451,9 +380,9 @@ class ProcessGroup(dist.ProcessGroup):
         if len(tensors) != self.size():
             raise ValueError(f"{what} needs {self.size()} tensors, got {len(tensors)}")
         for t in tensors:
-            _check_dense(t)
+            check_dense(t)
             if output:
-                _check_writable(t)
+                check_writable(t)
             if t.numel() != like.numel() or t.dtype != like.dtype:
                 raise ValueError(f"{what} tensors must match the input ({like.numel()} x {like.dtype}), "
                                  f"got {t.numel()} x {t.dtype}")
@@ -464,7 +393,7 @@ class ProcessGroup(dist.ProcessGroup):
             raise ValueError(f"{what} has {got} elements, expected {want}")
 
     @staticmethod
-    def _check_dtype(a: _Staged, b: _Staged, what):
+    def _check_dtype(a: Staged, b: Staged, what):
         if a.buf.dtype != b.buf.dtype:
             raise ValueError(f"{what}: input is {b.buf.dtype} but output is {a.buf.dtype}")
 

@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
                    "tag, fsck, gc (see `ringflow versions --help`)", add_help=False)
     sub.add_parser("demo", help="train the GRU reference job on 4 local processes with versions "
                    "and an automatic rollback (see `ringflow demo --help`)", add_help=False)
+    sub.add_parser("timeline", help="join per-rank RINGFLOW_TIMELINE traces: "
+                   "ringflow timeline merge OUT.json RANK.json...", add_help=False)
     return parser
 
 
@@ -77,6 +79,10 @@ def _run(argv: list[str]) -> int:
         from .versions import cli as versions_cli
 
         return versions_cli.main(rest)
+    if args.command == "timeline":
+        from . import timeline
+
+        return timeline.main(rest)
     if args.command == "demo":
         from . import demo
 

@@ -35,6 +35,8 @@ PYTHON_SETTINGS = {
                         "ptrace_scope 1 would otherwise refuse between sibling ranks)",
     "RINGFLOW_SHM_QUEUE_BYTES": "bytes of each per-sender shared-memory queue (default 1048576)",
     "RINGFLOW_SHM_SLOT_BYTES": "bytes of each rank's allreduce slot (default 1048576)",
+    "RINGFLOW_TIMELINE": "write a Chrome trace of every call here: trace.json -> trace.rank<N>.json "
+                         "per rank, at exit (default: none)",
 }
 
 
