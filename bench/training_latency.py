@@ -60,21 +60,16 @@ def _profile(dist, x, cfg: dict) -> dict:
     stamps: list[float] = []
     real_allreduce, real_wait = backend.ProcessGroup.allreduce, backend.Work.wait
 
-    def allreduce(self, *a, **k):
-        stamps.append(time.perf_counter())
-        try:
-            return real_allreduce(self, *a, **k)
-        finally:
+    def stamped(real):
+        def call(self, *a, **k):
             stamps.append(time.perf_counter())
+            try:
+                return real(self, *a, **k)
+            finally:
+                stamps.append(time.perf_counter())
+        return call
 
-    def wait(self, *a, **k):
-        stamps.append(time.perf_counter())
-        try:
-            return real_wait(self, *a, **k)
-        finally:
-            stamps.append(time.perf_counter())
-
-    backend.ProcessGroup.allreduce, backend.Work.wait = allreduce, wait
+    backend.ProcessGroup.allreduce, backend.Work.wait = stamped(real_allreduce), stamped(real_wait)
     try:
         out = {}
         for mode, compute in (("after computation", cfg["compute_us"]), ("back to back", 0)):
