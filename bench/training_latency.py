@@ -19,19 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import time
 from datetime import timedelta
 
+from ringflow import _bench_util as bu
+
 BLOCK = 50  # calls per turn of one backend
-
-
-def _busy(us: float) -> None:
-    end = time.perf_counter() + us * 1e-6
-    while time.perf_counter() < end:
-        pass
 
 
 def _timed(call, iters: int, compute_us: float) -> list[tuple[float, float]]:
@@ -39,7 +34,7 @@ def _timed(call, iters: int, compute_us: float) -> list[tuple[float, float]]:
     the host shares, so ranks' timestamps can be compared."""
     out = []
     for _ in range(iters):
-        _busy(compute_us)
+        bu.busy(compute_us)
         t0 = time.perf_counter()
         call()
         out.append((t0, time.perf_counter()))
@@ -75,7 +70,7 @@ def _profile(dist, x, cfg: dict) -> dict:
         for mode, compute in (("after computation", cfg["compute_us"]), ("back to back", 0)):
             segments = {name: [] for name in SEGMENTS}
             for _ in range(cfg["iters"]):
-                _busy(compute)
+                bu.busy(compute)
                 stamps.clear()
                 t0 = time.perf_counter()
                 dist.all_reduce(x)
@@ -91,56 +86,46 @@ def _profile(dist, x, cfg: dict) -> dict:
         backend.ProcessGroup.allreduce, backend.Work.wait = real_allreduce, real_wait
 
 
-def _rank(rank: int, world: int, port: int, cfg: dict, results) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _rank(rank: int, world: int, report, cfg: dict) -> dict:
+    """One rank's samples (run by ringflow._bench_util.run_world, which sets
+    MASTER_ADDR/PORT and reports a rank that raises, dies or hangs)."""
     import torch
     import torch.distributed as dist
 
     import ringflow  # noqa: F401 - registers the backend
 
     torch.set_num_threads(1)
-    try:
-        dist.init_process_group("ringflow", rank=rank, world_size=world, timeout=timedelta(seconds=60))
-        groups = {"ringflow": None, "gloo": dist.new_group(backend="gloo")}
-        x = torch.ones(cfg["bytes"] // 4)
-        calls = {name: {"allreduce": lambda g=group: dist.all_reduce(x, group=g),
-                        "barrier": lambda g=group: dist.barrier(group=g)} for name, group in groups.items()}
-        out = {name: {"allreduce": [], "barrier": [], "loops": []} for name in groups}
+    dist.init_process_group("ringflow", rank=rank, world_size=world, timeout=timedelta(seconds=60))
+    groups = {"ringflow": None, "gloo": dist.new_group(backend="gloo")}
+    x = torch.ones(cfg["bytes"] // 4)
+    calls = {name: {"allreduce": lambda g=group: dist.all_reduce(x, group=g),
+                    "barrier": lambda g=group: dist.barrier(group=g)} for name, group in groups.items()}
+    out = {name: {"allreduce": [], "barrier": [], "loops": []} for name in groups}
+    for name in groups:
+        _timed(calls[name]["allreduce"], cfg["warmup"], cfg["compute_us"])
+    ringflow.reset_stats()
+    # Blocks of BLOCK calls, backends taking turns: on a host whose load
+    # changes, both backends see the same conditions.
+    for _ in range(max(1, cfg["iters"] // BLOCK)):
         for name in groups:
-            _timed(calls[name]["allreduce"], cfg["warmup"], cfg["compute_us"])
-        ringflow.reset_stats()
-        # Blocks of BLOCK calls, backends taking turns: on a host whose load
-        # changes, both backends see the same conditions.
-        for _ in range(max(1, cfg["iters"] // BLOCK)):
-            for name in groups:
-                for what in ("allreduce", "barrier"):
-                    dist.barrier(group=groups["gloo"])
-                    out[name][what] += _timed(calls[name][what], BLOCK, cfg["compute_us"])
-        # The core's own time per call (from the start of its work to its
-        # end, as ringflow.stats() counts it), beside the caller's.
-        ops = ringflow.stats()["ops"]
-        out["ringflow"]["core_us"] = {what: 1e3 * ops[what]["total_ms"] / ops[what]["count"]
-                                      for what in ("allreduce", "barrier") if what in ops}
-        for _ in range(cfg["loops"]):
-            for name in groups:
+            for what in ("allreduce", "barrier"):
                 dist.barrier(group=groups["gloo"])
-                loop = _timed(calls[name]["allreduce"], cfg["loop_iters"], 0)
-                out[name]["loops"].append(statistics.median(e - s for s, e in loop))
-        if cfg["profile"]:
+                out[name][what] += _timed(calls[name][what], BLOCK, cfg["compute_us"])
+    # The core's own time per call (from the start of its work to its
+    # end, as ringflow.stats() counts it), beside the caller's.
+    ops = ringflow.stats()["ops"]
+    out["ringflow"]["core_us"] = {what: 1e3 * ops[what]["total_ms"] / ops[what]["count"]
+                                  for what in ("allreduce", "barrier") if what in ops}
+    for _ in range(cfg["loops"]):
+        for name in groups:
             dist.barrier(group=groups["gloo"])
-            out["profile"] = _profile(dist, x, cfg)
-        dist.destroy_process_group()
-        results.put((rank, out))
-    except BaseException as e:  # noqa: BLE001 - reported by the parent
-        results.put((rank, repr(e)))
-
-
-def _percentile(values, q):
-    s = sorted(values)
-    k = (len(s) - 1) * q
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+            loop = _timed(calls[name]["allreduce"], cfg["loop_iters"], 0)
+            out[name]["loops"].append(statistics.median(e - s for s, e in loop))
+    if cfg["profile"]:
+        dist.barrier(group=groups["gloo"])
+        out["profile"] = _profile(dist, x, cfg)
+    dist.destroy_process_group()
+    return out
 
 
 def summarise(per_rank: list[dict]) -> list[dict]:
@@ -155,10 +140,10 @@ def summarise(per_rank: list[dict]) -> list[dict]:
             skew = [max(s for s, _ in call) - min(s for s, _ in call) for call in calls]
             after = [max(e for _, e in call) - max(s for s, _ in call) for call in calls]
             row[f"{what}_p50_us"] = statistics.median(slowest) * 1e6
-            row[f"{what}_p90_us"] = _percentile(slowest, 0.9) * 1e6
+            row[f"{what}_p90_us"] = bu.percentile(slowest, 90) * 1e6
             row[f"{what}_skew_p50_us"] = statistics.median(skew) * 1e6
             row[f"{what}_after_last_p50_us"] = statistics.median(after) * 1e6
-            row[f"{what}_after_last_p90_us"] = _percentile(after, 0.9) * 1e6
+            row[f"{what}_after_last_p90_us"] = bu.percentile(after, 90) * 1e6
         for what in ("allreduce", "barrier"):
             cores = [r[backend].get("core_us", {}).get(what) for r in per_rank]
             if all(c is not None for c in cores):
@@ -170,32 +155,8 @@ def summarise(per_rank: list[dict]) -> list[dict]:
     return rows
 
 
-def run(cfg: dict) -> list[dict]:
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [ctx.Process(target=_rank, args=(r, cfg["world"], port, cfg, results), daemon=True)
-             for r in range(cfg["world"])]
-    for p in procs:
-        p.start()
-    got = {}
-    deadline = time.monotonic() + cfg["timeout"]
-    try:
-        while len(got) < cfg["world"]:
-            rank, value = results.get(timeout=max(0.1, deadline - time.monotonic()))
-            if isinstance(value, str):
-                raise RuntimeError(f"rank {rank} failed: {value}")
-            got[rank] = value
-    finally:
-        for p in procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-    per_rank = [got[r] for r in range(cfg["world"])]
+def run(cfg: dict) -> tuple[list[dict], list[dict]]:
+    per_rank = bu.run_world(_rank, cfg["world"], (cfg,), timeout=cfg["timeout"])
     return summarise(per_rank), [r["profile"] for r in per_rank if "profile" in r]
 
 
@@ -213,8 +174,7 @@ def main(argv=None) -> int:
                    help="also split ringflow's call into torch's dispatch, the backend and the wait")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    units = {"K": 1 << 10, "M": 1 << 20}
-    size = int(a.bytes[:-1]) * units[a.bytes[-1].upper()] if a.bytes[-1].upper() in units else int(a.bytes)
+    size = bu.parse_size(a.bytes)
     cfg = dict(world=a.world, bytes=size, compute_us=a.compute_us, iters=a.iters, warmup=a.warmup,
                loops=a.loops, loop_iters=a.loop_iters, timeout=a.timeout, profile=a.profile)
     rows, profiles = run(cfg)

@@ -110,7 +110,7 @@ void barrier(Comm& c) {
   // wake-ups a round.
   int32_t token = 0;
   Buffer one{&token, 1, DType::Int32};
-  if (allreduceAlgorithm(c, one.bytes(), one.dtype, ReduceOp::Max)[0] == 's')
+  if (choose(c, one.bytes(), one.dtype, ReduceOp::Max) == Choice::Shm)
     return shmAllreduce(c, *arenaFor(c), one, ReduceOp::Max);
   disseminationBarrier(c);
 }

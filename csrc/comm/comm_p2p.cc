@@ -17,17 +17,22 @@ WorkPtr Comm::trackP2P(RequestPtr req, const OpDesc& desc, int peer, const char*
                                                             int64_t(timeoutSec_ * 1e6))});
   }
   p2pCv_.notify_all();
-  std::vector<int> members = members_;
-  req->onDone([work, req, members](std::exception_ptr error) {
-    int source = req->source();
-    if (source != kAnySource) {
-      auto it = std::find(members.begin(), members.end(), source);
-      work->setSource(int(it - members.begin()));  // as a rank of this group
-    }
+  auto complete = [work](std::exception_ptr error) {
     if (error)
       work->fail(error);
     else
       work->finish();
+  };
+  if (peer != kAnySource) {
+    work->setSource(peer);
+    req->onDone(complete);
+    return work;
+  }
+  // The sender is known once the receive took a message (as a global rank).
+  req->onDone([work, req, members = members_, complete](std::exception_ptr error) {
+    auto it = std::find(members.begin(), members.end(), req->source());
+    if (it != members.end()) work->setSource(int(it - members.begin()));
+    complete(error);
   });
   return work;
 }

@@ -115,6 +115,16 @@ RequestPtr Mailbox::postRecvAny(const std::vector<int>& peers, const MsgKey& key
   return req;
 }
 
+bool Mailbox::takeReceiverLocked(PeerState& p, int peer, const MsgKey& key, Posted& out) {
+  auto posted = p.posted.find(key);
+  if (posted != p.posted.end()) {
+    out = posted->second;
+    p.posted.erase(posted);
+    return true;
+  }
+  return key.channel == Channel::P2P && claimAnyLocked(peer, key, out);
+}
+
 bool Mailbox::claimAnyLocked(int peer, const MsgKey& key, Posted& out) {
   for (auto it = anyPosted_.begin(); it != anyPosted_.end(); ++it) {
     if (it->key.comm != key.comm || it->key.slot != key.slot) continue;
@@ -204,16 +214,8 @@ std::unique_ptr<Mailbox::Sink> Mailbox::onHeader(int peer, const FrameHeader& h)
       return sink;
     }
     if (collective) mismatch = checkAgainstCurrent(peer, h);
-    auto posted = mismatch.empty() ? p.posted.find(key) : p.posted.end();
     Posted want;
-    bool matched = posted != p.posted.end();
-    if (matched) {
-      want = posted->second;
-      p.posted.erase(posted);
-    } else if (!collective) {
-      matched = claimAnyLocked(peer, key, want);
-    }
-    if (matched) {
+    if (mismatch.empty() && takeReceiverLocked(p, peer, key, want)) {
       std::string why = matchError(rank_, want.desc, want.bytes, peer, h.desc(), h.bytes);
       if (why.empty()) {
         sink->posted = want.req;
@@ -249,11 +251,7 @@ void Mailbox::onPayload(int peer, std::unique_ptr<Sink> sink) {
       if (!sink->cancelled) done = sink->posted;
     } else if (!sink->discard) {
       MsgKey key = sink->header.key();
-      auto posted = p.posted.find(key);
-      if (posted != p.posted.end()) {
-        late = posted->second;
-        p.posted.erase(posted);
-      } else if (key.channel == Channel::Collective || !claimAnyLocked(peer, key, late)) {
+      if (!takeReceiverLocked(p, peer, key, late)) {
         p.unexpected[key] = Unexpected{sink->header, std::move(sink->unexpected)};
         return;
       }

@@ -111,6 +111,10 @@ class Mailbox {
   // Returns once no transport is writing a payload into a caller's buffer.
   void waitOutWrites();
   std::vector<int> othersLocked(uint64_t comm);
+  // The receive the message `key` from `peer` goes to, removed from the
+  // waiting ones: the one posted for that peer, else (point to point) the
+  // first any-source receive that may take it; or false.  Caller holds mu_.
+  bool takeReceiverLocked(PeerState& p, int peer, const MsgKey& key, Posted& out);
   // An any-source receive that takes the message `key` from `peer`, removed
   // from anyPosted_ with its desc.seq set; or false.  Caller holds mu_.
   bool claimAnyLocked(int peer, const MsgKey& key, Posted& out);

@@ -219,6 +219,14 @@ def allreduce_p50(tensor_for, iters: int, check=None, meter: CpuMeter | None = N
     return statistics.median(times)
 
 
+def busy(us: float) -> None:
+    """Computation standing in for a piece of backward (training's call
+    pattern: compute, then a collective)."""
+    end = time.perf_counter() + us * 1e-6
+    while time.perf_counter() < end:
+        pass
+
+
 def bandwidths(collective: str, world: int, nbytes: int, seconds: float) -> tuple[float, float]:
     """(algbw, busbw) in GB/s (1e9 bytes/s), as nccl-tests reports them."""
     if seconds <= 0:

@@ -114,14 +114,23 @@ def _ipv4_of(ifname: str) -> str:
     return socket.inet_ntoa(packed[20:24])
 
 
-def network_identity() -> str:
-    """Which loopback this process sees: its kernel and network namespace."""
+def boot_id() -> str | None:
+    """This kernel's boot id, or None where it cannot be read."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-        return f"{boot}/{os.stat('/proc/self/ns/net').st_ino}"
+            return f.read().strip()
     except OSError:
-        return socket.gethostname()
+        return None
+
+
+def network_identity() -> str:
+    """Which loopback this process sees: its kernel and network namespace."""
+    boot = boot_id()
+    try:
+        netns = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        netns = None
+    return f"{boot}/{netns}" if boot is not None and netns is not None else socket.gethostname()
 
 
 def is_loopback(addr: str) -> bool:

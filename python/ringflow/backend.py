@@ -20,7 +20,7 @@ from . import _C
 from . import timeline as _timeline
 from ._dtypes import REDUCE_OP_CODE, torch_dtype_code
 from .rendezvous import Communicator, close_all
-from .staging import Staged, check_dense, check_writable, flatten, in_place, unflatten
+from .staging import Staged, check_dense, check_output, flatten, in_place, unflatten
 
 # Keyed by the enum value (ReduceOp.RedOpType), hashable, so a lookup is one
 # dict access; the options carry a ReduceOp object whose .op is that value.
@@ -256,8 +256,7 @@ class ProcessGroup(dist.ProcessGroup):
                 raise ValueError(f"all_gather_coalesced: each output list needs {len(input_tensors)} "
                                  f"tensors, got {len(outs)}")
             for o, i in zip(outs, input_tensors):
-                check_dense(o)
-                check_writable(o)
+                check_output(o)
                 if o.numel() != i.numel() or o.dtype != i.dtype:
                     raise ValueError(f"all_gather_coalesced outputs must match their inputs "
                                      f"({i.numel()} x {i.dtype}), got {o.numel()} x {o.dtype}")
@@ -343,8 +342,7 @@ class ProcessGroup(dist.ProcessGroup):
             raise ValueError(f"all_to_all needs {self.size()} input and output tensors, got "
                              f"{len(input_tensors)} and {len(output_tensors)}")
         for t in output_tensors:
-            check_dense(t)
-            check_writable(t)
+            check_output(t)
         dtypes = {t.dtype for t in list(input_tensors) + list(output_tensors)}
         if len(dtypes) != 1:
             raise ValueError(f"all_to_all tensors must share one dtype, got {sorted(map(str, dtypes))}")
@@ -380,9 +378,10 @@ class ProcessGroup(dist.ProcessGroup):
         if len(tensors) != self.size():
             raise ValueError(f"{what} needs {self.size()} tensors, got {len(tensors)}")
         for t in tensors:
-            check_dense(t)
             if output:
-                check_writable(t)
+                check_output(t)
+            else:
+                check_dense(t)
             if t.numel() != like.numel() or t.dtype != like.dtype:
                 raise ValueError(f"{what} tensors must match the input ({like.numel()} x {like.dtype}), "
                                  f"got {t.numel()} x {t.dtype}")

@@ -136,13 +136,6 @@ def memory_bound_busbw(memory_gbps: float, world: int) -> float:
     return memory_gbps * (world - 1) / world ** 2
 
 
-def _busy(us: float) -> None:
-    """Computation standing in for a piece of backward."""
-    end = time.perf_counter() + us * 1e-6
-    while time.perf_counter() < end:
-        pass
-
-
 def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
     from datetime import timedelta
 
@@ -203,7 +196,7 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
                 iters = cfg["iters"] or default_round_iters(nbytes)
                 dist.barrier(group=gloo)
                 for _ in range(iters):
-                    _busy(cfg["compute_us"])
+                    bu.busy(cfg["compute_us"])
                     t0 = time.perf_counter()
                     dist.all_reduce(buf, op=op, group=group)
                     times.append(time.perf_counter() - t0)

@@ -10,7 +10,7 @@ import socket
 import weakref
 
 from . import _C
-from .addresses import advertised_address, network_identity, unreachable
+from .addresses import advertised_address, boot_id, network_identity, unreachable
 from .config import log_config_once
 
 log = logging.getLogger("ringflow")
@@ -28,12 +28,7 @@ def host_identity() -> str:
     explicit = os.environ.get("RINGFLOW_HOST_ID")
     if explicit:
         return explicit
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            boot = f.read().strip()
-    except OSError:
-        boot = "no-boot-id"
-    return f"{socket.gethostname()}/{boot}"
+    return f"{socket.gethostname()}/{boot_id() or 'no-boot-id'}"
 
 
 def _format(host: str, port: int) -> str:

@@ -22,9 +22,10 @@ class Staged:
     __slots__ = ("tensor", "buf", "write_back")
 
     def __init__(self, tensor: torch.Tensor, write_back: bool):
-        check_dense(tensor)
         if write_back:
-            check_writable(tensor)
+            check_output(tensor)
+        else:
+            check_dense(tensor)
         self.tensor = tensor
         direct = in_place(tensor)
         # `.to(memory_format=contiguous_format)` hands back a strided CPU
@@ -64,6 +65,12 @@ def check_writable(tensor: torch.Tensor) -> None:
         raise ValueError(f"ringflow cannot write into a tensor whose elements overlap in memory "
                          f"(shape {tuple(tensor.shape)}, strides {tensor.stride()}, e.g. from expand()); "
                          f"pass a tensor with its own memory, such as t.clone()")
+
+
+def check_output(tensor) -> None:
+    """A tensor the core may write results into."""
+    check_dense(tensor)
+    check_writable(tensor)
 
 
 def contiguous_copy(tensor: torch.Tensor) -> torch.Tensor:
