@@ -7,8 +7,8 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-from .errors import CorruptObjectError, MissingObjectError, StoreError
-from .files import publish, write_tmp
+from .errors import CorruptObjectError, MissingObjectError
+from .files import fanout_path, publish, write_tmp
 
 
 @dataclass(frozen=True)
@@ -45,9 +45,7 @@ class CommitStore:
         self.root = os.path.join(root, "commits")
 
     def path(self, cid: str) -> str:
-        if len(cid) != 64 or any(c not in "0123456789abcdef" for c in cid):
-            raise StoreError(f"not a commit id: {cid!r}")
-        return os.path.join(self.root, cid[:2], cid[2:])
+        return fanout_path(self.root, cid, "a commit id")
 
     def write_tmp(self, commit: Commit) -> tuple[str, str | None]:
         cid = commit.id

@@ -11,7 +11,17 @@ from __future__ import annotations
 import os
 import uuid
 
+from .errors import StoreError
+
 TMP_MARK = ".tmp-"
+
+
+def fanout_path(root: str, hex_id: str, what: str) -> str:
+    """<root>/<first two hex digits>/<rest>: where a sha256-named file lives.
+    Anything but 64 lowercase hex digits is refused, naming `what` it is not."""
+    if len(hex_id) != 64 or any(c not in "0123456789abcdef" for c in hex_id):
+        raise StoreError(f"not {what}: {hex_id!r}")
+    return os.path.join(root, hex_id[:2], hex_id[2:])
 
 
 def fsync_dir(path: str) -> None:

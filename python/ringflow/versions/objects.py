@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .errors import CorruptObjectError, MissingObjectError, StoreError
-from .files import publish, write_tmp
+from .files import fanout_path, publish, write_tmp
 
 MAGIC = b"RFOBJ1\n"
 ALIGN = 64
@@ -72,9 +72,7 @@ class ObjectStore:
         self.root = os.path.join(root, "objects")
 
     def path(self, oid: str) -> str:
-        if len(oid) != 64 or any(c not in "0123456789abcdef" for c in oid):
-            raise StoreError(f"not an object id: {oid!r}")
-        return os.path.join(self.root, oid[:2], oid[2:])
+        return fanout_path(self.root, oid, "an object id")
 
     def exists(self, oid: str) -> bool:
         return os.path.exists(self.path(oid))

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 from .commits import Commit, CommitStore
 from .diff import metric_deltas, tensor_delta
-from .errors import CorruptObjectError, MissingObjectError, StoreError
+from .errors import StoreError
 from .files import atomic_write, fsync_dir, is_tmp
 from .objects import ObjectStore
 from .refs import Refs, check_name
