@@ -30,9 +30,10 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-from ringflow import netns  # noqa: E402
-from ringflow._bench_util import (CpuMeter, allreduce_p50, environment, load_average,  # noqa: E402
-                                  parse_size, print_header)
+sys.path.insert(0, os.path.join(HERE, os.pardir, "tests"))  # netns.py: test infrastructure, not in the wheel
+import netns  # noqa: E402
+from ringflow.benchmark.measure import CpuMeter, allreduce_p50, parse_size  # noqa: E402
+from ringflow.benchmark.report import environment, load_average, print_header  # noqa: E402
 
 
 def timed_allreduces(rank, size, sizes, iters):
@@ -188,7 +189,7 @@ def main(argv=None) -> int:
                                      args=(sizes_, iters), env=env, timeout=600, path=[HERE])[0]
 
                 token = {"RINGFLOW_AGG_TOKEN": secrets.token_hex(16)}
-                a, r, c = run_pair(n, sizes, args.iters, shaped, f"{netns.SUBNET}.1", token, {})
+                a, r, c = run_pair(n, sizes, args.iters, shaped, hosts.gateway, token, {})
                 rows += rows_for(n, sizes, a, r, True)
                 counters.append((f"shaped {args.rate}", n, c))
     print_rows(rows)

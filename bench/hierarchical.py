@@ -26,8 +26,9 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-from ringflow import netns  # noqa: E402
-from ringflow._bench_util import allreduce_p50, parse_size  # noqa: E402
+sys.path.insert(0, os.path.join(HERE, os.pardir, "tests"))  # netns.py: test infrastructure, not in the wheel
+import netns  # noqa: E402
+from ringflow.benchmark.measure import allreduce_p50, parse_size  # noqa: E402
 
 
 def timed_allreduces(rank, size, sizes, iters, late_ms):
@@ -86,8 +87,7 @@ def main(argv=None) -> int:
         hosts.shape(args.rate)
         for name in chosen:
             placement = placements[name]
-            env = {"RINGFLOW_GROUPS": ",".join(f"h{h}" for h in placement),
-                   "RINGFLOW_KERNEL_THREADS": "1"}
+            env = {"RINGFLOW_GROUPS": ",".join(f"h{h}" for h in placement)}
             for algo in ("ring", "hierarchical"):
                 print(f"[{name} {algo}] running {args.sizes} x {args.iters} ...", file=sys.stderr)
                 results[name, algo] = hosts.run(placement, "hierarchical:timed_allreduces",
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
         print("[watchdog] rank 3 late by", args.late_ms, "ms ...", file=sys.stderr)
         late = hosts.run(placements["block"], "hierarchical:timed_allreduces",
                          args=([], 1, args.late_ms),
-                         env={"RINGFLOW_GROUPS": "h0,h0,h1,h1", "RINGFLOW_KERNEL_THREADS": "1",
+                         env={"RINGFLOW_GROUPS": "h0,h0,h1,h1",
                               "RINGFLOW_WARN_MS": str(args.late_ms // 2)}, path=[HERE])
     print(f"# hierarchical vs flat ring: 2 namespace hosts x 2 ranks, every host link shaped "
           f"tbf {args.rate}; float32 sum; p50 of {args.iters} (max over ranks)")

@@ -31,7 +31,6 @@ import subprocess
 import sys
 import time
 from datetime import timedelta
-from pathlib import Path
 
 PLACEMENT_2_HOSTS = [0, 0, 1, 1]
 
@@ -86,7 +85,7 @@ def _calibrate(members, cfg, rows, dist, torch, g):
 
 
 def rank_main(rank: int, size: int, cfg: dict) -> dict:
-    """One rank (run by ringflow.netns); returns its measurements."""
+    """One rank (run by tests/netns.py); returns its measurements."""
     import torch
     import torch.distributed as dist
 
@@ -154,7 +153,8 @@ def summarise(per_rank: list[dict]) -> dict:
 
 
 def _scenarios(a, cfg, here: str):
-    from ringflow import netns
+    sys.path.insert(0, os.path.join(here, os.pardir, "tests"))  # netns.py: test infrastructure
+    import netns
 
     env = {"RINGFLOW_TIMELINE": a.timeline} if a.timeline else {}
     why = netns.available()

@@ -24,7 +24,7 @@ import sys
 import time
 from datetime import timedelta
 
-from ringflow import _bench_util as bu
+from ringflow.benchmark import harness, measure
 
 BLOCK = 50  # calls per turn of one backend
 
@@ -34,7 +34,7 @@ def _timed(call, iters: int, compute_us: float) -> list[tuple[float, float]]:
     the host shares, so ranks' timestamps can be compared."""
     out = []
     for _ in range(iters):
-        bu.busy(compute_us)
+        measure.busy(compute_us)
         t0 = time.perf_counter()
         call()
         out.append((t0, time.perf_counter()))
@@ -70,7 +70,7 @@ def _profile(dist, x, cfg: dict) -> dict:
         for mode, compute in (("after computation", cfg["compute_us"]), ("back to back", 0)):
             segments = {name: [] for name in SEGMENTS}
             for _ in range(cfg["iters"]):
-                bu.busy(compute)
+                measure.busy(compute)
                 stamps.clear()
                 t0 = time.perf_counter()
                 dist.all_reduce(x)
@@ -86,8 +86,8 @@ def _profile(dist, x, cfg: dict) -> dict:
         backend.ProcessGroup.allreduce, backend.Work.wait = real_allreduce, real_wait
 
 
-def _rank(rank: int, world: int, report, cfg: dict) -> dict:
-    """One rank's samples (run by ringflow._bench_util.run_world, which sets
+def _rank(rank: int, world: int, cfg: dict) -> dict:
+    """One rank's samples (run by ringflow.benchmark.harness.run_world, which sets
     MASTER_ADDR/PORT and reports a rank that raises, dies or hangs)."""
     import torch
     import torch.distributed as dist
@@ -140,10 +140,10 @@ def summarise(per_rank: list[dict]) -> list[dict]:
             skew = [max(s for s, _ in call) - min(s for s, _ in call) for call in calls]
             after = [max(e for _, e in call) - max(s for s, _ in call) for call in calls]
             row[f"{what}_p50_us"] = statistics.median(slowest) * 1e6
-            row[f"{what}_p90_us"] = bu.percentile(slowest, 90) * 1e6
+            row[f"{what}_p90_us"] = measure.percentile(slowest, 90) * 1e6
             row[f"{what}_skew_p50_us"] = statistics.median(skew) * 1e6
             row[f"{what}_after_last_p50_us"] = statistics.median(after) * 1e6
-            row[f"{what}_after_last_p90_us"] = bu.percentile(after, 90) * 1e6
+            row[f"{what}_after_last_p90_us"] = measure.percentile(after, 90) * 1e6
         for what in ("allreduce", "barrier"):
             cores = [r[backend].get("core_us", {}).get(what) for r in per_rank]
             if all(c is not None for c in cores):
@@ -156,7 +156,7 @@ def summarise(per_rank: list[dict]) -> list[dict]:
 
 
 def run(cfg: dict) -> tuple[list[dict], list[dict]]:
-    per_rank = bu.run_world(_rank, cfg["world"], (cfg,), timeout=cfg["timeout"])
+    per_rank = harness.run_world(_rank, cfg["world"], (cfg,), timeout=cfg["timeout"])
     return summarise(per_rank), [r["profile"] for r in per_rank if "profile" in r]
 
 
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
                    help="also split ringflow's call into torch's dispatch, the backend and the wait")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    size = bu.parse_size(a.bytes)
+    size = measure.parse_size(a.bytes)
     cfg = dict(world=a.world, bytes=size, compute_us=a.compute_us, iters=a.iters, warmup=a.warmup,
                loops=a.loops, loop_iters=a.loop_iters, timeout=a.timeout, profile=a.profile)
     rows, profiles = run(cfg)

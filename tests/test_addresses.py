@@ -8,7 +8,8 @@ from datetime import timedelta
 import pytest
 import torch.distributed as dist
 
-from ringflow import addresses, netns
+import netns
+from ringflow import addresses
 
 
 def test_interface_names_prefixes_and_exclusions():

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from ringflow._bench_util import CpuMeter, process_cpu_seconds
+from ringflow.benchmark.measure import CpuMeter, process_cpu_seconds
 
 
 def _spin_cpu(seconds):
@@ -69,7 +69,7 @@ def test_hugepage_buffers_are_advised_and_get_huge_pages():
     import pytest
     import torch
 
-    from ringflow._bench_util import hugepage_empty, huge_page_fraction, smaps_fields, thp_mode
+    from ringflow.benchmark.memory import hugepage_empty, huge_page_fraction, smaps_fields, thp_mode
 
     if thp_mode() not in ("always", "madvise"):
         pytest.skip(f"transparent huge pages are {thp_mode()} here")
@@ -85,18 +85,18 @@ def test_hugepage_buffers_are_advised_and_get_huge_pages():
 
 
 def test_memory_bound_is_the_busbw_of_moving_every_byte_once():
-    from ringflow import _bench_util as bu
-    from ringflow.benchmark import memory_bound_busbw
+    from ringflow.benchmark.allreduce import memory_bound_busbw
+    from ringflow.benchmark.measure import bandwidths
 
     for world in (2, 3, 4, 8):
         size, copy_gbps = 16 << 20, 36.0
         fastest = 2 * world * size / (copy_gbps * 1e9)  # n inputs read + n outputs written
-        _, busbw = bu.bandwidths("allreduce", world, size, fastest)
+        _, busbw = bandwidths("allreduce", world, size, fastest)
         assert abs(memory_bound_busbw(copy_gbps, world) - busbw) < 1e-9 * busbw, world
 
 
 def test_memory_bandwidth_counts_only_repetitions_where_ranks_ran_together():
-    from ringflow.benchmark import MEMORY_BYTES, memory_gbps
+    from ringflow.benchmark.allreduce import MEMORY_BYTES, memory_gbps
 
     size = 16 << 20
     both = 2 * 2 * MEMORY_BYTES / 1e9  # GB moved by both ranks

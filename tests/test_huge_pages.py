@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ringflow._bench_util import thp_mode
+from ringflow.benchmark.memory import thp_mode
 from worlds import init_torch, live_communicator, run_world
 
 COUNT = 3 << 20  # 12 MiB of float32: five or six whole huge pages, whatever the alignment
@@ -31,7 +31,7 @@ def kept_buffer(rank, size):
 
     import ringflow
     from ringflow import _C
-    from ringflow._bench_util import huge_page_fraction
+    from ringflow.benchmark.memory import huge_page_fraction
 
     dist = init_torch(rank, size)
     algo = _C.allreduce_algorithm(live_communicator().comm, COUNT * 4)

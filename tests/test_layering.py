@@ -33,9 +33,9 @@ MAY_USE = {
 # The layer of every public header.  A new header must be placed here.
 PUBLIC_LAYER = {
     "types.h": "core", "op.h": "core", "env.h": "core", "settings.h": "core",
-    "work.h": "core", "stats.h": "core", "spin.h": "core", "clones.h": "core",
+    "work.h": "core", "stats.h": "core", "spin.h": "core",
     "host_port.h": "core", "config.h": "core",
-    "kernels.h": "kernels", "kernels_cuda.h": "kernels", "quantize.h": "kernels",
+    "kernels.h": "kernels", "simd_variants.h": "kernels", "kernels_cuda.h": "kernels", "quantize.h": "kernels",
     "lut.h": "kernels",
     "transport.h": "transport", "tcp.h": "transport", "shm.h": "transport",
     "routed.h": "transport", "huge_pages.h": "transport", "shared_buffer.h": "transport",
@@ -122,9 +122,6 @@ PY_LEVEL = {
     "staging": 1,
     "backend": 2, "jobs": 2,
     "benchmark": 3, "cli": 3, "versions": 3, "demo": 3, "pipeline": 3,
-    # Test and bench infrastructure still shipped in the package; it belongs
-    # in tests/ and a small ringflow/benchmark/ package (issue 14, item 5).
-    "_bench_util": 3, "netns": 3,
     "__init__": 4,
 }
 PACKAGE = ROOT / "python" / "ringflow"

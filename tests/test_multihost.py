@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from ringflow import netns
+import netns
 
 why_not = netns.available()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(bool(why_not), reason=why_not)]

@@ -30,7 +30,7 @@ import os
 import sys
 import time
 
-from . import _bench_util as bu
+from . import harness, measure, memory, report
 
 # "ringflow-shared" is ringflow on a tensor from ringflow.shared_empty.
 BACKENDS = ("ringflow", "ringflow-shared", "gloo")
@@ -115,7 +115,7 @@ def _update_spans(torch, barrier) -> list[tuple[float, float]]:
     here, and what the allreduce's own buffers get (RINGFLOW_SHM_HUGEPAGES),
     so the bound is not lowered by TLB misses the allreduce does not pay."""
     try:
-        x = bu.hugepage_empty(torch, MEMORY_BYTES // 4, torch.float32)
+        x = memory.hugepage_empty(torch, MEMORY_BYTES // 4, torch.float32)
     except OSError:  # no transparent huge pages: small ones
         x = torch.empty(MEMORY_BYTES // 4)
     x.zero_()
@@ -136,7 +136,7 @@ def memory_bound_busbw(memory_gbps: float, world: int) -> float:
     return memory_gbps * (world - 1) / world ** 2
 
 
-def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
+def _rank_main(rank: int, world: int, cfg: dict) -> dict:
     from datetime import timedelta
 
     import torch
@@ -162,7 +162,7 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
     for nbytes in cfg["sizes"]:
         count = max(1, nbytes // itemsize)
         src, expected = _inputs(torch, cfg["op"], count, rank, world, dtype)
-        buf = bu.hugepage_empty(torch, count, dtype) if cfg["hugepages"] else torch.empty_like(src)
+        buf = memory.hugepage_empty(torch, count, dtype) if cfg["hugepages"] else torch.empty_like(src)
         buf.copy_(src)  # faults it in (as huge pages where asked) before any timing
         buffers = {b: buf for b in cfg["backends"]}
         if "ringflow-shared" in buffers:
@@ -170,10 +170,10 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
         if world > 1 and nbytes >= BOUND_BYTES:
             memory_spans[nbytes] = _update_spans(torch, lambda: dist.barrier(group=gloo))
         if cfg["hugepages"] and rank == 0:
-            huge_fractions[bu.format_size(nbytes)] = round(bu.huge_page_fraction(buf), 3)
+            huge_fractions[measure.format_size(nbytes)] = round(memory.huge_page_fraction(buf), 3)
         for backend in cfg["backends"]:
             step += 1
-            report(step, total, f"{bu.format_size(nbytes)} {backend}")
+            harness.report_progress(step, total, f"{measure.format_size(nbytes)} {backend}")
             group, buf = groups[backend], buffers[backend]
 
             def checked_allreduce():
@@ -196,7 +196,7 @@ def _rank_main(rank: int, world: int, report, cfg: dict) -> dict:
                 iters = cfg["iters"] or default_round_iters(nbytes)
                 dist.barrier(group=gloo)
                 for _ in range(iters):
-                    bu.busy(cfg["compute_us"])
+                    measure.busy(cfg["compute_us"])
                     t0 = time.perf_counter()
                     dist.all_reduce(buf, op=op, group=group)
                     times.append(time.perf_counter() - t0)
@@ -261,14 +261,14 @@ def _rows(per_rank: list[dict], cfg: dict, world: int) -> list[dict]:
     rows = []
     for k, first in enumerate(per_rank[0]["rows"]):
         mine = [r["rows"][k] for r in per_rank]
-        times = bu.max_over_ranks([m["times"] for m in mine])
-        p50 = bu.percentile(times, 50)
-        algbw, busbw = bu.bandwidths("allreduce", world, first["bytes"], p50)
+        times = measure.max_over_ranks([m["times"] for m in mine])
+        p50 = measure.percentile(times, 50)
+        algbw, busbw = measure.bandwidths("allreduce", world, first["bytes"], p50)
         rows.append({
             "backend": first["backend"], "world": world, "bytes": first["bytes"],
             "count": first["count"], "type": DTYPES[cfg["dtype"]][1], "dtype": cfg["dtype"],
-            "op": cfg["op"], "p50_us": p50 * 1e6, "p90_us": bu.percentile(times, 90) * 1e6,
-            "p99_us": bu.percentile(times, 99) * 1e6,
+            "op": cfg["op"], "p50_us": p50 * 1e6, "p90_us": measure.percentile(times, 90) * 1e6,
+            "p99_us": measure.percentile(times, 99) * 1e6,
             "min_us": min(times) * 1e6, "algbw": algbw, "busbw": busbw,
             # nccl-tests sums wrong elements over ranks; so do we.
             "wrong": sum(m["wrong"] for m in mine),
@@ -293,8 +293,8 @@ def _verdict(rows: list[dict]) -> str:
         mine = [r for r in rows if r["backend"] == backend and "ratio_vs_gloo" in r]
         lo = min(mine, key=lambda r: r["ratio_vs_gloo"])
         hi = max(mine, key=lambda r: r["ratio_vs_gloo"])
-        parts.append(f"{backend} {lo['ratio_vs_gloo']:.2f}x ({bu.format_size(lo['bytes'])}) to "
-                     f"{hi['ratio_vs_gloo']:.2f}x ({bu.format_size(hi['bytes'])}) gloo's speed at p50")
+        parts.append(f"{backend} {lo['ratio_vs_gloo']:.2f}x ({measure.format_size(lo['bytes'])}) to "
+                     f"{hi['ratio_vs_gloo']:.2f}x ({measure.format_size(hi['bytes'])}) gloo's speed at p50")
     return "; ".join(parts)
 
 
@@ -338,7 +338,7 @@ def _config(args, p) -> dict:
     if not 1 <= args.world <= 8:
         p.error("--world must be 1..8")
     try:
-        sizes = bu.parse_sizes(args.sizes)
+        sizes = measure.parse_sizes(args.sizes)
     except ValueError as e:
         p.error(str(e))
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
@@ -367,10 +367,10 @@ def main(argv=None) -> int:
     where = "each round" if no_barrier else "each iteration"
     header = [("world", f"{args.world} processes on this host, MASTER_ADDR=127.0.0.1"),
               ("backends", ",".join(cfg["backends"]) + f" (the barrier before {where} is gloo's)")]
-    header += bu.environment()
+    header += report.environment()
     per = default_round_iters if no_barrier or cfg["compute_us"] else default_iters
     iters = str(cfg["iters"]) if cfg["iters"] else "adaptive " + ", ".join(
-        f"{bu.format_size(s)}:{per(s)}" for s in cfg["sizes"])
+        f"{measure.format_size(s)}:{per(s)}" for s in cfg["sizes"])
     if cfg["compute_us"]:
         run = f"{cfg['compute_us']:.0f} us of computation before each call, no barrier ({iters} calls)"
         timing = "perf_counter around each call; max over ranks per call, then p50/p90/p99"
@@ -386,38 +386,38 @@ def main(argv=None) -> int:
                ("time", timing),
                ("busbw", "algbw * 2(n-1)/n; 'x gloo' = gloo p50 / ringflow p50 (>1: ringflow faster)")]
 
-    started, load_before = time.monotonic(), bu.load_average()
-    progress = bu.Progress(enabled=not args.quiet)
+    started, load_before = time.monotonic(), report.load_average()
+    progress = report.Progress(enabled=not args.quiet)
     try:
-        per_rank = bu.run_world(_rank_main, args.world, (cfg,), timeout=args.timeout, progress=progress)
-    except bu.BenchError as e:
+        per_rank = harness.run_world(_rank_main, args.world, (cfg,), timeout=args.timeout, progress=progress)
+    except harness.WorldError as e:
         print(f"ringflow bench: {e}", file=sys.stderr)
-        if bu.binary_fingerprint() != dict(header)["binary"]:
+        if report.binary_fingerprint() != dict(header)["binary"]:
             print("ringflow bench: note: ringflow's _C extension was replaced during the run "
                   "(a rebuild overwriting a loaded .so crashes the processes using it)", file=sys.stderr)
         return 1
     rows = _rows(per_rank, cfg, args.world)
     measured = {r["bytes"]: r["memory_gbps"] for r in rows if "memory_gbps" in r}
     if measured:
-        each = ", ".join(f"{b:.1f} GB/s before {bu.format_size(n)} (busbw <= "
+        each = ", ".join(f"{b:.1f} GB/s before {measure.format_size(n)} (busbw <= "
                          f"{memory_bound_busbw(b, args.world):.2f})" for n, b in measured.items())
-        header.append(("memory", f"all ranks updating {bu.format_size(MEMORY_BYTES)} in place at once: "
+        header.append(("memory", f"all ranks updating {measure.format_size(MEMORY_BYTES)} in place at once: "
                                  f"{each}; 'of bound' = busbw / that bound (bench/README.md)"))
-    if bu.binary_fingerprint() != dict(header)["binary"]:
+    if report.binary_fingerprint() != dict(header)["binary"]:
         note = "ringflow's _C extension was rebuilt DURING this run: the results mix builds"
         header.append(("WARNING", note))
         print(f"ringflow bench: warning: {note}", file=sys.stderr)
-    header.append(("load", f"1/5/15-min load average {load_before} before, {bu.load_average()} after "
+    header.append(("load", f"1/5/15-min load average {load_before} before, {report.load_average()} after "
                            f"(on {os.cpu_count()} CPUs; the run itself adds {args.world})"))
     if cfg["hugepages"]:
-        header.append(("hugepages", f"buffers madvise(MADV_HUGEPAGE)d, THP mode {bu.thp_mode()}; "
+        header.append(("hugepages", f"buffers madvise(MADV_HUGEPAGE)d, THP mode {memory.thp_mode()}; "
                                     f"fraction backed by huge pages on rank 0: "
                                     f"{per_rank[0]['huge_fractions']}"))
 
-    bu.print_header("ringflow allreduce benchmark", header)
-    bu.print_table(rows)
+    report.print_header("ringflow allreduce benchmark", header)
+    report.print_table(rows)
     if cfg["compute_us"]:
-        print("# p90 (us): " + ", ".join(f"{bu.format_size(r['bytes'])} {r['backend']} {r['p90_us']:.1f}"
+        print("# p90 (us): " + ", ".join(f"{measure.format_size(r['bytes'])} {r['backend']} {r['p90_us']:.1f}"
                                          for r in rows))
     if "ringflow-shared" in cfg["backends"]:
         print("# ringflow-shared: ringflow on a tensor from ringflow.shared_empty(), which same-host "
@@ -429,7 +429,7 @@ def main(argv=None) -> int:
     print(f"# {len(rows)} rows in {time.monotonic() - started:.1f} s; "
           f"{'WRONG RESULTS in ' + str(len(wrong)) + ' rows' if wrong else 'all results correct'}")
     if args.plot:
-        bu.plot_busbw(rows, args.plot, f"allreduce {cfg['dtype']}, world {args.world}")
+        report.plot_busbw(rows, args.plot, f"allreduce {cfg['dtype']}, world {args.world}")
     if args.json:
         print(json.dumps(rows))
     if wrong:

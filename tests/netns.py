@@ -1,14 +1,16 @@
 """Hosts made of network namespaces, for multi-host tests on one machine.
 
 Each host is a namespace with one veth into a bridge in the root namespace,
-on a private /24 that only these tests use; everything is created with
-unique names and removed on exit, even after a failure.  Ranks run as
-`ip netns exec HOST python -m ringflow.netns TARGET ARGS` subprocesses.  Needs root
+on a private /24 of 10.253.0.0/16 that no other set of hosts on this
+machine is using (several test runs may make hosts at once); everything is
+created with unique names and removed on exit, even after a failure.  Ranks run as
+`ip netns exec HOST python tests/netns.py TARGET ARGS` subprocesses.  Needs root
 and iproute2 (CI here runs as root); `available()` says why not otherwise.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -17,7 +19,8 @@ import sys
 import time
 import uuid
 
-SUBNET = "10.253.71"  # 10.253.71.0/24: test hosts only, never routed anywhere
+NETWORK = "10.253"  # 10.253.X.0/24: test hosts only, never routed anywhere
+LOCK = "/tmp/ringflow-netns.lock"  # held while a set of hosts picks its /24
 
 
 def _ip(*args, ns=None, check=True):
@@ -40,9 +43,10 @@ def available() -> str:
 
 
 class Hosts:
-    """`n` namespace hosts at SUBNET.10, .11, ...; the bridge is SUBNET.1 (an
-    address of the root namespace, reachable from every host).  `mtu` up to
-    65535 gives jumbo links (whole 64 KiB datagrams, no IP fragments)."""
+    """`n` namespace hosts at 10.253.X.10, .11, ...; the bridge is `gateway`,
+    10.253.X.1 (an address of the root namespace, reachable from every host),
+    X the first /24 no other bridge here uses.  `mtu` up to 65535 gives
+    jumbo links (whole 64 KiB datagrams, no IP fragments)."""
 
     def __init__(self, n: int, mtu: int = 1500):
         self.mtu = mtu
@@ -50,12 +54,27 @@ class Hosts:
         self.bridge = f"rfbr{tag}"
         self.names = [f"rf{tag}h{i}" for i in range(n)]
         self.veths = [f"rf{tag}v{i}" for i in range(n)]
-        self.addrs = [f"{SUBNET}.{10 + i}" for i in range(n)]
+        self.gateway, self.addrs = "", []
+
+    def _claim_subnet(self) -> None:
+        """Adds the bridge on the first free /24, under a lock so that two
+        runs starting at once do not take the same one."""
+        with open(LOCK, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            used = _ip("ip", "-4", "-o", "addr", "show").stdout
+            for x in range(71, 255):
+                if f" {NETWORK}.{x}." not in used:
+                    break
+            else:
+                raise RuntimeError(f"no free /24 left in {NETWORK}.0.0/16 for namespace hosts")
+            self.gateway = f"{NETWORK}.{x}.1"
+            self.addrs = [f"{NETWORK}.{x}.{10 + i}" for i in range(len(self.names))]
+            _ip("ip", "link", "add", self.bridge, "type", "bridge")
+            _ip("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)
 
     def __enter__(self):
         try:
-            _ip("ip", "link", "add", self.bridge, "type", "bridge")
-            _ip("ip", "addr", "add", f"{SUBNET}.1/24", "dev", self.bridge)
+            self._claim_subnet()
             _ip("ip", "link", "set", self.bridge, "mtu", str(self.mtu), "up")
             for ns, veth, addr in zip(self.names, self.veths, self.addrs):
                 _ip("ip", "netns", "add", ns)
@@ -110,7 +129,7 @@ def run_ranks(prefixes: list[list[str]], rank_envs: list[dict], master_addr: str
                      "MASTER_ADDR": master_addr, "MASTER_PORT": str(port),
                      "RANK": str(rank), "WORLD_SIZE": str(size),
                      "PYTHONPATH": os.pathsep.join(list(path) + sys.path)}
-        cmd = prefix + [sys.executable, "-m", "ringflow.netns", target, json.dumps(list(args))]
+        cmd = prefix + [sys.executable, os.path.abspath(__file__), target, json.dumps(list(args))]
         procs.append(subprocess.Popen(cmd, env=child_env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     deadline = time.monotonic() + timeout
