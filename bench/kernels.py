@@ -8,8 +8,8 @@ GB/s counts the bytes a kernel must move at least once (k inputs read + the
 output written for a reduce; packed codes + activations + output for the LUT
 kernels).  fraction_of_copy = gbps / (numpy copy GB/s, read + write).  ratio =
 ringflow's speed / the baseline's.  torch runs single-threaded
-(torch.set_num_threads(1)), as ringflow's kernels do except the large N-way
-reduce, which may use a few threads (RINGFLOW_KERNEL_THREADS).
+(torch.set_num_threads(1)), as ringflow's kernels do unless the caller asks
+for more (the reduce's `threads`, --threads here).
 
 GPU rows (cuda_*) are timed with CUDA events around each call (the kernels
 wait for their own completion); their fraction_of_copy is against a device-
@@ -26,7 +26,6 @@ import os
 import platform
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -76,7 +75,7 @@ def cuda_median_time(fn, repeat: int) -> float:
     return sorted(ts)[len(ts) // 2]
 
 
-def header() -> dict:
+def header(threads: int) -> dict:
     try:
         sha = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(__file__),
                                       text=True, stderr=subprocess.DEVNULL).strip()
@@ -96,7 +95,7 @@ def header() -> dict:
         tv = "not installed"
     gpu, why_not = gpu_status()
     return {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(), "git": sha, "torch": tv,
-            "simd": ops.simd_level(), "kernel_threads": os.environ.get("RINGFLOW_KERNEL_THREADS", "auto"),
+            "simd": ops.simd_level(), "reduce_threads": threads,
             "cuda_build": bool(_C.build_info()["cuda"]),
             "gpu": gpu if gpu else f"none: GPU rows skipped ({why_not})"}
 
@@ -122,7 +121,7 @@ class Table:
               f"{row['fraction_of_copy']:6.2f}  {str(baseline or '-'):<30} {b:>8} {r:>8}", flush=True)
 
 
-def bench_reduce(t: Table, big: int, repeat: int):
+def bench_reduce(t: Table, big: int, repeat: int, threads: int):
     rng = np.random.default_rng(0)
     for dtype, k, n in [("float32", 2, big), ("float32", 4, big), ("float32", 8, big // 2),
                         ("float32", 4, 1 << 18), ("float16", 4, big), ("int32", 4, big), ("float64", 4, big // 2)]:
@@ -135,7 +134,7 @@ def bench_reduce(t: Table, big: int, repeat: int):
                 np.add(out, x, out=out)
 
         nbytes = (k + 1) * xs[0].nbytes
-        tk = median_time(lambda: ops.reduce(xs, "sum", out=out), repeat)
+        tk = median_time(lambda: ops.reduce(xs, "sum", out=out, threads=threads), repeat)
         tb = median_time(numpy_fold, repeat)
         t.add(f"reduce_sum_k{k}", dtype, None, n, tk, nbytes, "numpy add fold", tb)
         del xs, out
@@ -280,11 +279,12 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not figures to quote)")
     ap.add_argument("--json", action="store_true", help="print the rows as one JSON list on the last line")
     ap.add_argument("--only", choices=["reduce", "quantize", "lut"], help="run one group of kernels")
+    ap.add_argument("--threads", type=int, default=1, help="threads the CPU reduce rows split over (default 1)")
     args = ap.parse_args()
     repeat = 3 if args.quick else 9
     big = (1 << 18) if args.quick else (16 << 20)  # 64 MiB per float32 input: twice L3 (32 MiB)
 
-    h = header()
+    h = header(args.threads)
     print("# ringflow kernels benchmark")
     for key, val in h.items():
         print(f"# {key}: {val}")
@@ -304,7 +304,7 @@ def main() -> None:
           f"{'baseline':<30} {'base GB/s':>8} {'ratio':>8}")
     t = Table(copy_gbps)
     if args.only in (None, "reduce"):
-        bench_reduce(t, big, repeat)
+        bench_reduce(t, big, repeat, args.threads)
     if gpu_copy and args.only in (None, "reduce"):
         bench_gpu_reduce(t, (1 << 18) if args.quick else (64 << 20), repeat, gpu_copy)
     if args.only in (None, "quantize"):

@@ -28,3 +28,21 @@ def pytest_runtest_call(item):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+def _simd_levels():
+    from ringflow import _C
+
+    return ["scalar"] + (["avx2"] if _C.kernels.detected_simd_level() != "scalar" else [])
+
+
+@pytest.fixture(params=_simd_levels())
+def simd_level(request):
+    """Runs a test at each SIMD level this CPU has (the kernels' one level,
+    which every kernel, intrinsic or plain loop, dispatches on)."""
+    from ringflow import _C
+
+    detected = _C.kernels.detected_simd_level()
+    assert _C.kernels.set_simd_level(request.param) == request.param
+    yield request.param
+    _C.kernels.set_simd_level(detected)

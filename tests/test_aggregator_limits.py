@@ -54,7 +54,7 @@ def checksum_model(data: bytes) -> int:
 
 @pytest.mark.parametrize("payload_bytes", [0, 3, 4, 8, 12, 24, 35, 40, 61, 4 * 1001,
                                            4 * 16352, 4 * 16352 + 3])
-def test_the_checksum_matches_an_independent_model(payload_bytes):
+def test_the_checksum_matches_an_independent_model(payload_bytes, simd_level):
     rng = np.random.default_rng(payload_bytes)
     header = rng.integers(0, 256, HEADER, dtype=np.uint8).tobytes()
     payload = rng.integers(0, 256, payload_bytes, dtype=np.uint8).tobytes()

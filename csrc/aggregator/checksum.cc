@@ -2,14 +2,14 @@
 
 #include <cstring>
 
-#include "ringflow/clones.h"
+#include "ringflow/simd_variants.h"
 #include "siphash.h"  // load64
 
 namespace ringflow::agg {
 namespace {
 
 // Vectors stay inside always-inlined code: none crosses a call, whose ABI
-// would differ between the AVX2 and baseline clones.
+// would differ between the AVX2 and baseline builds.
 typedef uint64_t u64x4 __attribute__((vector_size(32)));
 typedef uint32_t u32x8 __attribute__((vector_size(32)));
 typedef uint32_t __attribute__((may_alias, aligned(1))) Word32;
@@ -46,11 +46,13 @@ void tail(int32_t* dst, const unsigned char* src, size_t n, Checksum& in, Checks
   if (out) out->update(dst, n * 4);
 }
 
-RINGFLOW_CLONES void foldBlocks(Checksum& c, const unsigned char* p, size_t blocks) {
+RINGFLOW_INLINE void foldBlocksBody(Checksum& c, const unsigned char* p, size_t blocks) {
   Lanes l(c);
   for (size_t i = 0; i < blocks; ++i) l.fold(p + 32 * i);
   l.into(c);
 }
+RINGFLOW_SIMD_VARIANTS(void, foldBlocks, (Checksum& c, const unsigned char* p, size_t blocks),
+                       (c, p, blocks))
 
 }  // namespace
 
@@ -97,7 +99,7 @@ Checksum headerChecksum(const PacketHeader& h) {
   return s;
 }
 
-RINGFLOW_CLONES void copyChecksummed(int32_t* dst, const void* src, size_t n, Checksum& in) {
+RINGFLOW_INLINE void copyChecksummedBody(int32_t* dst, const void* src, size_t n, Checksum& in) {
   auto* s = static_cast<const unsigned char*>(src);
   size_t i = 0;
   if (in.aligned()) {
@@ -110,6 +112,8 @@ RINGFLOW_CLONES void copyChecksummed(int32_t* dst, const void* src, size_t n, Ch
   }
   tail(dst + i, s + 4 * i, n - i, in, nullptr, false);
 }
+RINGFLOW_SIMD_VARIANTS(void, copyChecksummed, (int32_t* dst, const void* src, size_t n, Checksum& in),
+                       (dst, src, n, in))
 
 // The add loop, built once with and once without the second checksum (a
 // branch in the loop would keep it from vectorising cleanly).
@@ -132,19 +136,23 @@ RINGFLOW_INLINE size_t addBlocks(int32_t* dst, const unsigned char* s, size_t n,
   return i;
 }
 
-RINGFLOW_CLONES void addChecksummed(int32_t* dst, const void* src, size_t n, Checksum& in,
-                                    Checksum* out) {
+RINGFLOW_INLINE void addChecksummedBody(int32_t* dst, const void* src, size_t n, Checksum& in,
+                                        Checksum* out) {
   auto* s = static_cast<const unsigned char*>(src);
   size_t i = 0;
   if (in.aligned() && (!out || out->aligned()))
     i = out ? addBlocks<true>(dst, s, n, in, out) : addBlocks<false>(dst, s, n, in, out);
   tail(dst + i, s + 4 * i, n - i, in, out, true);
 }
+RINGFLOW_SIMD_VARIANTS(void, addChecksummed,
+                       (int32_t* dst, const void* src, size_t n, Checksum& in, Checksum* out),
+                       (dst, src, n, in, out))
 
-RINGFLOW_CLONES void subtract(int32_t* dst, const void* src, size_t n) {
+RINGFLOW_INLINE void subtractBody(int32_t* dst, const void* src, size_t n) {
   auto* d = reinterpret_cast<uint32_t*>(dst);
   auto* s = static_cast<const Word32*>(src);
   for (size_t i = 0; i < n; ++i) d[i] -= s[i];
 }
+RINGFLOW_SIMD_VARIANTS(void, subtract, (int32_t* dst, const void* src, size_t n), (dst, src, n))
 
 }  // namespace ringflow::agg

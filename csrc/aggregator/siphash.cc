@@ -1,6 +1,6 @@
 #include "siphash.h"
 
-#include "ringflow/clones.h"
+#include "ringflow/simd_variants.h"
 
 namespace ringflow::agg {
 namespace {
@@ -17,7 +17,7 @@ using u32x8 = uint32_t __attribute__((vector_size(32)));
 using u8x32 = uint8_t __attribute__((vector_size(32)));
 
 // In place, so no vector crosses a function boundary (whose ABI would
-// differ between the AVX2 and baseline clones).  Without AVX-512 a rotate
+// differ between the AVX2 and baseline builds).  Without AVX-512 a rotate
 // costs two shifts and an or; the byte-multiple ones are one shuffle.
 #define RINGFLOW_ROTL4(x, b) ((x) = ((x) << (b)) | ((x) >> (64 - (b))))
 #define RINGFLOW_ROTL4_32(x) \
@@ -37,7 +37,7 @@ RINGFLOW_INLINE void round4(Lanes& s) {
 }
 
 // Absorbs `blocks` 32-byte blocks: word j of each block into lane j.
-RINGFLOW_CLONES void absorb(Lanes& state, const unsigned char* p, size_t blocks) {
+RINGFLOW_INLINE void absorbBody(Lanes& state, const unsigned char* p, size_t blocks) {
   Lanes s = state;
   for (size_t i = 0; i < blocks; ++i, p += 32) {
     u64x4 m;
@@ -49,6 +49,8 @@ RINGFLOW_CLONES void absorb(Lanes& state, const unsigned char* p, size_t blocks)
   }
   state = s;
 }
+RINGFLOW_SIMD_VARIANTS(void, absorb, (Lanes& state, const unsigned char* p, size_t blocks),
+                       (state, p, blocks))
 
 }  // namespace
 

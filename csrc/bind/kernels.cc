@@ -24,11 +24,14 @@ void bindKernels(py::module_& m) {
   k.def("reduce_scalar", [](uintptr_t dst, uintptr_t a, uintptr_t b, size_t n, int dt, int op) {
         kernels::reduceScalar(at(dst), at(a), at(b), n, dtypeFromInt(dt), reduceOpFromInt(op));
       }, Release());
-  k.def("reduce_n", [](uintptr_t dst, std::vector<uintptr_t> srcs, size_t n, int dt, int op) {
+  k.def("reduce_n", [](uintptr_t dst, std::vector<uintptr_t> srcs, size_t n, int dt, int op,
+                       size_t threads) {
         std::vector<const void*> p(srcs.size());
         for (size_t i = 0; i < srcs.size(); ++i) p[i] = at(srcs[i]);
-        kernels::reduceN(at(dst), p.data(), p.size(), n, dtypeFromInt(dt), reduceOpFromInt(op));
-      }, Release());
+        kernels::reduceN(at(dst), p.data(), p.size(), n, dtypeFromInt(dt), reduceOpFromInt(op),
+                         threads);
+      }, py::arg("dst"), py::arg("srcs"), py::arg("n"), py::arg("dtype"), py::arg("op"),
+      py::arg("threads") = 1, Release());
   k.def("reduce_n_scalar", [](uintptr_t dst, std::vector<uintptr_t> srcs, size_t n, int dt, int op) {
         std::vector<const void*> p(srcs.size());
         for (size_t i = 0; i < srcs.size(); ++i) p[i] = at(srcs[i]);

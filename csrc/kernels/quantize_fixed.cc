@@ -10,13 +10,13 @@
 
 #include "quantize_isa.h"
 #include "simd.h"
-#include "ringflow/clones.h"
+#include "ringflow/simd_variants.h"
 #include "ringflow/kernels.h"
 #include "ringflow/quantize.h"
 #include "ringflow/types.h"
 
-// The exponent scan is RINGFLOW_CLONES: built for baseline x86-64 and for
-// AVX2, picked at load time.
+// The exponent scan is a plain loop built for baseline x86-64 and for AVX2
+// (RINGFLOW_SIMD_VARIANTS), dispatched on the kernels' SIMD level.
 namespace ringflow::kernels {
 namespace {
 
@@ -54,7 +54,7 @@ bool useAvx2() { return atLeastAvx2(); }
 
 }  // namespace
 
-RINGFLOW_CLONES bool fixedExponentIfFinite(const float* x, size_t n, int* exponent) {
+RINGFLOW_INLINE bool fixedExponentIfFiniteBody(const float* x, size_t n, int* exponent) {
   // |x| as bits: for non-negative floats the integer order is the float
   // order, inf is 0x7f800000 and NaN above it, so one integer max (which
   // vectorises) finds both the largest magnitude and any non-finite value.
@@ -74,6 +74,7 @@ RINGFLOW_CLONES bool fixedExponentIfFinite(const float* x, size_t n, int* expone
   *exponent = m == 0.5f ? e - 1 : e;      // an exact power of two needs no headroom
   return true;
 }
+RINGFLOW_SIMD_VARIANTS(bool, fixedExponentIfFinite, (const float* x, size_t n, int* exponent), (x, n, exponent))
 
 int fixedExponent(const float* x, size_t n) {
   int e;

@@ -1,6 +1,7 @@
 // Entry points of the reduce kernels: validate, pick the widest instruction
 // set this CPU has (checked once at run time, so the binary stays baseline
-// x86-64), and split very large N-way reductions over a few threads.
+// x86-64), and split a reduction over as many threads as the caller asks.
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <iterator>
@@ -52,20 +53,6 @@ std::atomic<int>& currentLevel() {
   return level;
 }
 
-// Threads pay only when the data is far past the caches and the start-up
-// (~tens of microseconds) is small beside the pass: measured on 2-vCPU Zen 4
-// (bench/kernels.py), one core does not saturate memory for k >= 2 sums.
-constexpr size_t kBytesPerThread = 8u << 20;
-
-size_t maxThreads() {
-  static size_t n = [] {
-    unsigned hw = std::thread::hardware_concurrency();
-    size_t v = envSize("RINGFLOW_KERNEL_THREADS", hw == 0 ? 1 : (hw > 4 ? 4 : hw));
-    return v < 1 ? 1 : v;  // 0 means one thread, as 1 does
-  }();
-  return n;
-}
-
 using IsaReduceN = void (*)(void*, const void* const*, size_t, size_t, DType, ReduceOp);
 
 IsaReduceN isaFor(int level) {
@@ -93,7 +80,8 @@ void runSplit(IsaReduceN fn, void* dst, const void* const* srcs, size_t k, size_
 
 }  // namespace
 
-void reduceN(void* dst, const void* const* srcs, size_t k, size_t n, DType dtype, ReduceOp op) {
+void reduceN(void* dst, const void* const* srcs, size_t k, size_t n, DType dtype, ReduceOp op,
+             size_t threads) {
   checkReduceOp(dtype, op);
   if (k == 0) throw InvalidArgument("reduceN needs at least one source");
   if (n == 0) return;
@@ -103,9 +91,8 @@ void reduceN(void* dst, const void* const* srcs, size_t k, size_t n, DType dtype
   }
   IsaReduceN fn = isaFor(currentLevel().load(std::memory_order_relaxed));
   if (!fn) return reduceNScalar(dst, srcs, k, n, dtype, op);
-  size_t bytes = (k + 1) * n * elementSize(dtype);
-  size_t parts = bytes / kBytesPerThread;
-  if (parts > maxThreads()) parts = maxThreads();
+  // Each thread gets at least 64 elements (the split's alignment).
+  size_t parts = std::min(threads, (n + 63) / 64);
   if (parts <= 1) return fn(dst, srcs, k, n, dtype, op);
   runSplit(fn, dst, srcs, k, n, dtype, op, parts);
 }
@@ -153,13 +140,8 @@ void divide(void* data, size_t n, DType dtype, double divisor) {
 
 namespace {
 const SettingsRegistration kSettings(
-    {{"RINGFLOW_SIMD", "caps the CPU kernels' instruction set (avx512, avx2, scalar)"},
-     {"RINGFLOW_KERNEL_THREADS",
-      "threads for very large N-way reductions (default: one per CPU, at most 4; 0 or 1 = none)"}},
-    [] {
-      currentLevel();
-      maxThreads();
-    });
+    {{"RINGFLOW_SIMD", "caps the CPU kernels' instruction set (avx512, avx2, scalar)"}},
+    [] { currentLevel(); });
 }  // namespace
 
 Simd currentSimd() { return Simd(currentLevel().load(std::memory_order_relaxed)); }

@@ -98,13 +98,17 @@ def _require_cuda_build(what: str) -> None:
 # --- reduce -----------------------------------------------------------------------
 
 
-def reduce(inputs: Sequence, op="sum", out=None):
+def reduce(inputs: Sequence, op="sum", out=None, threads: int = 1):
     """out[i] = op(inputs[0][i], ..., inputs[k-1][i]), folded left to right.
 
     All inputs must share dtype, element count and device.  `out` may be
     inputs[0] (in place).  Avg reduces as sum (divide afterwards), as the
-    collectives do.  Returns `out`.
+    collectives do.  `threads` > 1 splits a host reduction over that many
+    threads (this one included); it pays only far past the caches.
+    Returns `out`.
     """
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int, got {threads!r}")
     if not isinstance(inputs, (list, tuple)) or len(inputs) == 0:
         raise ValueError("reduce needs a non-empty list of arrays")
     views = [_View(x, f"inputs[{i}]") for i, x in enumerate(inputs)]
@@ -125,10 +129,10 @@ def reduce(inputs: Sequence, op="sum", out=None):
     if first.cuda:
         _require_cuda_build("reduce input")
         _K.cuda_reduce_n(o.ptr, [v.ptr for v in views], first.n, first.code, opc)
-    elif len(views) == 2:
+    elif len(views) == 2 and threads == 1:
         _K.reduce(o.ptr, views[0].ptr, views[1].ptr, first.n, first.code, opc)
     else:
-        _K.reduce_n(o.ptr, [v.ptr for v in views], first.n, first.code, opc)
+        _K.reduce_n(o.ptr, [v.ptr for v in views], first.n, first.code, opc, threads)
     return out
 
 

@@ -14,8 +14,11 @@ namespace ringflow::kernels {
 void reduce(void* dst, const void* a, const void* b, size_t n, DType dtype, ReduceOp op);
 
 // dst[i] = op(srcs[0][i], ..., srcs[k-1][i]), folded left to right so the
-// result is deterministic; dst may alias srcs[0].
-void reduceN(void* dst, const void* const* srcs, size_t k, size_t n, DType dtype, ReduceOp op);
+// result is deterministic; dst may alias srcs[0].  `threads` > 1 splits the
+// range over that many threads (this one included): the caller's choice,
+// worth it only far past the caches (bench/kernels.py --threads).
+void reduceN(void* dst, const void* const* srcs, size_t k, size_t n, DType dtype, ReduceOp op,
+             size_t threads = 1);
 
 // dst[i] = src[i] converted between floating-point dtypes (float32, float64,
 // float16, bfloat16), rounding to nearest-even; dst must not alias src.
@@ -39,5 +42,10 @@ const char* setSimdLevel(const char* name);
 
 // The widest level this CPU supports, whatever setSimdLevel chose.
 const char* detectedSimdLevel();
+
+// The level in force now, as the enum every kernel dispatches on (see
+// ringflow/simd_variants.h).  Avx2 and above imply AVX2 + FMA on this CPU.
+enum class Simd : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+Simd currentSimd();
 
 }  // namespace ringflow::kernels
