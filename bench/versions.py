@@ -4,10 +4,14 @@
 
 Runs against the installed ringflow.  For each state size (20 tensors
 for 100M, 100 for 1G, like the layers of a model) it measures:
-  stall        how long the training loop is held: BackgroundCommitter.submit
-               (the snapshot copy; steady state, when it reuses the last snapshot's
-               memory, and cold, the first one) beside torch.save + fsync and a plain
-               write + fsync, which hold the loop for all their time
+  fork         how long the training loop is held by BackgroundCommitter.submit with
+               snapshot="fork" (the default for states of 64 MiB or more): the fork;
+               cow = the copy-on-write faults the loop's next update of every tensor
+               pays while the commit process still holds the pages
+  stall        the same with snapshot="copy" (a copy of the state; steady state, when
+               it reuses the last snapshot's memory, and cold, the first one) beside
+               torch.save + fsync and a plain write + fsync, which hold the loop for all
+               their time
   bg_write     bytes / (durable - snapshot): the background writer's rate
                (hash, write, fsync, rename, ref), as a fraction of the plain write's
   checkout     Store.checkout from the page cache: memory-map + verify every hash
@@ -28,7 +32,6 @@ import subprocess
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 import ringflow
@@ -90,6 +93,32 @@ def drop(path: str) -> None:
         os.unlink(path)
 
 
+def write_every_page(state: dict) -> float:
+    """The loop's next in-place update of every tensor (as an optimizer step)."""
+    t0 = time.perf_counter()
+    for v in state.values():
+        v.mul_(1.0)
+    return time.perf_counter() - t0
+
+
+def fork_snapshot(state: dict, root: str) -> dict:
+    """snapshot="fork": the loop waits for the fork, then pays a copy-on-write
+    fault on each page it writes while the commit process still holds it
+    (cow_tax: that update's time minus the same update's time afterwards)."""
+    w = BackgroundCommitter(Store(root), snapshot="fork")
+    t0 = time.perf_counter()
+    fut = w.submit(state, step=0, message="forked")
+    stall = time.perf_counter() - t0
+    update_during = write_every_page(state)
+    fut.result(timeout=3600)
+    durable = time.perf_counter() - t0
+    w.close()
+    update_after = write_every_page(state)
+    drop(root)
+    return {"fork_stall_s": stall, "fork_durable_s": durable,
+            "cow_tax_s": max(0.0, update_during - update_after)}
+
+
 def bench_size(nbytes: int, work: str) -> dict:
     state = make_state(nbytes)
     total = sum(t.numel() * 4 for t in state.values())
@@ -103,7 +132,7 @@ def bench_size(nbytes: int, work: str) -> dict:
     # Background commit: the loop waits for the snapshot only.
     root = os.path.join(work, "store")
     store = Store(root)
-    w = BackgroundCommitter(store)
+    w = BackgroundCommitter(store, snapshot="copy")
     t0 = time.perf_counter()
     fut = w.submit(state, step=0, message="full")
     stall_cold = time.perf_counter() - t0
@@ -119,6 +148,7 @@ def bench_size(nbytes: int, work: str) -> dict:
     store.rollback(cid)
     row.update(stall_cold_s=stall_cold, stall_s=stall, durable_s=durable,
                bg_write_s=durable - stall_cold)
+    row.update(fork_snapshot(state, os.path.join(work, "forked")))
     full_disk = disk_bytes(os.path.join(root, "objects")) + disk_bytes(os.path.join(root, "commits"))
 
     # Checkout from the page cache (the files were just written).
@@ -182,14 +212,15 @@ def main(argv=None) -> int:
     try:
         if not args.json:
             print("# ringflow versions bench: " + ", ".join(f"{k} {v}" for k, v in h.items()))
-            print(f"# {'size':>6} {'stall ms':>9} {'cold ms':>8} {'torch.save ms':>13} {'plain ms':>9} "
+            print(f"# {'size':>6} {'fork ms':>8} {'cow ms':>7} {'stall ms':>9} {'cold ms':>8} {'torch.save ms':>13} {'plain ms':>9} "
                   f"{'save/stall':>10} {'bg GB/s':>8} {'plain GB/s':>10} {'bg/plain':>8} {'co GB/s':>8} "
                   f"{'read GB/s':>9} {'dedup':>6} {'memcpy GB/s':>11} {'sha256 GB/s':>11}")
         for size in (parse_size(s) for s in args.sizes.split(",")):
             r = bench_size(size, work)
             rows.append(r)
             if not args.json:
-                print(f"  {r['bytes'] / 2**20:>5.0f}M {r['stall_s'] * 1e3:>9.1f} {r['stall_cold_s'] * 1e3:>8.1f} "
+                print(f"  {r['bytes'] / 2**20:>5.0f}M {r['fork_stall_s'] * 1e3:>8.1f} {r['cow_tax_s'] * 1e3:>7.1f} "
+                      f"{r['stall_s'] * 1e3:>9.1f} {r['stall_cold_s'] * 1e3:>8.1f} "
                       f"{r['torch_save_s'] * 1e3:>13.1f} {r['plain_s'] * 1e3:>9.1f} "
                       f"{r['stall_vs_torch_save']:>9.1f}x {r['bg_write_gbps']:>8.3f} {r['plain_gbps']:>10.3f} "
                       f"{r['bg_vs_plain']:>8.2f} {r['checkout_gbps']:>8.3f} {r['checkout_mmap_read_gbps']:>9.2f} "

@@ -235,9 +235,10 @@ def test_sigkill_at_random_instants_leaves_a_clean_store(tmp_path):
     assert len(s.log()) >= 60
 
 
-def test_background_commit_snapshots_then_writes(tmp_path):
+@pytest.mark.parametrize("snapshot", ["copy", "fork"])
+def test_background_commit_snapshots_then_writes(tmp_path, snapshot):
     s = Store(tmp_path / "st")
-    w = BackgroundCommitter(s)
+    w = BackgroundCommitter(s, snapshot=snapshot)
     x = {"w": torch.zeros(1000)}
     futs = []
     for i in range(5):
@@ -248,6 +249,60 @@ def test_background_commit_snapshots_then_writes(tmp_path):
     for i, cid in enumerate(ids):
         assert torch.equal(s.checkout(cid)["w"], torch.full((1000,), float(i)))
     assert [e["id"] for e in s.log()] == ids[::-1]
+
+
+def _hold_lock(store: Store):
+    import fcntl
+
+    fd = os.open(os.path.join(store.path, "lock"), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def test_forked_commit_failures_reach_the_loop(tmp_path):
+    """A commit process that fails, or dies, fails its Future with a StoreError
+    naming what happened; the committer and the store go on working."""
+    import threading
+
+    s = Store(tmp_path / "st")
+    w = BackgroundCommitter(s, snapshot="fork")
+    bad = w.submit({"w": torch.ones(3)}, step=0, metrics={"loss": object()})
+    with pytest.raises(StoreError, match="commit failed in the commit process: StoreError: .*loss"):
+        bad.result(timeout=60)
+    fd = _hold_lock(s)  # the next child waits for the store's lock: kill it there
+    fut = w.submit({"w": torch.ones(3)}, step=1)
+    child = next(int(t.name.rsplit("-", 1)[1]) for t in threading.enumerate()
+                 if t.name.startswith("ringflow-commit-"))
+    os.kill(child, signal.SIGKILL)
+    with pytest.raises(StoreError, match=rf"commit process {child} died \(signal 9\)"):
+        fut.result(timeout=60)
+    os.close(fd)
+    cid = w.submit({"w": torch.full((3,), 2.0)}, step=2).result(timeout=60)
+    w.close()
+    assert [e["id"] for e in s.log()] == [cid] and s.fsck() == []
+
+
+def test_a_held_store_lock_times_out_with_its_name(tmp_path):
+    s = Store(tmp_path / "st", lock_timeout_s=0.3)
+    fd = _hold_lock(s)
+    with pytest.raises(StoreError, match=r"another writer held .*lock for over 0.3 s"):
+        s.commit({"w": torch.ones(2)}, step=0)
+    os.close(fd)
+    s.commit({"w": torch.ones(2)}, step=0)
+
+
+def test_auto_snapshot_forks_only_large_cpu_states(tmp_path, monkeypatch):
+    from ringflow.versions import writer
+
+    w = BackgroundCommitter(Store(tmp_path / "st"))
+    small = {"w": torch.zeros(10)}
+    assert not w._forks(small)
+    monkeypatch.setattr(writer, "FORK_BYTES", 40)
+    assert w._forks(small) and w._forks(torch.nn.Linear(4, 4).state_dict())
+    assert not w._forks({"w": torch.zeros(10, device="meta")})
+    w.close()
+    with pytest.raises(ValueError, match="snapshot must be one of auto, copy, fork"):
+        BackgroundCommitter(Store(tmp_path / "st"), snapshot="cow")
 
 
 def _cli(capsys, *args):

@@ -37,8 +37,9 @@ _HASH_THREADS = max(1, min(4, os.cpu_count() or 1))
 
 
 class Store:
-    def __init__(self, path: str, *, create: bool = True):
+    def __init__(self, path: str, *, create: bool = True, lock_timeout_s: float = 600.0):
         self.path = os.path.abspath(os.fspath(path))
+        self.lock_timeout_s = lock_timeout_s
         marker = os.path.join(self.path, "ringflow-store")
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise StoreError(f"{self.path} is not a directory")
@@ -59,9 +60,19 @@ class Store:
     @contextmanager
     def _lock(self):
         """One writer at a time (commits, ref moves, gc); readers need no lock."""
-        fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        path = os.path.join(self.path, "lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            deadline = _time.monotonic() + self.lock_timeout_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if _time.monotonic() > deadline:
+                        raise StoreError(f"another writer held {path} for over {self.lock_timeout_s:g} s "
+                                         f"(lock_timeout_s)") from None
+                    _time.sleep(0.005)
             yield
         finally:
             os.close(fd)

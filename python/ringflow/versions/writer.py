@@ -1,22 +1,38 @@
-"""Background commits: the training loop pays only for a copy of the state.
+"""Background commits: the training loop pays only for a snapshot of the state.
 
-`submit` copies every tensor (the snapshot, so the loop may go on changing
-its parameters at once) and hands the copy to a writer thread that hashes,
-writes, syncs and moves HEAD.  Hashing and file I/O release the GIL, so the
-thread runs beside the loop.
+Two kinds of snapshot (`BackgroundCommitter(snapshot=...)`):
+  copy  `submit` copies every tensor, so the loop may go on changing its
+        parameters at once, and hands the copy to a writer thread that
+        hashes, writes, syncs and moves HEAD (hashing and file I/O release
+        the GIL, so the thread runs beside the loop).  The loop waits for
+        one copy of the state: a memcpy of every byte.
+  fork  `submit` forks; the child commits the state as it was at the fork
+        (copy-on-write, forked.py).  The loop waits for the fork: page
+        tables, not bytes, so a 1 GiB state costs milliseconds.  One commit
+        is in flight at a time (the next submit waits for it), which keeps
+        the commits in submission order.
+"auto" (the default) forks for states of FORK_BYTES or more held in CPU
+memory where the OS can fork, and copies otherwise (forking a large process
+costs more than copying a small state; CUDA tensors need a copy anyway).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 
 import torch
 
 from .errors import StoreError
+from .forked import commit_forked
 from .store import Store
+from .tree import flatten
+
+FORK_BYTES = 64 << 20
+SNAPSHOTS = ("auto", "copy", "fork")
 
 
 def snapshot(state, into=None):
@@ -46,7 +62,13 @@ def snapshot(state, into=None):
 class BackgroundCommitter:
     """Commits snapshots on a thread; at most `max_pending` commits wait to be written."""
 
-    def __init__(self, store: Store, max_pending: int = 2, timeout_s: float = 600.0):
+    def __init__(self, store: Store, max_pending: int = 2, timeout_s: float = 600.0,
+                 snapshot: str = "auto"):
+        if snapshot not in SNAPSHOTS:
+            raise ValueError(f"snapshot must be one of {', '.join(SNAPSHOTS)}, got {snapshot!r}")
+        if snapshot == "fork" and not hasattr(os, "fork"):
+            raise ValueError("snapshot='fork' needs os.fork, which this platform lacks")
+        self.snapshot = snapshot
         self.store = store
         self.max_pending = max_pending
         self.timeout_s = timeout_s
@@ -62,8 +84,19 @@ class BackgroundCommitter:
     def submit(self, state, **commit_kwargs) -> Future:
         """Snapshots `state` and returns a Future of the commit id (see Store.commit)."""
         t0 = time.perf_counter()
+        if isinstance(state, torch.nn.Module):
+            state = state.state_dict()
+        if self._forks(state):
+            while self._pending:  # one commit in flight: the commits stay in submission order
+                self._wait(self._pending.popleft())
+            if self._closed:
+                raise StoreError("the background committer is closed")
+            fut = commit_forked(self.store, state, self.timeout_s, **commit_kwargs)
+            self._pending.append(fut)
+            self.last_stall_s = time.perf_counter() - t0
+            return fut
         while len(self._pending) >= self.max_pending:  # back-pressure, bounded memory
-            self._pending.popleft().result(timeout=self.timeout_s)
+            self._wait(self._pending.popleft())
         with self._cv:
             reuse = self._free.pop() if self._free else None
         snap = snapshot(state, reuse)
@@ -77,6 +110,21 @@ class BackgroundCommitter:
             self._cv.notify()
         self.last_stall_s = time.perf_counter() - t0
         return fut
+
+    def _wait(self, fut: Future) -> None:
+        """Waits for an earlier commit; its failure stays on its own Future."""
+        if not wait([fut], timeout=self.timeout_s).done:
+            raise StoreError(f"an earlier commit did not finish within {self.timeout_s:g} s")
+
+    def _forks(self, state) -> bool:
+        if self.snapshot != "auto":
+            return self.snapshot == "fork"
+        if not hasattr(os, "fork"):
+            return False
+        _, tensors = flatten(state)
+        if any(t.device.type != "cpu" for t in tensors.values()):
+            return False
+        return sum(t.numel() * t.element_size() for t in tensors.values()) >= FORK_BYTES
 
     def flush(self) -> list[str]:
         """Waits for every pending commit; returns their ids (raises the first failure)."""
