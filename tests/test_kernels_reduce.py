@@ -172,3 +172,61 @@ def test_threaded_sum_equals_one_thread():
         assert_same_bits(ops.reduce(g, "sum", threads=threads), ops.reduce(g, "sum"))
     with pytest.raises(ValueError, match="threads must be a positive int"):
         ops.reduce(xs, "sum", threads=0)
+
+
+def test_simd_level_can_be_lowered():
+    detected = K.detected_simd_level()
+    assert ops.simd_level() in ("scalar", "avx2", "avx512")
+    try:
+        assert ops.set_simd_level("scalar") == "scalar"
+        a = np.arange(100, dtype=np.float32)
+        assert np.array_equal(ops.reduce([a, a]), a * 2)
+    finally:
+        assert ops.set_simd_level(detected) == detected
+
+
+def test_bad_input_is_rejected():
+    a = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="dtype"):
+        ops.reduce([a, np.zeros(4, np.int32)])
+    with pytest.raises(ValueError, match="elements"):
+        ops.reduce([a, np.zeros(5, np.float32)])
+    with pytest.raises(ValueError, match="band"):
+        ops.reduce([a, a], "band")
+    with pytest.raises(ValueError, match="contiguous"):
+        ops.reduce([np.zeros(8, np.float32)[::2], a])
+    with pytest.raises(ValueError, match="avg"):
+        ops.reduce([np.zeros(4, np.int32)] * 2, "avg")
+    with pytest.raises(ValueError, match="SIMD level"):
+        ops.set_simd_level("sse9")
+
+
+def test_divide():
+    a = np.array([1, 2, 3, np.nan, np.inf], np.float32)
+    K.divide(a.ctypes.data, a.size, 0, 4.0)
+    assert_same_bits(a, np.array([0.25, 0.5, 0.75, np.nan, np.inf], np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("divisor", [3.0, 7.0, 0.1, 1e-30, 0.0, -2.5])
+def test_divide_vector_paths_match_elementwise_division(dtype, divisor):
+    """Every SIMD level divides (never multiplies by 1/d), so each element is
+    bit-identical to numpy's x / dtype(d), in the vector body and the tail."""
+    from ringflow._dtypes import numpy_dtype_code
+
+    code = numpy_dtype_code(dtype)
+    rng = np.random.default_rng(int(abs(divisor) * 10) + code)
+    x = (rng.standard_normal(4099) * 10.0 ** rng.integers(-30, 30, 4099)).astype(dtype)
+    x[:6] = [0.0, -0.0, np.inf, -np.inf, np.nan, np.finfo(dtype).tiny]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        want = x / dtype(divisor)
+    detected = K.detected_simd_level()
+    try:
+        for level in ("scalar", "avx2", "avx512"):
+            if ops.set_simd_level(level) != level:
+                continue  # this CPU lacks it
+            got = x.copy()
+            K.divide(got.ctypes.data, got.size, code, divisor)
+            assert_same_bits(got, want)
+    finally:
+        ops.set_simd_level(detected)
