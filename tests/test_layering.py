@@ -164,3 +164,10 @@ def test_python_imports_follow_the_levels():
                 bad.append(f"{path.relative_to(ROOT)} (level {level}) imports {name} "
                            f"(level {PY_LEVEL.get(name, '?')})")
     assert not bad, "\n".join(bad)
+
+
+def test_the_package_never_imports_the_test_only_module():
+    """ringflow._testing (csrc/bind/testing.cc) holds hooks for the tests
+    only: nothing in the package may depend on it."""
+    users = [str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py") if "_testing" in p.read_text()]
+    assert not users, users

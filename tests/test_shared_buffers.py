@@ -121,36 +121,38 @@ def test_peer_mapping_shows_the_same_memory_and_is_checked():
     import ctypes
     import os
 
-    C, pid = ringflow._C, os.getpid()
+    from ringflow import _testing as C  # the test-only module, sharing _C's state
+
+    pid = os.getpid()
     t = ringflow.shared_empty(1 << 20, dtype=torch.int32)
     t.copy_(torch.arange(1 << 20, dtype=torch.int32))
     nbytes = t.numel() * 4
-    id_, fd, offset = C._shared_place(t.data_ptr() + 64, 128)
+    id_, fd, offset = C.shared_place(t.data_ptr() + 64, 128)
     assert id_ != 0 and offset == 64
-    assert C._shared_place(torch.empty(10).data_ptr(), 40)[0] == 0, "a plain tensor"
-    assert C._shared_place(t.data_ptr() + nbytes - 4, 8)[0] == 0, "a range past the end"
+    assert C.shared_place(torch.empty(10).data_ptr(), 40)[0] == 0, "a plain tensor"
+    assert C.shared_place(t.data_ptr() + nbytes - 4, 8)[0] == 0, "a range past the end"
     before = _shared_counts()
 
-    addr = C._map_peer_shared(pid, id_, fd, 64, 128)
+    addr = C.map_peer_shared(pid, id_, fd, 64, 128)
     assert addr not in (0, t.data_ptr() + 64)
     seen = (ctypes.c_int32 * 32).from_address(addr)
     assert list(seen) == list(range(16, 48))
     seen[0] = -5
     assert t[16].item() == -5, "one memory, two mappings"
-    assert C._map_peer_shared(pid, id_, fd, 64, 128) == addr, "mapped once, then cached"
-    assert C._map_peer_shared(pid, id_, fd, 0, nbytes + 4096) == 0, "more than the buffer holds"
+    assert C.map_peer_shared(pid, id_, fd, 64, 128) == addr, "mapped once, then cached"
+    assert C.map_peer_shared(pid, id_, fd, 0, nbytes + 4096) == 0, "more than the buffer holds"
     after = _shared_counts()
     assert after["peer_maps_opened"] == before["peer_maps_opened"] + 1
     assert after["peer_map_failures"] == before["peer_map_failures"]
 
-    assert C._map_peer_shared(pid, id_ ^ (1 << 63), fd, 0, 4) == 0, "the tag names another id"
+    assert C.map_peer_shared(pid, id_ ^ (1 << 63), fd, 0, 4) == 0, "the tag names another id"
     assert _shared_counts()["peer_map_failures"] == before["peer_map_failures"] + 1
 
     del seen, t
     gc.collect()
     u = ringflow.shared_empty(4)
-    uid, ufd, _ = C._shared_place(u.data_ptr(), 4)
-    assert C._map_peer_shared(pid, uid, ufd, 0, 4) != 0
+    uid, ufd, _ = C.shared_place(u.data_ptr(), 4)
+    assert C.map_peer_shared(pid, uid, ufd, 0, 4) != 0
     after = _shared_counts()
     assert after["peer_maps_dropped"] == before["peer_maps_dropped"] + 1, "the freed one went"
     assert after["peer_maps"] == before["peer_maps"] + 1

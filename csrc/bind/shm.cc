@@ -64,17 +64,6 @@ void bindShm(py::module_& m) {
         return py::buffer_info(b.data(), 1, py::format_descriptor<uint8_t>::format(), 1,
                                {py::ssize_t(b.bytes())}, {py::ssize_t(1)}, false);
       });
-  m.def("_map_peer_shared",
-        [](int pid, uint64_t id, int fd, uint64_t offset, size_t bytes) {
-          return reinterpret_cast<uintptr_t>(shm::peerShared(pid, {id, fd, offset}, bytes));
-        },
-        py::arg("pid"), py::arg("id"), py::arg("fd"), py::arg("offset"), py::arg("nbytes"),
-        "For tests: maps SharedBuffer `id` of process `pid` as a peer would; its address, or 0.");
-  m.def("_shared_place", [](uintptr_t address, size_t bytes) {
-    shm::SharedPlace p = shm::findShared(reinterpret_cast<const void*>(address), bytes);
-    return py::make_tuple(p.id, p.fd, p.offset);
-  }, py::arg("address"), py::arg("nbytes"),
-     "For tests: (id, fd, offset) of the SharedBuffer holding the range, id 0 if none.");
   m.def("shared_buffer_stats", [] {
     shm::SharedCounts c = shm::sharedCounts();
     py::dict d;

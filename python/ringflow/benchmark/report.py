@@ -49,13 +49,14 @@ def git_revision() -> str:
 
 
 def binary_fingerprint() -> str:
-    """The loaded _C extension: path, mtime, sha256 prefix.  A dirty checkout's
-    git sha does not say which build ran; this does (and shows a rebuild mid-run)."""
+    """The loaded C++ core (libringflow.so beside _C): path, mtime, sha256
+    prefix.  A dirty checkout's git sha does not say which build ran; this
+    does (and shows a rebuild mid-run)."""
     import hashlib
 
     from .. import _C
 
-    path = Path(_C.__file__)
+    path = Path(_C.__file__).with_name("libringflow.so")
     try:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
         mtime = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(path.stat().st_mtime))
