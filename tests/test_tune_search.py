@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from ringflow.tune.cost import CostModel
+from ringflow.tune.cost import CostModel, Overheads
 from ringflow.tune.pattern import BUCKETS, Links, Pattern
 from ringflow.tune.search import local_search, multi_start, order_moves, regroup_moves
 
@@ -130,3 +130,18 @@ def test_bad_patterns_are_named():
     with pytest.raises(ValueError, match="2 group labels for 3 ranks"):
         Pattern((0, 1, 2), (0, 1)).check(3)
     assert BUCKETS == tuple(sorted(BUCKETS))
+
+
+def test_calibrated_arena_is_priced_by_its_fit_and_chosen_where_faster():
+    hosts = ("a",) * 4
+    links = links_for(hosts, {}, intra=2e9, lat_intra=20e-6)
+    fast_arena = Overheads(shm_fixed_s=30e-6, shm_per_byte_s=1 / 10e9)
+    model = CostModel(links, fast_arena)
+    assert model.shm_time(16 << 20) == pytest.approx(30e-6 + (16 << 20) / 10e9)
+    _, p = model.complete(Pattern((0, 1, 2, 3)))
+    assert p.algorithms == ((0, "shm"),)
+    slow_arena = Overheads(shm_fixed_s=1.0, shm_per_byte_s=1e-6)
+    _, p = CostModel(links, slow_arena).complete(Pattern((0, 1, 2, 3)))
+    assert p.algorithms == ((0, "ring"),)
+    # Several hosts: no arena, whatever the fit says.
+    assert "shm" not in CostModel(links_for("aabb", {("a", "b"): 1e8}), fast_arena).candidates(p)

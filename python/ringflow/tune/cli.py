@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--confirm", type=int, default=3, help="top patterns confirmed by running them")
     p.add_argument("--confirm-bytes", type=int, default=16 << 20,
-                   help="message size in bytes the confirmation runs (default 16777216)")
+                   help="message size in bytes the confirmation runs, one of the cost model's "
+                   "buckets (default 16777216)")
     p.add_argument("--time-bound", type=float, default=20.0, help="seconds of link measurement at most")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds before a wait fails")
     return p
@@ -94,7 +95,7 @@ def _spawn(args, argv) -> int:
     for rank in range(args.ranks):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(args.ranks), "LOCAL_RANK": str(rank),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen([sys.executable, "-m", "ringflow", "tune"] + argv, env=env))
+        procs.append(subprocess.Popen([sys.executable, "-m", "ringflow.cli", "tune"] + argv, env=env))
     deadline = time.monotonic() + args.timeout
     codes = []
     for rank, p in enumerate(procs):

@@ -26,7 +26,10 @@ class Overheads:
 
     piece_s: float = 20e-6
     reduce_bandwidth: float = 4e9
-    shm_passes: float = 3.0  # the arena moves about 3 bytes through memory per byte reduced
+    # The same-host arena, fitted from two of its allreduces where it runs
+    # (tuner.calibrate_arena): its protocol is not a ring of links.
+    shm_fixed_s: float = 0.0
+    shm_per_byte_s: float = 0.0
 
 
 class CostModel:
@@ -140,11 +143,14 @@ class CostModel:
         return lowers, highers
 
     def shm_time(self, nbytes: int) -> float:
+        if self.over.shm_per_byte_s > 0:
+            return self.over.shm_fixed_s + self.over.shm_per_byte_s * nbytes
+        # Uncalibrated: about three passes through memory at the pairs' bandwidth.
         n = self.n
         pairs = [(a, b) for a in range(n) for b in range(n) if a != b]
         lat = sum(self.links.latency_s[a][b] for a, b in pairs) / len(pairs)
         bw = sum(self.links.bandwidth[a][b] for a, b in pairs) / len(pairs)
-        return 2 * lat + self.over.shm_passes * nbytes / bw
+        return 2 * lat + 3 * nbytes / bw
 
     # -- patterns ---------------------------------------------------------------
     def candidates(self, pattern: Pattern) -> list[str]:

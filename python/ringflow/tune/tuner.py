@@ -9,13 +9,14 @@ import json
 import logging
 import os
 import time
+from dataclasses import asdict
 
 import numpy as np
 
 from .. import _C
 from .._dtypes import DTYPE_CODE, REDUCE_OP_CODE
 from . import cache
-from .cost import CostModel
+from .cost import CostModel, Overheads
 from .links import measure
 from .pattern import BUCKETS, Links, Pattern, groups_by_host
 from .search import multi_start
@@ -83,9 +84,23 @@ def untuned_pattern(hosts) -> Pattern:
     return Pattern(tuple(range(len(hosts))), groups)
 
 
-def search(links: Links, shm: bool, starts: int = 8, seed: int = 0):
-    model = CostModel(links, shm=shm)
+def calibrate_arena(comm) -> Overheads:
+    """The arena's cost, a + b * bytes, fitted from two untuned allreduces."""
+    small, large = 64 << 10, 4 << 20
+    t_small, t_large = timed_allreduce(comm, small, 5), timed_allreduce(comm, large, 3)
+    per_byte = max(t_large - t_small, 1e-12) / (large - small)
+    return Overheads(shm_fixed_s=max(t_small - per_byte * small, 0.0), shm_per_byte_s=per_byte)
+
+
+def search(links: Links, shm: bool, overheads: Overheads, starts: int = 8, seed: int = 0):
+    model = CostModel(links, overheads, shm=shm)
     return model, multi_start(links.hosts, model.complete, starts=starts, seed=seed)
+
+
+def model_of(entry: dict) -> CostModel:
+    """The cost model a cache entry was tuned with."""
+    return CostModel(Links.from_json(entry["links"]), Overheads(**entry["overheads"]),
+                     shm=entry["shm"])
 
 
 def tune(owner, starts: int = 8, seed: int = 0, confirm: int = 3, confirm_bytes: int = 16 << 20,
@@ -93,15 +108,19 @@ def tune(owner, starts: int = 8, seed: int = 0, confirm: int = 3, confirm_bytes:
     """Collective over the Communicator `owner`: returns the cache entry
     (the same on every rank) and leaves the chosen schedule set."""
     comm, hosts = owner.comm, list(owner.hosts)
+    if confirm_bytes not in BUCKETS:
+        raise ValueError(f"tune: confirm_bytes {confirm_bytes} is not one of the cost model's "
+                         f"sizes {BUCKETS}")
     t0 = time.perf_counter()
     apply(comm, None)
     shm = _C.allreduce_algorithm(comm, 1 << 20) == "shm"
     links, summary = measure(comm, hosts, nbytes=measure_bytes, time_bound_s=time_bound_s,
                              timeout=owner.timeout)
+    overheads = calibrate_arena(comm) if shm else Overheads()
     plan = None
     if comm.rank == 0:
         t_search = time.perf_counter()
-        model, converged = search(links, shm, starts, seed)
+        model, converged = search(links, shm, overheads, starts, seed)
         summary["search_s"] = time.perf_counter() - t_search
         summary["converged"] = len(converged)
         top = [c.pattern for c in converged[:confirm]]
@@ -120,13 +139,14 @@ def tune(owner, starts: int = 8, seed: int = 0, confirm: int = 3, confirm_bytes:
     best = min(range(len(measured)), key=measured.__getitem__, default=None)
     chosen = None if best is None or measured[best] >= untuned_s else plan["candidates"][best]
     apply(comm, None if chosen is None else Pattern.from_json(chosen))
+    model = CostModel(links, overheads, shm=shm)
     return {"world": comm.size, "hosts": hosts, "shm": shm, "pattern": chosen,
-            "links": links.to_json(), "measurement": summary,
+            "links": links.to_json(), "overheads": asdict(overheads), "measurement": summary,
             "confirm_bytes": confirm_bytes,
             "candidates": [{"pattern": p, "predicted_s": pr, "measured_s": m}
                            for p, pr, m in zip(plan["candidates"], plan["predicted_s"], measured)],
             "untuned": {"predicted_s": plan["untuned_predicted_s"], "measured_s": untuned_s},
-            "predicted_s": {str(b): CostModel(links, shm=shm).predict(Pattern.from_json(chosen), b)
+            "predicted_s": {str(b): model.predict(Pattern.from_json(chosen), b)
                             for b in BUCKETS} if chosen else None,
             "tune_s": time.perf_counter() - t0, "tuned_at": time.time()}
 
