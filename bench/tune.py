@@ -62,13 +62,17 @@ def tuned_against_untuned(rank, size, sizes, iters, cache):
     from ringflow import _C
     from ringflow.rendezvous import Communicator
     from ringflow.tune.pattern import BUCKETS, Pattern
-    from ringflow.tune.tuner import model_of, tune_or_load
+    from ringflow.tune.tuner import model_of, tune_or_load, untuned_pattern
 
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size,
                           is_master=rank == 0, timeout=timedelta(seconds=300))
     owner = Communicator(store, rank, size, 300.0)
     comm = owner.comm
     out = {"untuned_algorithm": {str(b): _C.allreduce_algorithm(comm, b) for b in sizes}}
+    # What auto runs, as a pattern the model can price: its algorithm per bucket.
+    untuned = untuned_pattern(owner.hosts)
+    rules = tuple((b, _C.allreduce_algorithm(comm, b)) for b in BUCKETS)
+    untuned = Pattern(untuned.order, untuned.groups, 256 << 10, ((0, rules[0][1]),) + rules[1:])
     out["untuned_s"] = {str(b): back_to_back(comm, b, iters) for b in sizes}
     entry, hit = tune_or_load(owner, cache, retune=True)
     out["tune_s"] = entry["tune_s"]
@@ -77,8 +81,9 @@ def tuned_against_untuned(rank, size, sizes, iters, cache):
     out["tuned_s"] = {str(b): back_to_back(comm, b, iters) for b in sizes}
     model = model_of(entry)
     chosen = entry["pattern"]
-    out["predicted_s"] = {str(b): model.predict(Pattern.from_json(chosen), b)
-                          for b in sizes if b in BUCKETS} if chosen else {}
+    out["predicted_s"] = {str(b): model.predict(Pattern.from_json(chosen) if chosen else untuned, b)
+                          for b in sizes if b in BUCKETS}
+    out["untuned_predicted_s"] = {str(b): model.predict(untuned, b) for b in sizes if b in BUCKETS}
     _C.clear_schedule(comm)
     t0 = time.perf_counter()
     _, hit = tune_or_load(owner, cache)
@@ -115,13 +120,24 @@ def shape_pairs(hosts: netns.Hosts, fast: str, slow: str, fast_pair=(0, 1)) -> N
                "match", "ip", "dst", f"{addr}/32", "flowid", f"1:{10 + j}")
 
 
+def run_asymmetric(args, sizes, env, cache_file) -> dict:
+    with netns.Hosts(3) as hosts:
+        shape_pairs(hosts, args.fast, args.slow)
+        print(f"[asymmetric] 8 ranks cyclic on 3 hosts, sizes {args.sizes} x {args.iters} ...",
+              file=sys.stderr)
+        return _slowest_hit(hosts.run(PLACEMENT, "tune:tuned_against_untuned",
+                                      args=(sizes, args.iters, cache_file), env=env, path=[HERE],
+                                      timeout=900))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="1M,16M,64M")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--fast", default="1gbit")
     p.add_argument("--slow", default="200mbit")
-    p.add_argument("--skip-symmetric", action="store_true")
+    p.add_argument("--parts", default="asymmetric,symmetric",
+                   help="which runs: asymmetric, symmetric or both (default both)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     why = netns.available()
@@ -130,16 +146,15 @@ def main(argv=None) -> int:
         return 2
     sizes = parse_sizes(args.sizes)
     env = {"RINGFLOW_KERNEL_THREADS": "1"}
+    parts = args.parts.split(",")
+    unknown = [x for x in parts if x not in ("asymmetric", "symmetric")]
+    if unknown:
+        p.error(f"--parts: unknown {unknown}; choose from asymmetric, symmetric")
+    asym = sym = None
     with tempfile.TemporaryDirectory() as tmp:
-        with netns.Hosts(3) as hosts:
-            shape_pairs(hosts, args.fast, args.slow)
-            print(f"[asymmetric] 8 ranks cyclic on 3 hosts, sizes {args.sizes} x {args.iters} ...",
-                  file=sys.stderr)
-            asym = _slowest_hit(hosts.run(PLACEMENT, "tune:tuned_against_untuned",
-                                          args=(sizes, args.iters, os.path.join(tmp, "asym.json")),
-                                          env=env, path=[HERE], timeout=900))
-        sym = None
-        if not args.skip_symmetric:
+        if "asymmetric" in parts:
+            asym = run_asymmetric(args, sizes, env, os.path.join(tmp, "asym.json"))
+        if "symmetric" in parts:
             print("[symmetric] 8 ranks on this host ...", file=sys.stderr)
             sym = _slowest_hit(netns.run_ranks([[] for _ in range(8)], [{} for _ in range(8)],
                                                "127.0.0.1", "tune:tuned_against_untuned",
@@ -159,26 +174,29 @@ def main(argv=None) -> int:
               f"{e['measurement']['rounds_run']}/{e['measurement']['rounds']} rounds; "
               f"search {e['measurement'].get('search_s', 0):.1f} s); cache hit {r['cache_hit_ms']:.1f} ms")
         print(f"#   chosen: {e['pattern']}")
-        print(f"#{'size (B)':>11} {'untuned':>14} {'(us)':>6} {'tuned':>14} {'(us)':>6} "
-              f"{'speedup':>8} {'predicted (us)':>15} {'pred/meas':>9}")
+        print(f"#{'size (B)':>11} {'untuned':>13} {'(us)':>8} {'model':>8} {'tuned':>13} {'(us)':>8} "
+              f"{'model':>8} {'speedup':>8}   (model: the cost model's prediction / measured)")
+        nan = float("nan")
         for b in sizes:
             u, t = r["untuned_s"][str(b)], r["tuned_s"][str(b)]
-            pr = r["predicted_s"].get(str(b))
-            print(f"{b:>12} {r['untuned_algorithm'][str(b)]:>14} {u * 1e6:>6.0f} "
-                  f"{r['tuned_algorithm'][str(b)]:>14} {t * 1e6:>6.0f} {u / t:>8.2f} "
-                  f"{pr * 1e6 if pr else float('nan'):>15.0f} {pr / t if pr else float('nan'):>9.2f}")
+            pu, pt = r["untuned_predicted_s"].get(str(b), nan), r["predicted_s"].get(str(b), nan)
+            print(f"{b:>12} {r['untuned_algorithm'][str(b)]:>13} {u * 1e6:>8.0f} {pu / u:>8.2f} "
+                  f"{r['tuned_algorithm'][str(b)]:>13} {t * 1e6:>8.0f} {pt / t:>8.2f} {u / t:>8.2f}")
         report[name] = r
     if args.json:
-        a = report["asymmetric"]
-        line = {"untuned_us": {k: v * 1e6 for k, v in a["untuned_s"].items()},
-                "tuned_us": {k: v * 1e6 for k, v in a["tuned_s"].items()},
-                "predicted_us": {k: v * 1e6 for k, v in a["predicted_s"].items()},
-                "tune_s": a["tune_s"], "cache_hit_ms": a["cache_hit_ms"],
-                "pattern": a["entry"]["pattern"]}
+        def us(d):
+            return {k: v * 1e6 for k, v in d.items()}
+
+        a, line = report.get("asymmetric"), {}
+        if a is not None:
+            line = {"untuned_us": us(a["untuned_s"]), "tuned_us": us(a["tuned_s"]),
+                    "predicted_us": us(a["predicted_s"]),
+                    "untuned_predicted_us": us(a["untuned_predicted_s"]), "tune_s": a["tune_s"],
+                    "cache_hit_ms": a["cache_hit_ms"], "pattern": a["entry"]["pattern"]}
         if sym is not None:
-            line["symmetric"] = {"untuned_us": {k: v * 1e6 for k, v in sym["untuned_s"].items()},
-                                 "tuned_us": {k: v * 1e6 for k, v in sym["tuned_s"].items()},
-                                 "tune_s": sym["tune_s"], "cache_hit_ms": sym["cache_hit_ms"]}
+            line["symmetric"] = {"untuned_us": us(sym["untuned_s"]), "tuned_us": us(sym["tuned_s"]),
+                                 "predicted_us": us(sym["predicted_s"]), "tune_s": sym["tune_s"],
+                                 "cache_hit_ms": sym["cache_hit_ms"], "pattern": sym["entry"]["pattern"]}
         print(json.dumps(line))
     return 0
 

@@ -70,3 +70,18 @@ def test_time_bound_stops_every_rank_at_the_same_round():
     # A bound of zero allows no round: every rank raises the same error.
     with pytest.raises(AssertionError, match="allowed no round"):
         run_world(2, measured, ["x", "x"], 0.0, timeout=120)
+
+
+def shared(rank, size, objs):
+    from ringflow.tune.tuner import share
+
+    init_torch(rank, size)
+    comm = live_communicator().comm
+    return [share(comm, o if rank == 0 else "not this") for o in objs]
+
+
+def test_rank_zeros_decision_reaches_every_rank():
+    big = {"order": list(range(3000)), "note": "é" * 10}  # past one broadcast block
+    objs = [None, {"pattern": None}, {"pattern": {"order": [2, 0, 1]}}, big]
+    for got in run_world(3, shared, objs, timeout=120):
+        assert got == objs

@@ -2,8 +2,9 @@
 
 Each algorithm is a sequence of phases; in a phase some rings run side by
 side, every hop of every ring sending its share per step.  Hops between two
-hosts share that host pair's link (one direction each way), hops inside a
-host do not.  A step lasts as long as its slowest hop: latency, the bytes
+hosts share that host pair's link (one direction each way); hops inside a
+host share its copying capacity (one pair's bandwidth per two CPUs: a copy
+keeps a sender and a receiver busy).  A step lasts as long as its slowest hop: latency, the bytes
 all hops on its link carry over the link's bandwidth, the per-piece cost of
 its pieces and, when it reduces, reducing its last piece (the other pieces'
 reductions overlap the transfer).
@@ -40,16 +41,23 @@ class CostModel:
         n = links.size
         self.n = n
         self.hosts = links.hosts
-        # Capacity per link key: a host pair's link is as fast as its best rank pair.
+        # Capacity per link key: a host pair's link (per direction) is as fast
+        # as its best rank pair; a host's copying, as its best pair times the
+        # pairs its CPUs can run at once.
         self._key = [[None] * n for _ in range(n)]
         cap: dict = {}
         for a in range(n):
             for b in range(n):
                 if a == b:
                     continue
-                k = (a, b) if self.hosts[a] == self.hosts[b] else (self.hosts[a], self.hosts[b])
+                ha, hb = self.hosts[a], self.hosts[b]
+                k = ("inside", ha) if ha == hb else ("between", ha, hb)
                 self._key[a][b] = k
                 cap[k] = max(cap.get(k, 0.0), links.bandwidth[a][b])
+        for a in range(n):
+            k = ("inside", self.hosts[a])
+            if k in cap and links.cpus is not None:
+                cap[k] = cap[k] * max(1, links.cpus[a] // 2)
         self._cap = cap
         self._phases: dict = {}  # (algorithm, order, groups) -> its phases
         self._nbytes = np.array(BUCKETS, dtype=float)[:, None]

@@ -11,6 +11,7 @@ the slowest measured link.
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -85,7 +86,7 @@ def _measure_pair(comm, me: int, peer: int, nbytes: int, reps: int, timeout: flo
     small, big = np.zeros(8, np.uint8), np.zeros(nbytes, np.uint8)
     first = me < peer
     rtt = float("inf")
-    for _ in range(reps + 1):  # the first round trip warms the path up
+    for _ in range(2 * reps + 1):  # the first round trip warms the path up
         t0 = time.perf_counter()
         if first:
             p.send(small)
@@ -105,7 +106,10 @@ def _measure_pair(comm, me: int, peer: int, nbytes: int, reps: int, timeout: flo
             else:
                 p.recv(big)
                 p.send(small)
-    return rtt / 2, nbytes / max(best - rtt, 1e-9)
+    # The acknowledgement's round trip is not transfer time; but on a busy
+    # host the best small round trip may itself be a slow one, so take off
+    # at most half.
+    return rtt / 2, nbytes / max(best - rtt, best / 2)
 
 
 def measure(comm, hosts, nbytes: int = 2 << 20, reps: int = 2, time_bound_s: float = 20.0,
@@ -135,12 +139,15 @@ def measure(comm, hosts, nbytes: int = 2 << 20, reps: int = 2, time_bound_s: flo
                 bw[me, peer] = bandwidth
                 if me == a:
                     lat[a, b] = lat[b, a] = latency
+    cpus = np.zeros(n)
+    cpus[me] = len(os.sched_getaffinity(0))
     # Each entry was measured by one rank: a sum hands everyone all of them.
-    both = np.concatenate([lat.ravel(), bw.ravel()])
+    both = np.concatenate([lat.ravel(), bw.ravel(), cpus])
     comm.allreduce(both.ctypes.data, both.size, _F64, REDUCE_OP_CODE["sum"], True).wait()
-    lat, bw = both[:n * n].reshape(n, n), both[n * n:].reshape(n, n)
+    lat, bw = both[:n * n].reshape(n, n), both[n * n:2 * n * n].reshape(n, n)
     _fill_unmeasured(hosts, lat, bw)
-    links = Links(tuple(hosts), tuple(map(tuple, lat.tolist())), tuple(map(tuple, bw.tolist())))
+    links = Links(tuple(hosts), tuple(map(tuple, lat.tolist())), tuple(map(tuple, bw.tolist())),
+                  tuple(int(c) for c in both[2 * n * n:]))
     return links, {"rounds": len(rounds), "rounds_run": ran, "seconds": time.perf_counter() - t0,
                    "complete": ran == len(rounds)}
 

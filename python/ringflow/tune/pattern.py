@@ -17,14 +17,17 @@ BUCKETS = (4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20)
 class Links:
     """Measured (or synthetic) links between every pair of ranks.
 
-    latency_s[a][b], bandwidth[a][b] (bytes/s): a sending to b.  hosts[r]
-    names rank r's host: traffic between two hosts shares one link (its
-    capacity is the best rank pair's), traffic inside a host does not.
+    latency_s[a][b], bandwidth[a][b] (bytes/s): a sending to b, measured
+    with no other pair on its link.  hosts[r] names rank r's host: traffic
+    between two hosts shares one link (as fast as its best rank pair), and
+    traffic inside a host shares the host's CPUs and memory: cpus[r] is how
+    many CPUs rank r's process may use (None: one pair's copy at a time).
     """
 
     hosts: tuple[str, ...]
     latency_s: tuple[tuple[float, ...], ...]
     bandwidth: tuple[tuple[float, ...], ...]
+    cpus: tuple[int, ...] | None = None
 
     @property
     def size(self) -> int:
@@ -43,12 +46,15 @@ class Links:
 
     def to_json(self) -> dict:
         return {"hosts": list(self.hosts), "latency_s": [list(r) for r in self.latency_s],
-                "bandwidth": [list(r) for r in self.bandwidth]}
+                "bandwidth": [list(r) for r in self.bandwidth],
+                "cpus": None if self.cpus is None else list(self.cpus)}
 
     @staticmethod
     def from_json(d: dict) -> "Links":
+        cpus = d.get("cpus")
         links = Links(tuple(d["hosts"]), tuple(tuple(map(float, r)) for r in d["latency_s"]),
-                      tuple(tuple(map(float, r)) for r in d["bandwidth"]))
+                      tuple(tuple(map(float, r)) for r in d["bandwidth"]),
+                      None if cpus is None else tuple(int(c) for c in cpus))
         links.check()
         return links
 

@@ -23,18 +23,30 @@ from .search import multi_start
 
 log = logging.getLogger("ringflow")
 
-_I64, _U8, _F32, _F64 = (DTYPE_CODE[t] for t in ("int64", "uint8", "float32", "float64"))
+_U8, _F32, _F64 = (DTYPE_CODE[t] for t in ("uint8", "float32", "float64"))
 _SUM, _MAX = REDUCE_OP_CODE["sum"], REDUCE_OP_CODE["max"]
 
 
+_SHARE_BYTES = 4096  # most schedules fit: one broadcast (a cache hit at init is latency-bound)
+
+
 def share(comm, obj):
-    """Rank 0's JSON-able `obj` on every rank (the others pass anything)."""
-    data = np.frombuffer(json.dumps(obj).encode(), np.uint8) if comm.rank == 0 else None
-    length = np.array([0 if data is None else data.size], np.int64)
-    comm.broadcast(length.ctypes.data, 1, _I64, 0, True).wait()
-    buf = data.copy() if data is not None else np.empty(int(length[0]), np.uint8)
-    comm.broadcast(buf.ctypes.data, buf.size, _U8, 0, True).wait()
-    return json.loads(buf.tobytes().decode())
+    """Rank 0's JSON-able `obj` on every rank (the others pass anything):
+    one broadcast of a length-prefixed block, a second for whatever does
+    not fit in it."""
+    block = np.zeros(_SHARE_BYTES, np.uint8)
+    if comm.rank == 0:
+        data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+        block[:8] = np.frombuffer(np.int64(data.size).tobytes(), np.uint8)
+        block[8:8 + min(data.size, _SHARE_BYTES - 8)] = data[:_SHARE_BYTES - 8]
+    comm.broadcast(block.ctypes.data, block.size, _U8, 0, True).wait()
+    length = int(block[:8].view(np.int64)[0])
+    rest = np.empty(max(0, length - (_SHARE_BYTES - 8)), np.uint8)
+    if rest.size:
+        if comm.rank == 0:
+            rest[:] = data[_SHARE_BYTES - 8:]
+        comm.broadcast(rest.ctypes.data, rest.size, _U8, 0, True).wait()
+    return json.loads((block[8:8 + min(length, _SHARE_BYTES - 8)].tobytes() + rest.tobytes()).decode())
 
 
 def schedule_of(pattern: Pattern) -> "_C.Schedule":
@@ -87,7 +99,7 @@ def untuned_pattern(hosts) -> Pattern:
 def calibrate_arena(comm) -> Overheads:
     """The arena's cost, a + b * bytes, fitted from two untuned allreduces."""
     small, large = 64 << 10, 4 << 20
-    t_small, t_large = timed_allreduce(comm, small, 5), timed_allreduce(comm, large, 3)
+    t_small, t_large = timed_allreduce(comm, small, 20), timed_allreduce(comm, large, 5)
     per_byte = max(t_large - t_small, 1e-12) / (large - small)
     return Overheads(shm_fixed_s=max(t_small - per_byte * small, 0.0), shm_per_byte_s=per_byte)
 
@@ -104,10 +116,14 @@ def model_of(entry: dict) -> CostModel:
 
 
 def tune(owner, starts: int = 8, seed: int = 0, confirm: int = 3, confirm_bytes: int = 16 << 20,
-         iters: int = 3, time_bound_s: float = 20.0, measure_bytes: int = 2 << 20) -> dict:
+         iters: int = 3, time_bound_s: float = 20.0, measure_bytes: int = 2 << 20,
+         margin: float = 0.03) -> dict:
     """Collective over the Communicator `owner`: returns the cache entry
-    (the same on every rank) and leaves the chosen schedule set."""
+    (the same on every rank) and leaves the chosen schedule set.  A
+    candidate replaces untuned auto only when it is faster by `margin`, twice."""
     comm, hosts = owner.comm, list(owner.hosts)
+    if comm.size < 2:
+        raise ValueError("tune: a single rank has no links to tune")
     if confirm_bytes not in BUCKETS:
         raise ValueError(f"tune: confirm_bytes {confirm_bytes} is not one of the cost model's "
                          f"sizes {BUCKETS}")
@@ -137,7 +153,13 @@ def tune(owner, starts: int = 8, seed: int = 0, confirm: int = 3, confirm_bytes:
     apply(comm, None)
     untuned_s = timed_allreduce(comm, confirm_bytes, iters)
     best = min(range(len(measured)), key=measured.__getitem__, default=None)
-    chosen = None if best is None or measured[best] >= untuned_s else plan["candidates"][best]
+    chosen = None
+    if best is not None and measured[best] < untuned_s * (1 - margin):
+        # Both once more, so that one noisy moment cannot decide it.
+        untuned_again = timed_allreduce(comm, confirm_bytes, iters)
+        apply(comm, Pattern.from_json(plan["candidates"][best]))
+        if timed_allreduce(comm, confirm_bytes, iters) < untuned_again * (1 - margin):
+            chosen = plan["candidates"][best]
     apply(comm, None if chosen is None else Pattern.from_json(chosen))
     model = CostModel(links, overheads, shm=shm)
     return {"world": comm.size, "hosts": hosts, "shm": shm, "pattern": chosen,
@@ -153,14 +175,17 @@ def tune(owner, starts: int = 8, seed: int = 0, confirm: int = 3, confirm_bytes:
 
 def tune_or_load(owner, where: str | None = None, retune: bool = False, **kwargs) -> tuple[dict, bool]:
     """The cached schedule for this topology, set on every rank, or a fresh
-    tune stored by rank 0.  Returns (entry, whether it came from the cache)."""
+    tune stored by rank 0.  Returns (entry, whether it came from the cache);
+    from the cache, ranks other than 0 get only the entry's pattern."""
     comm = owner.comm
     key = cache.fingerprint(owner.hosts, _C.env_bool("RINGFLOW_SHM", True))
-    entry = share(comm, None if retune or comm.rank != 0 else cache.load(key, where))
-    if entry is not None:
-        pattern = entry.get("pattern")
+    entry = None if retune or comm.rank != 0 else cache.load(key, where)
+    # Only the decision travels: the whole entry (links and all) stays with rank 0.
+    decision = share(comm, None if entry is None else {"pattern": entry.get("pattern")})
+    if decision is not None:
+        pattern = decision["pattern"]
         apply(comm, None if pattern is None else Pattern.from_json(pattern))
-        return entry, True
+        return entry if entry is not None else decision, True
     entry = tune(owner, **kwargs)
     if comm.rank == 0:
         cache.store(key, entry, where)
@@ -172,7 +197,7 @@ def at_init(owner) -> None:
     on a fresh communicator, when RINGFLOW_ALGO leaves the choice to auto.
     RINGFLOW_DETERMINISTIC=1 then fixes one reduction order per element."""
     algo = os.environ.get("RINGFLOW_ALGO", "auto").strip().lower()
-    if _C.env_bool("RINGFLOW_TUNE", False):
+    if _C.env_bool("RINGFLOW_TUNE", False) and owner.size > 1:
         if algo != "auto":
             log.warning("RINGFLOW_TUNE ignored: RINGFLOW_ALGO=%s chooses the algorithm", algo)
         else:
