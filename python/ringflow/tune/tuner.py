@@ -98,15 +98,10 @@ def untuned_pattern(hosts) -> Pattern:
 
 def calibrate_arena(comm) -> Overheads:
     """The arena's cost, a + b * bytes, fitted from two untuned allreduces."""
-    small, large = 64 << 10, 4 << 20
+    small, large = 64 << 10, 8 << 20  # between buckets: a prediction at one is not a fit
     t_small, t_large = timed_allreduce(comm, small, 20), timed_allreduce(comm, large, 5)
     per_byte = max(t_large - t_small, 1e-12) / (large - small)
     return Overheads(shm_fixed_s=max(t_small - per_byte * small, 0.0), shm_per_byte_s=per_byte)
-
-
-def search(links: Links, shm: bool, overheads: Overheads, starts: int = 8, seed: int = 0):
-    model = CostModel(links, overheads, shm=shm)
-    return model, multi_start(links.hosts, model.complete, starts=starts, seed=seed)
 
 
 def model_of(entry: dict) -> CostModel:
@@ -115,12 +110,34 @@ def model_of(entry: dict) -> CostModel:
                      shm=entry["shm"])
 
 
+def _confirm(comm, candidates, nbytes: int, iters: int, margin: float):
+    """Runs each candidate and untuned auto; sets and returns the winner
+    (None: untuned), every candidate's seconds, and untuned's."""
+    measured = []
+    for p in candidates:
+        apply(comm, Pattern.from_json(p))
+        measured.append(timed_allreduce(comm, nbytes, iters))
+    apply(comm, None)
+    untuned_s = timed_allreduce(comm, nbytes, iters)
+    best = min(range(len(measured)), key=measured.__getitem__, default=None)
+    chosen = None
+    if best is not None and measured[best] < untuned_s * (1 - margin):
+        # Both once more, so that one noisy moment cannot decide it.
+        untuned_again = timed_allreduce(comm, nbytes, iters)
+        apply(comm, Pattern.from_json(candidates[best]))
+        if timed_allreduce(comm, nbytes, iters) < untuned_again * (1 - margin):
+            chosen = candidates[best]
+    apply(comm, None if chosen is None else Pattern.from_json(chosen))
+    return chosen, measured, untuned_s
+
+
 def tune(owner, starts: int = 8, seed: int = 0, confirm: int = 3, confirm_bytes: int = 16 << 20,
-         iters: int = 3, time_bound_s: float = 20.0, measure_bytes: int = 2 << 20,
+         iters: int = 2, time_bound_s: float = 20.0, measure_bytes: int = 2 << 20,
          margin: float = 0.03) -> dict:
-    """Collective over the Communicator `owner`: returns the cache entry
-    (the same on every rank) and leaves the chosen schedule set.  A
-    candidate replaces untuned auto only when it is faster by `margin`, twice."""
+    """Collective over the Communicator `owner`: measure, search (rank 0),
+    confirm the top `confirm` patterns by running them; returns the cache
+    entry and leaves the chosen schedule set on every rank.  A candidate
+    replaces untuned auto only when it is faster by `margin`, twice."""
     comm, hosts = owner.comm, list(owner.hosts)
     if comm.size < 2:
         raise ValueError("tune: a single rank has no links to tune")
@@ -133,10 +150,11 @@ def tune(owner, starts: int = 8, seed: int = 0, confirm: int = 3, confirm_bytes:
     links, summary = measure(comm, hosts, nbytes=measure_bytes, time_bound_s=time_bound_s,
                              timeout=owner.timeout)
     overheads = calibrate_arena(comm) if shm else Overheads()
+    model = CostModel(links, overheads, shm=shm)
     plan = None
     if comm.rank == 0:
         t_search = time.perf_counter()
-        model, converged = search(links, shm, overheads, starts, seed)
+        converged = multi_start(links.hosts, model.complete, starts=starts, seed=seed)
         summary["search_s"] = time.perf_counter() - t_search
         summary["converged"] = len(converged)
         top = [c.pattern for c in converged[:confirm]]
@@ -145,23 +163,7 @@ def tune(owner, starts: int = 8, seed: int = 0, confirm: int = 3, confirm_bytes:
                 "predicted_s": [model.predict(p, confirm_bytes) for p in top],
                 "untuned_predicted_s": model.predict(untuned, confirm_bytes)}
     plan = share(comm, plan)
-    # Confirm by running: each candidate, and untuned auto, at confirm_bytes.
-    measured = []
-    for p in plan["candidates"]:
-        apply(comm, Pattern.from_json(p))
-        measured.append(timed_allreduce(comm, confirm_bytes, iters))
-    apply(comm, None)
-    untuned_s = timed_allreduce(comm, confirm_bytes, iters)
-    best = min(range(len(measured)), key=measured.__getitem__, default=None)
-    chosen = None
-    if best is not None and measured[best] < untuned_s * (1 - margin):
-        # Both once more, so that one noisy moment cannot decide it.
-        untuned_again = timed_allreduce(comm, confirm_bytes, iters)
-        apply(comm, Pattern.from_json(plan["candidates"][best]))
-        if timed_allreduce(comm, confirm_bytes, iters) < untuned_again * (1 - margin):
-            chosen = plan["candidates"][best]
-    apply(comm, None if chosen is None else Pattern.from_json(chosen))
-    model = CostModel(links, overheads, shm=shm)
+    chosen, measured, untuned_s = _confirm(comm, plan["candidates"], confirm_bytes, iters, margin)
     return {"world": comm.size, "hosts": hosts, "shm": shm, "pattern": chosen,
             "links": links.to_json(), "overheads": asdict(overheads), "measurement": summary,
             "confirm_bytes": confirm_bytes,
