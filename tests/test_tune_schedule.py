@@ -103,3 +103,22 @@ def test_deterministic_mode_is_bit_identical_across_bucket_sizes():
         # Without the mode, the ring's order follows the block boundaries, so
         # some bucket size changes some element's rounding: the test can see it.
         assert len({plain[b] for b in splits}) > 1
+
+
+def deterministic_at_init(rank, size):
+    import torch
+
+    from ringflow import _C
+
+    dist = init_torch(rank, size)
+    comm = live_communicator().comm
+    x = torch.full((100_001,), float(rank + 1))
+    dist.all_reduce(x)
+    return [_C.allreduce_algorithm(comm, b) for b in (64, 1 << 20)], float(x[0]), float(x[-1])
+
+
+def test_deterministic_setting_at_init():
+    for algos, first, last in run_world(3, deterministic_at_init,
+                                        env={"RINGFLOW_DETERMINISTIC": "1"}, timeout=120):
+        assert algos == ["deterministic", "deterministic"]
+        assert first == last == 6.0
