@@ -25,13 +25,15 @@ std::vector<std::pair<size_t, size_t>> piecesOf(const Blocks& blocks, int b, siz
   return out;
 }
 
-size_t pieceElemsFor(DType t) { return std::max<size_t>(1, pieceBytes() / elementSize(t)); }
+size_t pieceElemsFor(const Comm& c, DType t) {
+  return std::max<size_t>(1, pieceBytes(c) / elementSize(t));
+}
 
 }  // namespace
 
 void reduceScatterInPlace(Comm& c, const Buffer& work, const Blocks& blocks, ReduceOp op) {
   const int n = c.size(), r = c.rank(), next = mod(r + 1, n), prev = mod(r - 1, n);
-  const size_t es = elementSize(work.dtype), pe = pieceElemsFor(work.dtype);
+  const size_t es = elementSize(work.dtype), pe = pieceElemsFor(c, work.dtype);
   // Kept across calls: fresh pages cost far more to touch than to reuse.
   static thread_local std::vector<char> scratch[2];
   for (auto& s : scratch)
@@ -71,7 +73,7 @@ void reduceScatterInPlace(Comm& c, const Buffer& work, const Blocks& blocks, Red
 
 void allgatherInPlace(Comm& c, const Buffer& work, const Blocks& blocks) {
   const int n = c.size(), r = c.rank(), next = mod(r + 1, n), prev = mod(r - 1, n);
-  const size_t es = elementSize(work.dtype), pe = pieceElemsFor(work.dtype);
+  const size_t es = elementSize(work.dtype), pe = pieceElemsFor(c, work.dtype);
   std::vector<std::vector<RequestPtr>> recvs(n);
   std::vector<RequestPtr> sends;
   for (int s = 0; s < n - 1; ++s) {
@@ -105,6 +107,8 @@ size_t pieceBytes() {
   }();
   return bytes;
 }
+
+size_t pieceBytes(const Comm& c) { return c.pieceBytes() ? c.pieceBytes() : pieceBytes(); }
 
 namespace {
 const SettingsRegistration kSettings(

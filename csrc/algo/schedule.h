@@ -13,6 +13,8 @@ namespace ringflow::algo {
 // Large messages travel as pieces so that reducing (or forwarding) one piece
 // overlaps receiving the next.  RINGFLOW_PIECE_BYTES overrides.
 size_t pieceBytes();
+// A tuned schedule's piece size on `c` where one is set, else pieceBytes().
+size_t pieceBytes(const Comm& c);
 
 // Message slot within a call: which phase, which step, which piece.
 inline uint64_t slotOf(uint64_t phase, uint64_t step, uint64_t piece) {

@@ -18,6 +18,7 @@
 // Elsewhere (sub-groups, several hosts, no shared memory) every setting
 // falls back to the ring.  Every rank decides the same way, from facts all
 // ranks share.
+// A tuned schedule set on the communicator (algo/tuned.cc) comes first.
 #include <vector>
 
 #include "ringflow/env.h"
@@ -89,10 +90,12 @@ Choice choose(Comm& c, size_t bytes, DType dtype, ReduceOp op) {
 }  // namespace
 
 const char* allreduceAlgorithm(Comm& c, size_t bytes, DType dtype, ReduceOp op) {
+  if (const char* tuned = scheduledAlgorithm(c, bytes, dtype, op)) return tuned;  // tuned.cc
   return kChoiceNames[size_t(choose(c, bytes, dtype, op))];
 }
 
 void allreduce(Comm& c, Buffer data, ReduceOp op) {
+  if (scheduledAllreduce(c, data, op)) return;  // a tuned schedule (tuned.cc)
   switch (choose(c, data.bytes(), data.dtype, op)) {
     case Choice::Aggregate: return aggregateAllreduce(c, data, op);
     case Choice::Shm: return shmAllreduce(c, *arenaFor(c), data, op);

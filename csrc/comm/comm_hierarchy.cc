@@ -7,23 +7,33 @@
 
 namespace ringflow {
 
-void Comm::setGroups(const std::vector<int>& groupOf) {
+void Comm::setGroups(const std::vector<int>& groupOf) { setGroupsInOrder(groupOf, {}); }
+
+void Comm::setGroupsInOrder(const std::vector<int>& groupOf, const std::vector<int>& ringOrder) {
   if (int(groupOf.size()) != size())
     throw InvalidArgument("setGroups: " + std::to_string(groupOf.size()) + " labels for " +
                           std::to_string(size()) + " ranks");
-  std::map<int, std::vector<int>> groups;  // label -> ranks, in rank order
-  for (int r = 0; r < size(); ++r) groups[groupOf[r]].push_back(r);
+  if (!ringOrder.empty() && int(ringOrder.size()) != size())
+    throw InvalidArgument("setGroups: a ring order of " + std::to_string(ringOrder.size()) +
+                          " ranks for " + std::to_string(size()) + " ranks");
+  std::map<int, std::vector<int>> groups;  // label -> ranks, in ring (default: rank) order
+  for (int i = 0; i < size(); ++i) {
+    int r = ringOrder.empty() ? i : ringOrder[size_t(i)];
+    groups[groupOf[size_t(r)]].push_back(r);
+  }
   size_t shards = size_t(size());
   for (auto& [label, ranks] : groups) shards = std::min(shards, ranks.size());
   const std::vector<int>& mine = groups[groupOf[rank_]];
   size_t local = size_t(std::find(mine.begin(), mine.end(), rank_) - mine.begin());
-  // Tags differ per group / per local index so concurrent sub-rings never share an id.
-  lower_ = subgroup(mine, 0x10000000ull + uint64_t(uint32_t(groupOf[rank_])));
+  // Tags differ per group / per local index so concurrent sub-rings never
+  // share an id, and per layout so a later layout's rings never reuse one.
+  const uint64_t generation = uint64_t(layouts_++) << 40;
+  lower_ = subgroup(mine, 0x10000000ull + uint64_t(uint32_t(groupOf[rank_])) + generation);
   higher_ = nullptr;
   if (local < shards) {
     std::vector<int> across;  // the rank with my local index in every group
     for (auto& [label, ranks] : groups) across.push_back(ranks[local]);
-    higher_ = subgroup(across, 0x20000000ull + uint64_t(local));
+    higher_ = subgroup(across, 0x20000000ull + uint64_t(local) + generation);
   }
   hierarchyGroups_ = int(groups.size());
   hierarchyShards_ = int(shards);

@@ -21,6 +21,7 @@ from . import timeline as _timeline
 from ._dtypes import REDUCE_OP_CODE, torch_dtype_code
 from .rendezvous import Communicator, close_all
 from .staging import Staged, check_dense, check_output, flatten, in_place, unflatten
+from .tune import tuner as _tuner
 
 # Keyed by the enum value (ReduceOp.RedOpType), hashable, so a lookup is one
 # dict access; the options carry a ReduceOp object whose .op is that value.
@@ -146,6 +147,7 @@ class ProcessGroup(dist.ProcessGroup):
         super().__init__(rank, size)
         self._comm_owner = Communicator(store, rank, size, timeout.total_seconds())
         self._comm = self._comm_owner.comm
+        _tuner.at_init(self._comm_owner)  # RINGFLOW_TUNE, RINGFLOW_DETERMINISTIC
         self._group_name = ""
         self._group_desc = ""
         self._completer: queue.SimpleQueue = queue.SimpleQueue()

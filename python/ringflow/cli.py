@@ -1,4 +1,4 @@
-"""The `ringflow` command: `info`, `bench`, `aggregator`, `versions` and `demo`."""
+"""The `ringflow` command: `info`, `bench`, `aggregator`, `versions`, `demo` and `tune`."""
 
 from __future__ import annotations
 
@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                    "and an automatic rollback (see `ringflow demo --help`)", add_help=False)
     sub.add_parser("timeline", help="join per-rank RINGFLOW_TIMELINE traces: "
                    "ringflow timeline merge OUT.json RANK.json...", add_help=False)
+    sub.add_parser("tune", help="measure the links, search for the best schedule and cache it; "
+                   "--show, --export (see `ringflow tune --help`)", add_help=False)
     return parser
 
 
@@ -83,6 +85,10 @@ def _run(argv: list[str]) -> int:
         from . import timeline
 
         return timeline.main(rest)
+    if args.command == "tune":
+        from .tune import cli as tune_cli
+
+        return tune_cli.main(rest)
     if args.command == "demo":
         from . import demo
 

@@ -35,6 +35,11 @@ PYTHON_SETTINGS = {
                         "ptrace_scope 1 would otherwise refuse between sibling ranks)",
     "RINGFLOW_SHM_QUEUE_BYTES": "bytes of each per-sender shared-memory queue (default 1048576)",
     "RINGFLOW_SHM_SLOT_BYTES": "bytes of each rank's allreduce slot (default 1048576)",
+    "RINGFLOW_TUNE": "1: at init, set the tuned schedule for this topology from the cache, or tune "
+                     "now and cache it (only with RINGFLOW_ALGO=auto; default 0)",
+    "RINGFLOW_TUNE_CACHE": "file of tuned schedules (default ~/.cache/ringflow/tune.json)",
+    "RINGFLOW_DETERMINISTIC": "1: at init, every allreduce reduces each element in rank order, "
+                              "whatever the message or bucket size (default 0)",
     "RINGFLOW_TIMELINE": "write a Chrome trace of every call here: trace.json -> trace.rank<N>.json "
                          "per rank, at exit (default: none)",
 }

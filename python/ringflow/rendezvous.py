@@ -71,6 +71,7 @@ class Communicator:
                 for r in range(size):
                     store.get(f"{prefix}/verdict/{r}")
             raise _C.PeerError(why)
+        self.hosts = hosts  # host identity of every rank (the tuner keys its cache on them)
         self.local_ranks = [r for r in range(size) if hosts[r] == hosts[rank]]
         self.tcp, self.shm = self.transport, None
         # Every use of the store comes before the mesh is connected: a rank

@@ -30,6 +30,17 @@ ShmTransport* arenaFor(Comm& c);
 void shmAllreduce(Comm& c, ShmTransport& shm, Buffer data, ReduceOp op);
 
 void ringAllreduce(Comm& c, Buffer data, ReduceOp op);
+// Every element reduced in rank order, x0 + x1 + ... + x(n-1), whatever the
+// message size or ring order (algo/deterministic.cc).
+void deterministicAllreduce(Comm& c, Buffer data, ReduceOp op);
+
+// A tuned schedule (algo/tuned.cc): setSchedule checks its algorithm names
+// and sets it on `c`; scheduledAllreduce runs a call by it and returns
+// false where `c` has none; scheduledAlgorithm names what it would run
+// (null: no schedule).
+void setSchedule(Comm& c, const Schedule& s);
+bool scheduledAllreduce(Comm& c, Buffer data, ReduceOp op);
+const char* scheduledAlgorithm(Comm& c, size_t bytes, DType dtype, ReduceOp op);
 // Sum or average of a floating-point tensor through the aggregator services
 // of RINGFLOW_AGGREGATOR (algo/aggregate.cc).
 void aggregateAllreduce(Comm& c, Buffer data, ReduceOp op);

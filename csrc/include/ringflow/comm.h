@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <typeindex>
 #include <unordered_map>
@@ -21,6 +22,24 @@
 #include "ringflow/work.h"
 
 namespace ringflow {
+
+// A tuned schedule (mechanism 9, the schedule tuner in python/ringflow/tune/
+// decides it): which allreduce runs from which message size up, over which
+// ring order and lower-order groups, in which piece size.  Every rank must
+// set the same one; the tuner's rank 0 decides and broadcasts it.
+struct SizeRule {
+  size_t minBytes = 0;
+  std::string algorithm;  // "ring", "hierarchical", "shm" or "aggregate"
+};
+struct Schedule {
+  std::vector<int> ringOrder;       // ring position -> rank; empty: rank order
+  std::vector<int> groupOf;         // rank -> lower-order group label; empty: layout unchanged
+  std::vector<SizeRule> algorithms; // ascending minBytes; the last rule at or below a size wins
+  size_t pieceBytes = 0;            // 0: RINGFLOW_PIECE_BYTES
+  // One reduction order per element whatever the message size, bucket or
+  // ring order: results do not change when a bucket size does.
+  bool deterministic = false;
+};
 
 class Comm : public std::enable_shared_from_this<Comm> {
  public:
@@ -59,6 +78,20 @@ class Comm : public std::enable_shared_from_this<Comm> {
   // Facts of the layout every rank shares (0 without one).
   int hierarchyGroups() const { return hierarchyGroups_; }
   int hierarchyShards() const { return hierarchyShards_; }
+  // With a ring order (positions -> ranks), each lower ring runs its ranks
+  // in that order rather than in rank order.
+  void setGroupsInOrder(const std::vector<int>& groupOf, const std::vector<int>& ringOrder);
+
+  // A tuned schedule (checked here for shape; algo::setSchedule checks the
+  // algorithm names).  Between calls, the same on every rank.  clearSchedule
+  // brings back the group layout that was there before the first one.
+  void setSchedule(const Schedule& s);
+  void clearSchedule();
+  const Schedule* schedule() const { return schedule_.get(); }
+  // The ranks in the schedule's ring order (null: rank order).
+  Comm* ring() const { return ring_.get(); }
+  // The schedule's piece size (0: the default), on its sub-rings too.
+  size_t pieceBytes() const { return pieceBytes_; }
 
   // Runs `body` as a call of this (private sub-)communicator on the calling
   // thread, inside a call of `parent` whose deadline it shares.  Waits are
@@ -132,6 +165,17 @@ class Comm : public std::enable_shared_from_this<Comm> {
   std::shared_ptr<Transport> transport_;
   std::shared_ptr<Comm> lower_, higher_;
   int hierarchyGroups_ = 0, hierarchyShards_ = 0;
+  std::shared_ptr<const Schedule> schedule_;
+  std::shared_ptr<Comm> ring_;
+  size_t pieceBytes_ = 0;
+  int layouts_ = 0, schedules_ = 0;  // how many set so far: fresh sub-ring ids
+  // The layout before the first schedule, for clearSchedule.
+  struct Layout {
+    std::shared_ptr<Comm> lower, higher;
+    int groups = 0, shards = 0;
+  };
+  std::unique_ptr<Layout> untunedLayout_;
+  void setPieceBytes(size_t bytes);
   std::unordered_map<std::type_index, std::shared_ptr<void>> attachments_;
   Comm* creditWaitsTo_ = nullptr;  // parent of a call run inline
   uint64_t id_;

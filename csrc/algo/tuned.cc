@@ -1,0 +1,93 @@
+// Running an allreduce by a tuned schedule (mechanism 9): the rule for the
+// message's size names the algorithm; the ring runs in the schedule's ring
+// order, the hierarchical rings over its groups.  Deterministic mode runs
+// deterministicAllreduce whatever the size.
+#include <cstring>
+
+#include "schedule.h"
+#include "ringflow/kernels.h"
+
+namespace ringflow::algo {
+namespace {
+
+const char* const kAlgorithms[] = {"ring", "hierarchical", "shm", "aggregate"};
+
+const std::string* ruleFor(const Schedule& s, size_t bytes) {
+  const std::string* name = nullptr;
+  for (const SizeRule& rule : s.algorithms)
+    if (rule.minBytes <= bytes) name = &rule.algorithm;
+  return name;
+}
+
+// What actually runs: a rule that cannot run here (no arena, no layout, a
+// dtype the aggregator does not take) falls back to the ring.
+const char* resolve(Comm& c, const Schedule& s, size_t bytes, DType dtype, ReduceOp op) {
+  if (s.deterministic) return "deterministic";
+  const std::string* name = ruleFor(s, bytes);
+  if (!name) return "ring";
+  if (*name == "hierarchical" && c.lower()) return "hierarchical";
+  if (*name == "shm" && arenaFor(c)) return "shm";
+  if (*name == "aggregate" && aggregateApplies(dtype, op)) return "aggregate";
+  return "ring";
+}
+
+OpDesc subCall(const OpDesc& parent, OpKind kind) {
+  OpDesc d = parent;
+  d.kind = kind;
+  d.root = 0;
+  return d;
+}
+
+// The ring over c.ring(): its blocks follow ring positions, which an
+// allreduce may do since every rank ends with every block.
+void orderedRingAllreduce(Comm& c, Comm& ring, Buffer data, ReduceOp op) {
+  Blocks blocks(data.count, ring.size());
+  ring.runInline(subCall(c.op(), OpKind::ReduceScatter), c,
+                 [&] { reduceScatterInPlace(ring, data, blocks, op); });
+  c.markAggregated();
+  if (op == ReduceOp::Avg)
+    kernels::divide(data.at(blocks.offset(ring.rank())), blocks.count(ring.rank()), data.dtype,
+                    double(ring.size()));
+  ring.runInline(subCall(c.op(), OpKind::AllGather), c,
+                 [&] { allgatherInPlace(ring, data, blocks); });
+}
+
+}  // namespace
+
+void setSchedule(Comm& c, const Schedule& s) {
+  for (const SizeRule& rule : s.algorithms) {
+    bool known = false;
+    for (const char* a : kAlgorithms) known |= rule.algorithm == a;
+    if (!known)
+      throw InvalidArgument("schedule: unknown allreduce algorithm '" + rule.algorithm +
+                            "' (ring, hierarchical, shm or aggregate)");
+  }
+  c.setSchedule(s);
+}
+
+const char* scheduledAlgorithm(Comm& c, size_t bytes, DType dtype, ReduceOp op) {
+  const Schedule* s = c.schedule();
+  return s ? resolve(c, *s, bytes, dtype, op) : nullptr;
+}
+
+bool scheduledAllreduce(Comm& c, Buffer data, ReduceOp op) {
+  const Schedule* s = c.schedule();
+  if (!s) return false;
+  const std::string chosen = resolve(c, *s, data.bytes(), data.dtype, op);
+  if (chosen == "deterministic") {
+    deterministicAllreduce(c, data, op);
+  } else if (chosen == "hierarchical") {
+    hierarchicalAllreduce(c, data, op);
+  } else if (chosen == "shm") {
+    shmAllreduce(c, *arenaFor(c), data, op);
+  } else if (chosen == "aggregate") {
+    aggregateAllreduce(c, data, op);
+  } else if (c.ring() && c.size() > 1) {
+    orderedRingAllreduce(c, *c.ring(), data, op);
+  } else {
+    ringAllreduce(c, data, op);
+  }
+  return true;
+}
+
+}  // namespace ringflow::algo
