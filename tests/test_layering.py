@@ -122,6 +122,7 @@ PY_LEVEL = {
     "staging": 1,
     "backend": 2, "jobs": 2,
     "benchmark": 3, "cli": 3, "versions": 3, "demo": 3, "pipeline": 3,
+    "service": 3,
     # Test and bench infrastructure still shipped in the package; it belongs
     # in tests/ and a small ringflow/benchmark/ package (issue 14, item 5).
     "_bench_util": 3, "netns": 3,

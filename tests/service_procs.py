@@ -1,0 +1,144 @@
+"""Real `ringflow master` / `ringflow worker` processes for the service tests.
+
+Each process is a subprocess of this interpreter (`python -m ringflow.cli`),
+so SIGKILL is a real crash; every wait has a deadline and everything started
+is killed at the end of the `with` block, even after a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+CLI = [sys.executable, "-m", "ringflow.cli"]
+
+
+def run_cli(*args, master: str | None = None, check: bool = True, timeout: float = 120,
+            env: dict | None = None, prefix: list | None = None) -> subprocess.CompletedProcess:
+    cmd = (prefix or []) + CLI + [str(a) for a in args] + (["--master", master] if master else [])
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                       env={**os.environ, **(env or {})})
+    if check and r.returncode:
+        raise AssertionError(f"{' '.join(cmd)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+class Service:
+    """A master on DIR and `workers` workers; `.address` is HOST:PORT."""
+
+    def __init__(self, directory: str, workers: int = 0, worker_args: tuple = (),
+                 bind: str = "127.0.0.1", env: dict | None = None, prefix: list | None = None):
+        self.directory, self.worker_args, self.bind = directory, list(worker_args), bind
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.prefix = prefix or []
+        self.master = None
+        self.workers: list[subprocess.Popen] = []
+        self.port = 0
+        self.n_workers = workers
+
+    def __enter__(self):
+        try:
+            self.start_master()
+            for _ in range(self.n_workers):
+                self.add_worker()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def start_master(self, port: int = 0, timeout: float = 60) -> None:
+        log = open(os.path.join(self.directory, "master.log"), "a")
+        self.master = subprocess.Popen(
+            self.prefix + CLI + ["master", "--state", os.path.join(self.directory, "state"),
+                                 "--port", str(port or self.port), "--bind", self.bind],
+            stdout=subprocess.PIPE, stderr=log, text=True, env=self.env)
+        deadline = time.monotonic() + timeout
+        line = ""
+        while time.monotonic() < deadline and self.master.poll() is None:
+            line = self.master.stdout.readline()
+            m = re.search(r"serving \S+:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                return
+        raise AssertionError(f"the master did not start within {timeout} s: {line!r}, "
+                             f"log: {open(log.name).read()[-2000:]}")
+
+    @property
+    def address(self) -> str:
+        host = "127.0.0.1" if self.bind in ("127.0.0.1", "0.0.0.0") else self.bind
+        return f"{host}:{self.port}"
+
+    def add_worker(self, prefix: list | None = None, master: str | None = None,
+                   env: dict | None = None) -> subprocess.Popen:
+        i = len(self.workers)
+        log = open(os.path.join(self.directory, f"worker{i}.log"), "a")
+        p = subprocess.Popen((prefix if prefix is not None else self.prefix) + CLI + [
+            "worker", "--master", master or self.address, "--master-timeout-s", "60",
+            "--cache", os.path.join(self.directory, f"cache{i}")] + self.worker_args,
+            stdout=log, stderr=subprocess.STDOUT, env={**self.env, **(env or {})})
+        self.workers.append(p)
+        return p
+
+    def kill_master(self) -> None:
+        self.master.send_signal(signal.SIGKILL)
+        self.master.wait(timeout=30)
+
+    def cli(self, *args, **kw) -> subprocess.CompletedProcess:
+        kw.setdefault("env", {k: v for k, v in self.env.items() if k == "RINGFLOW_SERVICE_TOKEN"})
+        return run_cli(*args, master=self.address, **kw)
+
+    def job(self, job_id, wait: float = 0) -> dict:
+        r = self.cli("job", job_id, "--json", "--wait", wait, check=False,
+                     timeout=wait + 60)
+        assert r.stdout.strip(), f"`ringflow job` printed nothing: {r.stderr}"
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    def wait_job(self, job_id, timeout: float = 120) -> dict:
+        j = self.job(job_id, wait=timeout)
+        if j["state"] not in ("done", "failed"):
+            raise AssertionError(f"job {job_id} still {j['state']} after {timeout} s: {j}\n"
+                                 + self.logs())
+        return j
+
+    def logs(self) -> str:
+        out = []
+        for name in sorted(os.listdir(self.directory)):
+            if name.endswith(".log"):
+                out.append(f"--- {name}\n" + open(os.path.join(self.directory, name)).read()[-1500:])
+        return "\n".join(out)
+
+    def submit(self, path: str) -> int:
+        return int(self.cli("submit", path).stdout.strip().splitlines()[-1])
+
+    def __exit__(self, *exc):
+        for p in self.workers + ([self.master] if self.master else []):
+            if p.poll() is None:
+                p.kill()
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def write_job(path: str, **keys) -> str:
+    lines = [f"{k} = {json.dumps(v)}" for k, v in keys.items()]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def blobs(path: str, n: int = 240, features: int = 6, classes: int = 3, seed: int = 0) -> str:
+    """A small tabular classification set (x float32, y int64) saved as NPZ."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    centers = rng.normal(0, 3, (classes, features))
+    x = (centers[y] + rng.normal(0, 1, (n, features))).astype(np.float32)
+    np.savez(path, x=x, y=y.astype(np.int64))
+    return path
