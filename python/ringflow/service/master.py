@@ -138,6 +138,8 @@ class Master:
 
     def op_next(self, h, p, peer):
         w = self._worker(h)
+        with self.state.tx() as db:    # asking for work is a sign of life too
+            db.execute("UPDATE workers SET last_seen = ? WHERE id = ?", (time.time(), w["id"]))
         if w["job_id"] is None:
             # A free worker joins a running ps job that lost workers (or never needed to
             # wait for them): its calculations go to whoever is there.
