@@ -7,6 +7,7 @@ is killed at the end of the `with` block, even after a failure.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 CLI = [sys.executable, "-m", "ringflow.cli"]
 
@@ -142,3 +144,52 @@ def blobs(path: str, n: int = 240, features: int = 6, classes: int = 3, seed: in
     x = (centers[y] + rng.normal(0, 1, (n, features))).astype(np.float32)
     np.savez(path, x=x, y=y.astype(np.int64))
     return path
+
+
+def reference_ps(npz: str, samples: list, lr: float, seed: int, batch_size: int) -> str:
+    """Plain torch: per step, the parts' gradients (weight x mean loss) summed in part order."""
+    from ringflow.jobs.mlp import build
+    from ringflow.versions.training import model_digest
+
+    torch.set_num_threads(1)
+    with np.load(npz) as z:
+        job = build(data={"x": z["x"], "y": z["y"]}, seed=seed, lr=lr, batch_size=batch_size)
+    model, (x, y) = job.model, job.train
+    opt = job.make_optimizer(model.parameters())
+    steps = collections.defaultdict(lambda: collections.defaultdict(list))
+    for _epoch, sample, step, part, _worker in samples:
+        steps[step][part].append(sample)
+    for step in sorted(steps):
+        parts = steps[step]
+        total = sum(len(v) for v in parts.values())
+        acc = None
+        for part in sorted(parts):
+            idx = torch.tensor(parts[part])
+            model.zero_grad(set_to_none=True)
+            (job.loss_fn(model(x[idx]), y[idx]) * (len(idx) / total)).backward()
+            g = torch.nn.utils.parameters_to_vector(p.grad for p in model.parameters())
+            acc = g.clone() if acc is None else acc.add_(g)
+        off = 0
+        for p in model.parameters():
+            p.grad = acc[off:off + p.numel()].view_as(p).clone()
+            off += p.numel()
+        opt.step()
+    return model_digest(model)
+
+
+def samples_of(svc: Service, job_id: int) -> list:
+    from ringflow.service.protocol import call, parse_address
+
+    return call(parse_address(svc.address), "samples", job=job_id)[0]["samples"]
+
+
+def exactly_once(samples: list, n_train: int, batch: int, steps: int) -> None:
+    """Every epoch the log covers fully has each training sample exactly once."""
+    per_epoch = collections.defaultdict(list)
+    for epoch, sample, *_ in samples:
+        per_epoch[epoch].append(sample)
+    steps_per_epoch = -(-n_train // batch)
+    for epoch, got in per_epoch.items():
+        assert len(got) == len(set(got)), f"epoch {epoch}: a sample used twice"
+        if (epoch + 1) * steps_per_epoch <= steps:
+            assert sorted(got) == list(range(n_train)), f"epoch {epoch}: samples missing"

@@ -63,6 +63,10 @@ class Master:
         for job in self.state.jobs("running"):
             if job["spec"]["mode"] == "ps":
                 self._start_runtime(job)
+                rt = self.runtimes.get(job["id"])
+                if rt is not None:
+                    log.info("job %s resumes at step %s, its last commit (%s)", job["id"], rt.step,
+                             rt.store.refs.head())
             else:
                 self._fail(job["id"], "the master restarted during this allreduce job; its "
                            f"commits are in {job['spec']['store'] or store_dir(self.state.directory, job['id'])}")
