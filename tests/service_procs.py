@@ -97,6 +97,11 @@ class Service:
         return run_cli(*args, master=self.address, **kw)
 
     def job(self, job_id, wait: float = 0) -> dict:
+        """`ringflow job ID --json [--wait S]` (a process); without a wait, a direct request."""
+        if not wait:
+            from ringflow.service.protocol import call, parse_address
+
+            return call(parse_address(self.address), "job", job=job_id)[0]["job"]
         r = self.cli("job", job_id, "--json", "--wait", wait, check=False,
                      timeout=wait + 60)
         assert r.stdout.strip(), f"`ringflow job` printed nothing: {r.stderr}"

@@ -32,11 +32,11 @@ def _wait_step(svc: Service, job_id: int, step: int, timeout: float = 120) -> di
     raise AssertionError(f"job {job_id} did not reach step {step} in {timeout} s\n" + svc.logs())
 
 
-def _check(svc: Service, npz: str, j: dict) -> None:
+def _check(svc: Service, npz: str, j: dict, steps: int = STEPS) -> None:
     assert j["state"] == "done", (j, svc.logs())
     samples = samples_of(svc, j["id"])
-    assert sorted({s[2] for s in samples}) == list(range(STEPS))
-    exactly_once(samples, N_TRAIN, BATCH, STEPS)
+    assert sorted({s[2] for s in samples}) == list(range(steps))
+    exactly_once(samples, N_TRAIN, BATCH, steps)
     assert j["params_sha256"] == reference_ps(npz, samples, lr=0.05, seed=5, batch_size=BATCH)
 
 
@@ -58,7 +58,7 @@ def test_the_master_killed_mid_job_resumes_from_its_last_commit(tmp_path):
     npz = blobs(str(tmp_path / "blobs.npz"))
     with Service(str(tmp_path), workers=4, worker_args=("--inject-delay-ms", "100")) as svc:
         svc.cli("data", "add", "blobs", npz)
-        first = svc.submit(_job_file(tmp_path))
+        first = svc.submit(_job_file(tmp_path, steps=3 * STEPS))
         queued = svc.submit(_job_file(tmp_path, name="behind", steps=4))
         before = _wait_step(svc, first, 4)
         assert before["state"] == "running"
@@ -68,7 +68,7 @@ def test_the_master_killed_mid_job_resumes_from_its_last_commit(tmp_path):
         # back at its last commit (every 3 steps), never ahead of where it was killed
         assert after["state"] in ("running", "done")
         j = svc.wait_job(first, timeout=180)
-        _check(svc, npz, j)
+        _check(svc, npz, j, steps=3 * STEPS)
         import re
 
         resumed = re.search(r"job %d resumes at step (\d+)" % first,

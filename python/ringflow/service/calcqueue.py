@@ -60,11 +60,6 @@ class CalcQueue:
         out["samples"] = json.loads(row["samples"])
         return out
 
-    def requeue(self, job_id: int, step: int, part: int) -> None:
-        with self.state.tx() as db:
-            db.execute("UPDATE calcs SET state = 'queued', worker = NULL, lease = NULL "
-                       "WHERE job_id = ? AND step = ? AND part = ?", (job_id, step, part))
-
     def expire(self, now: float | None = None) -> int:
         """Returns every calculation whose lease has run out to the queue; how many."""
         with self.state.tx() as db:

@@ -15,9 +15,6 @@ import torch
 class OrderedCollector:
     def __init__(self, parts: int, numel: int, dtype: torch.dtype):
         self.parts, self.numel, self.dtype = parts, numel, dtype
-        self.reset()
-
-    def reset(self) -> None:
         self.sum: torch.Tensor | None = None
         self.next = 0
         self.waiting: dict[int, torch.Tensor] = {}

@@ -38,7 +38,3 @@ class Distribution:
         pieces = [p for p in np.array_split(batch, min(self.parts, len(batch)))]
         return [(epoch, p, len(p) / len(batch)) for p in pieces]
 
-
-def shard_for_rank(indices: np.ndarray, rank: int, world: int) -> np.ndarray:
-    """A rank's contiguous share of a global batch (allreduce mode)."""
-    return np.array_split(indices, world)[rank]

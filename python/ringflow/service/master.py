@@ -19,7 +19,7 @@ import time
 
 from . import jobspec, pool
 from .arjob import AllreduceJob
-from .calcqueue import StaleLease
+from .calcqueue import CalcQueue, StaleLease
 from .datasets import Repository, load_arrays
 from .protocol import Server
 from .psjob import JobFailed, PsJob, store_dir
@@ -124,7 +124,7 @@ class Master:
     def op_register(self, h, p, peer):
         with self.state.tx() as db:
             wid = db.execute("INSERT INTO workers (host, pid, last_seen) VALUES (?, ?, ?)",
-                             (str(h.get("host", peer)), int(h.get("pid", 0)), time.time())).lastrowid
+                             (f"{h.get('host', '?')}@{peer}", int(h.get("pid", 0)), time.time())).lastrowid
         return {"worker": wid}, b""
 
     def _worker(self, h) -> dict:
@@ -257,16 +257,13 @@ class Master:
             rt = self.runtimes.pop(job_id, None)
         if isinstance(rt, AllreduceJob):
             rt.close()
-        with self.state.tx() as db:
-            db.execute("DELETE FROM calcs WHERE job_id = ?", (job_id,))
+        CalcQueue(self.state).drop_job(job_id)
 
     def _free_worker(self, worker: int) -> None:
         with self.state.tx() as db:
             db.execute("UPDATE workers SET job_id = NULL, rank = NULL WHERE id = ?", (worker,))
 
     def _housekeeping(self) -> None:
-        from .calcqueue import CalcQueue
-
         queue = CalcQueue(self.state)
         while not self._stop.wait(HOUSEKEEPING_S):
             try:
