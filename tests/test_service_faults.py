@@ -56,10 +56,12 @@ def test_a_worker_killed_mid_epoch(tmp_path):
 
 def test_the_master_killed_mid_job_resumes_from_its_last_commit(tmp_path):
     npz = blobs(str(tmp_path / "blobs.npz"))
-    with Service(str(tmp_path), workers=4, worker_args=("--inject-delay-ms", "100")) as svc:
+    with Service(str(tmp_path), worker_args=("--inject-delay-ms", "100")) as svc:
         svc.cli("data", "add", "blobs", npz)
         first = svc.submit(_job_file(tmp_path, steps=3 * STEPS))
         queued = svc.submit(_job_file(tmp_path, name="behind", steps=4))
+        for _ in range(4):   # workers after the submissions: the kill lands mid-job
+            svc.add_worker()
         before = _wait_step(svc, first, 4)
         assert before["state"] == "running"
         svc.kill_master()

@@ -123,6 +123,9 @@ class Worker:
             loss = job.loss_fn(model(x[idx]), y[idx]) * task["weight"]
             loss.backward()
             grad = torch.nn.utils.parameters_to_vector(p.grad for p in model.parameters())
+        except ServiceError as e:   # e.g. the step moved on while this lease ran out
+            print(f"ringflow worker {self.id}: calculation dropped: {e}", file=sys.stderr, flush=True)
+            return
         except (ValueError, LookupError, RuntimeError, TypeError, OSError) as e:
             self._report_failure(task, e)
             return
@@ -142,8 +145,11 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - reported to the master, which fails the job
             self._report_failure(task, e)
             return
-        self.call("report", worker=self.id, job=task["job"], kind="done", metrics=result,
-                  head=result.get("head"))
+        try:
+            self.call("report", worker=self.id, job=task["job"], kind="done", metrics=result,
+                      head=result.get("head"))
+        except ServiceError as e:   # the job failed meanwhile (another rank); the master knows
+            print(f"ringflow worker {self.id}: {e}", file=sys.stderr, flush=True)
 
 
 def _train_rank(worker: Worker, task: dict) -> dict:
