@@ -31,6 +31,7 @@ def test_gru_job_from_data_add_to_committed_versions(tmp_path):
         job_id = svc.submit(job_file)
         j = svc.wait_job(job_id, timeout=240)
         assert j["state"] == "done", (j, svc.logs())
+        assert svc.job(job_id, wait=5) == j     # `ringflow job ID --json`, the same object
         text = svc.cli("job", job_id).stdout
         jobs = svc.cli("jobs").stdout
     m = j["metrics"]

@@ -74,7 +74,8 @@ def job(argv) -> int:
         for k in ("params_sha256", "head"):
             if j[k]:
                 print(f"  {k}: {j[k]}")
-    return 0 if j["state"] != "failed" else 1
+    # --json says the state itself; the plain form's exit status does (1: the job failed)
+    return 0 if args.json or j["state"] != "failed" else 1
 
 
 def data(argv) -> int:
