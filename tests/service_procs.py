@@ -36,10 +36,12 @@ class Service:
     """A master on DIR and `workers` workers; `.address` is HOST:PORT."""
 
     def __init__(self, directory: str, workers: int = 0, worker_args: tuple = (),
-                 bind: str = "127.0.0.1", env: dict | None = None, prefix: list | None = None):
+                 bind: str = "127.0.0.1", env: dict | None = None, prefix: list | None = None,
+                 client_prefix: list | None = None):
         self.directory, self.worker_args, self.bind = directory, list(worker_args), bind
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.prefix = prefix or []
+        self.client_prefix = client_prefix   # where client commands run (default: here)
         self.master = None
         self.workers: list[subprocess.Popen] = []
         self.port = 0
@@ -94,7 +96,7 @@ class Service:
 
     def cli(self, *args, **kw) -> subprocess.CompletedProcess:
         kw.setdefault("env", {k: v for k, v in self.env.items() if k == "RINGFLOW_SERVICE_TOKEN"})
-        return run_cli(*args, master=self.address, **kw)
+        return run_cli(*args, master=self.address, prefix=self.client_prefix, **kw)
 
     def job(self, job_id, wait: float = 0) -> dict:
         """`ringflow job ID --json [--wait S]` (a process); without a wait, a direct request."""
@@ -109,10 +111,16 @@ class Service:
 
     def wait_job(self, job_id, timeout: float = 120) -> dict:
         """Polls in process (a CLI process costs seconds of imports on a loaded host)."""
+        if self.client_prefix:
+            return self._ended(self.job(job_id, wait=timeout), timeout)
         deadline = time.monotonic() + timeout
         while (j := self.job(job_id))["state"] not in ("done", "failed") \
                 and time.monotonic() < deadline:
             time.sleep(0.2)
+        return self._ended(j, timeout)
+
+    def _ended(self, j: dict, timeout: float) -> dict:
+        job_id = j["id"]
         if j["state"] not in ("done", "failed"):
             raise AssertionError(f"job {job_id} still {j['state']} after {timeout} s: {j}\n"
                                  + self.logs())

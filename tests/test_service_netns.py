@@ -23,11 +23,13 @@ def test_master_and_workers_on_three_hosts(tmp_path):
     npz = blobs(str(tmp_path / "blobs.npz"))
     with netns.Hosts(3) as hosts:
         exec_in = [["ip", "netns", "exec", name] for name in hosts.names]
-        with Service(str(tmp_path), bind=hosts.addrs[0], prefix=exec_in[0],
+        # clients run in a worker host too: from the root namespace, another session's
+        # test bridge on the same subnet could take the route
+        with Service(str(tmp_path), bind=hosts.addrs[0], prefix=exec_in[0], client_prefix=exec_in[1],
                      env={"RINGFLOW_SERVICE_TOKEN": TOKEN}) as svc:
             for h in (1, 1, 2, 2):
                 svc.add_worker(prefix=exec_in[h], env={"RINGFLOW_HOST_ID": hosts.names[h]})
-            refused = run_cli("jobs", master=svc.address, check=False,
+            refused = run_cli("jobs", master=svc.address, check=False, prefix=exec_in[2],
                               env={"RINGFLOW_SERVICE_TOKEN": ""})
             assert refused.returncode == 1
             assert "without RINGFLOW_SERVICE_TOKEN: refused" in refused.stderr
