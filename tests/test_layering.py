@@ -122,6 +122,7 @@ PY_LEVEL = {
     "staging": 1, "tune": 1,
     "backend": 2, "jobs": 2,
     "benchmark": 3, "cli": 3, "versions": 3, "demo": 3, "pipeline": 3,
+    "service": 3,
     "__init__": 4,
 }
 PACKAGE = ROOT / "python" / "ringflow"

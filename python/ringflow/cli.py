@@ -1,4 +1,5 @@
-"""The `ringflow` command: `info`, `bench`, `aggregator`, `versions`, `demo` and `tune`."""
+"""The `ringflow` command: `info`, `bench`, `aggregator`, `versions`, `demo`, `tune` and the
+training service (`master`, `worker`, `submit`, `jobs`, `job`, `data`)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,16 @@ def info() -> int:
     return 0
 
 
+SERVICE_COMMANDS = {
+    "master": "run the training service's master (see `ringflow master --help`)",
+    "worker": "run a training-service worker (see `ringflow worker --help`)",
+    "submit": "queue a job (JOB.toml) with the master; prints its id",
+    "jobs": "list the master's jobs",
+    "job": "one job's state and metrics (--json)",
+    "data": "the master's dataset repository: add, ls, show, verify, rm",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringflow", description=__doc__)
     sub = parser.add_subparsers(dest="command")
@@ -60,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
                    "ringflow timeline merge OUT.json RANK.json...", add_help=False)
     sub.add_parser("tune", help="measure the links, search for the best schedule and cache it; "
                    "--show, --export (see `ringflow tune --help`)", add_help=False)
+    for name, text in SERVICE_COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
@@ -89,6 +102,10 @@ def _run(argv: list[str]) -> int:
         from .tune import cli as tune_cli
 
         return tune_cli.main(rest)
+    if args.command in SERVICE_COMMANDS:
+        from .service import cli as service_cli
+
+        return service_cli.main(args.command, rest)
     if args.command == "demo":
         from . import demo
 

@@ -27,6 +27,10 @@ PYTHON_SETTINGS = {
     "RINGFLOW_GROUPS": "hierarchical layout: one group label per rank, e.g. 0,0,1,1",
     "RINGFLOW_LOG": "log level of the 'ringflow' logger (default WARNING)",
     "RINGFLOW_HOST_ID": "host identity compared to find same-host ranks (default hostname/boot id)",
+    "RINGFLOW_MASTER": "HOST:PORT of the training service's master, for `ringflow worker`, "
+                       "`submit`, `jobs`, `job` and `data` without --master",
+    "RINGFLOW_SERVICE_TOKEN": "shared secret of the training service: required by a master bound "
+                              "beyond loopback, sent by its clients and workers",
     "RINGFLOW_SHM": "0 (or false, no, off) disables the shared-memory transport between same-host "
                     "ranks (default 1)",
     "RINGFLOW_SHM_CMA": "0 (or false, no, off) forbids single-copy process_vm_readv/writev in the shm allreduce "

@@ -53,8 +53,8 @@ def load_digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     return raw[:, :-1], raw[:, -1].astype(np.int64)
 
 
-def load_digits_sequences(seed: int = 0, test_fraction: float = 0.2):
-    data, target = load_digits_arrays()
+def load_digits_sequences(seed: int = 0, test_fraction: float = 0.2, arrays=None):
+    data, target = load_digits_arrays() if arrays is None else arrays
     x = torch.tensor(data, dtype=torch.float32).reshape(-1, 8, 8) / 16.0
     y = torch.tensor(target, dtype=torch.int64)
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
@@ -64,11 +64,21 @@ def load_digits_sequences(seed: int = 0, test_fraction: float = 0.2):
 
 
 def build(*, seed: int = 0, hidden: int = 64, lr: float = 0.01, batch_size: int = 64,
-          data_seed: int = 0) -> Job:
-    """The job with its model initialised from `seed` (equal on every rank)."""
+          data_seed: int = 0, data: dict | None = None) -> Job:
+    """The job with its model initialised from `seed` (equal on every rank).
+
+    `data` ({'x': N x 64 pixels 0..16, 'y': N labels}, as the training service
+    passes a dataset) replaces scikit-learn's copy of the digits.
+    """
     if batch_size <= 0 or hidden <= 0 or lr <= 0:
         raise ValueError(f"batch_size, hidden and lr must be positive (got {batch_size}, {hidden}, {lr})")
-    train, test = load_digits_sequences(data_seed)
+    arrays = None
+    if data is not None:
+        if "x" not in data or "y" not in data or np.asarray(data["x"]).reshape(len(data["x"]), -1).shape[1] != 64:
+            raise ValueError("the GRU job's data needs 'x' (N x 64 pixels of 8x8 digits) and 'y' (N labels), "
+                             f"got {({k: list(np.shape(v)) for k, v in data.items()})}")
+        arrays = (np.asarray(data["x"], np.float64).reshape(-1, 64), np.asarray(data["y"], np.int64))
+    train, test = load_digits_sequences(data_seed, arrays=arrays)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = DigitsGRU(hidden)
