@@ -81,11 +81,13 @@ def _arr(sender, slot, seq, step, count=1):
 
 
 def test_staleness_weights_and_bound():
-    s = Staleness(every=2, max_staleness=10)
+    s = Staleness(horizon=2, max_staleness=10)
     assert s.weight(10, 10) == 1.0
     assert s.weight(10, 12) == 1.0           # a sender ahead is not stale
     assert s.weight(10, 8) == pytest.approx(1 / 2)
     assert s.weight(20, 9) == 0.0            # 11 steps old: past the bound
+    with pytest.raises(ValueError, match="horizon must be positive"):
+        Staleness(horizon=0)
 
 
 def test_choose_keeps_the_newest_snapshot_per_sender():
@@ -93,7 +95,7 @@ def test_choose_keeps_the_newest_snapshot_per_sender():
     takes = choose(arrivals, 10, Staleness(), newest_only=True)
     assert takes == [(0, 0, 5, 0.0), (0, 1, 6, 1.0), (1, 2, 3, 1.0)]
     # Gradients: every unmerged update counts.
-    takes = choose(arrivals, 10, Staleness(), newest_only=False)
+    takes = choose(arrivals, 10, Staleness(horizon=1), newest_only=False)
     assert [w for *_, w in takes] == [0.5, 1.0, 1.0]
 
 

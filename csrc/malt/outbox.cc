@@ -143,16 +143,17 @@ void Outbox::pushHalfForTest(const float* src) {
 }
 
 bool Outbox::alive(std::chrono::milliseconds departAfter) {
-  if (departed_) return false;
+  if (closed_) return false;
   const auto now = std::chrono::steady_clock::now();
   const uint64_t beat = header_->heartbeat.load(std::memory_order_relaxed);
   if (beat != lastBeat_) {
     lastBeat_ = beat;
     lastBeatSeen_ = now;
   }
-  if (header_->closed.load(std::memory_order_acquire) || now - lastBeatSeen_ > departAfter)
-    departed_ = true;
-  return !departed_;
+  // Closing is for good; a silent heartbeat is not (an owner starved of CPU
+  // for a while comes back when its beat moves again).
+  closed_ = header_->closed.load(std::memory_order_acquire) != 0;
+  return !closed_ && now - lastBeatSeen_ <= departAfter;
 }
 
 RingCounts Outbox::counts() const {

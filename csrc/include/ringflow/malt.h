@@ -12,8 +12,8 @@
 // the slots that are complete now and skips any a producer is writing.
 //
 // Departure: a thread of the owner bumps a heartbeat in its segment every
-// kBeatEvery; close() sets a closed flag.  A sender treats an owner whose
-// heartbeat has not moved for `departAfter` (or who closed) as departed.
+// kBeatEvery; close() sets a closed flag.  A sender treats an owner who
+// closed, or whose heartbeat has not moved for `departAfter`, as departed.
 // The owner never truncates its segment, so a push racing a departure
 // writes into memory that stays valid while the sender maps it.
 #pragma once
@@ -115,8 +115,8 @@ class Outbox {
 
   // Copies count floats into the ring; never waits.  Returns the push number.
   uint64_t push(const float* src, uint64_t step);
-  // False once the owner closed or its heartbeat stood still `departAfter`
-  // (sticky).  Never waits.
+  // False once the owner closed (for good) or while its heartbeat has stood
+  // still longer than `departAfter`.  Never waits.
   bool alive(std::chrono::milliseconds departAfter);
   RingCounts counts() const;
   // Claims a slot and writes half of it, then returns without publishing:
@@ -131,7 +131,7 @@ class Outbox {
   SegmentHeader* header_ = nullptr;
   Ring* ring_ = nullptr;
   size_t count_ = 0;
-  bool departed_ = false;
+  bool closed_ = false;
   uint64_t lastBeat_ = 0;
   std::chrono::steady_clock::time_point lastBeatSeen_{};
 };

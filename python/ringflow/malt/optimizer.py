@@ -5,13 +5,13 @@ its own and averages asynchronously with k peers (MALT, mechanism 6).
     opt = ringflow.malt.Optimizer(torch.optim.SGD(model.parameters(), lr), model)
     ... the loop unchanged: opt.zero_grad(); loss.backward(); opt.step()
 
-mode="params" (default): every `every` steps the replica pushes its
-parameters to its targets in the Halton graph, then merges whatever
-snapshots have arrived (newest per sender, weighted by staleness).
-mode="gradients": every step it pushes its gradient and averages in the
-gradients that have arrived before the inner optimizer steps.
+Every `every` steps the replica pushes its parameters to its targets in
+the Halton graph, then merges whatever snapshots have arrived (newest per
+sender, weighted by staleness).  (Exchanging gradients instead -- the
+rings' Coalesce policy is built for it -- was tried and dropped: with
+k-of-N pushes and no parameter averaging the replicas drift apart.)
 
-Neither ever waits on a peer, except in replay mode (replay_seed given),
+Nothing ever waits on a peer, except in replay mode (replay_seed given),
 which seeds every rank's RNG with replay_seed + rank and merges, at each
 averaging step, exactly the snapshots its live in-neighbours pushed at that
 step (waiting for them at most `timeout`): runs repeat bit for bit.
@@ -30,20 +30,15 @@ from .graph import send_targets
 from .peers import Peers
 from .policy import Staleness, choose
 
-MODES = ("params", "gradients")
-
 
 class Optimizer(torch.optim.Optimizer):
     def __init__(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, *,
-                 mode: str = "params", every: int = 1, k: int | None = None,
-                 max_staleness: int | None = None, slots: int = 4, depart_after: float = 1.0,
+                 every: int = 1, k: int | None = None,
+                 max_staleness: int | None = None, staleness_horizon: float = 50.0,
+                 slots: int = 4, depart_after: float = 1.0,
                  replay_seed: int | None = None, timeout: float = 300.0):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
-        if replay_seed is not None and mode != "params":
-            raise ValueError("replay mode averages parameters; use mode='params'")
         if not dist.is_initialized():
             raise RuntimeError("ringflow.malt.Optimizer needs dist.init_process_group() first")
         params = [p for p in model.parameters()]
@@ -51,22 +46,20 @@ class Optimizer(torch.optim.Optimizer):
         if not params or bad:
             raise ValueError("ringflow.malt averages float32 CPU parameters; "
                              f"these are not: {bad}" if bad else "the model has no parameters")
-        self.optim, self.model, self.mode, self.every, self.k = optimizer, model, mode, every, k
+        self.optim, self.model, self.every, self.k = optimizer, model, every, k
         self.param_groups = optimizer.param_groups
         self.defaults = optimizer.defaults
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
-        self.staleness = Staleness(every, max_staleness)
+        self.staleness = Staleness(staleness_horizon, max_staleness)
         self.replay = replay_seed is not None
         self.timeout = float(timeout)
         if self.replay:
             torch.manual_seed(replay_seed + self.rank)
-        self._params = params
-        self._flat = _flatten_in_place(params) if mode == "params" else None
-        self._grads = torch.zeros(sum(p.numel() for p in params)) if mode == "gradients" else None
-        policy = _C.MaltFullPolicy.drop_oldest if mode == "params" else _C.MaltFullPolicy.coalesce
+        self._flat = _flatten_in_place(params)
         store = dist.distributed_c10d._get_default_store()
         self.peers = Peers(store, self.rank, self.size, sum(p.numel() for p in params),
-                           slots=slots, policy=policy, depart_after=depart_after,
+                           slots=slots, policy=_C.MaltFullPolicy.drop_oldest,
+                           depart_after=depart_after,
                            timeout=self.timeout)
         self.steps = 0
         self.merges = {"merged": 0, "discarded": 0, "skipped": 0}
@@ -90,11 +83,9 @@ class Optimizer(torch.optim.Optimizer):
         raise NotImplementedError("ringflow.malt averages the parameters it was built with")
 
     def step(self, closure=None):
-        if self.mode == "gradients":
-            self._average_gradients()
         loss = self.optim.step(closure)
         self.steps += 1
-        if self.mode == "params" and self.steps % self.every == 0:
+        if self.steps % self.every == 0:
             self._exchange(self._flat)
         return loss
 
@@ -108,47 +99,42 @@ class Optimizer(torch.optim.Optimizer):
                 "pushes": {r: o.counts()["pushes"] for r, o in self.peers.outboxes.items()}}
 
     # -- the exchange ----------------------------------------------------------
-    def _average_gradients(self) -> None:
-        with torch.no_grad():
-            torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                       for p in self._params], out=self._grads)
-            self._exchange(self._grads)
-            at = 0
-            for p in self._params:
-                n = p.numel()
-                if p.grad is not None:
-                    p.grad.copy_(self._grads[at:at + n].view_as(p))
-                at += n
-
     def _exchange(self, flat: torch.Tensor) -> None:
         live = self.peers.live()
-        for r in send_targets(self.rank, live, self.k):
-            self.peers.outboxes[r].push(flat.data_ptr(), self.steps)
+        # Replay keeps the graph of the whole group: who departed when is
+        # timing, and would change who averages with whom.
+        graph = self.peers.local if self.replay else live
+        for r in send_targets(self.rank, graph, self.k):
+            if r in live:
+                self.peers.outboxes[r].push(flat.data_ptr(), self.steps)
         if self.replay:
-            takes = self._replay_takes(live)
+            takes = self._replay_takes()
         else:
             takes = choose(self.peers.inbox.arrivals(), self.steps, self.staleness,
-                           newest_only=self.mode == "params")
+                           newest_only=True)
         if takes:
             got = self.peers.inbox.merge(flat.data_ptr(), takes, 1.0)
             for key in self.merges:
                 self.merges[key] += got[key]
 
-    def _replay_takes(self, live: list[int]) -> list:
-        """Waits for this step's snapshot of every live in-neighbour."""
+    def _replay_takes(self) -> list:
+        """This step's snapshot of every in-neighbour, waiting for those still
+        alive; a departed one counts if its snapshot arrived before it left."""
+        ranks = self.peers.local
+        senders = {ranks.index(r) for r in ranks
+                   if r != self.rank and self.rank in send_targets(r, ranks, self.k)}
         deadline = time.monotonic() + self.timeout
         while True:
             live = self.peers.live()
-            want = {self.peers.local.index(r) for r in live
-                    if r != self.rank and self.rank in send_targets(r, live, self.k)}
             takes = choose(self.peers.inbox.arrivals(), self.steps, self.staleness,
                            newest_only=True, replay_step=self.steps)
             have = {sender for sender, _, _, w in takes if w > 0}
-            if want <= have:
-                return [t for t in takes if t[3] == 0 or t[0] in want]
+            missing = {s for s in senders - have if ranks[s] in live}
+            if not missing:
+                return [t for t in takes if t[3] == 0 or t[0] in senders]
             if time.monotonic() > deadline:
                 raise TimeoutError(f"rank {self.rank}: replay step {self.steps} still misses "
-                                   f"ranks {sorted(self.peers.sender_of(s) for s in want - have)}")
+                                   f"ranks {sorted(ranks[s] for s in missing)}")
             time.sleep(0.0005)
 
 

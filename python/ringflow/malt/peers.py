@@ -4,8 +4,9 @@ are still alive.
 
 The store is used only here, while every rank builds its Optimizer (rank 0
 may host it and stop first later).  After that nothing waits on any peer:
-a peer whose Inbox closed or whose heartbeat stood still `depart_after`
-seconds is departed for good, and the send graph is drawn over the rest.
+a peer whose Inbox closed (for good) or whose heartbeat has stood still
+more than `depart_after` seconds (until it moves again: a rank starved of
+CPU is not dead) is departed, and the send graph is drawn over the rest.
 """
 
 from __future__ import annotations
@@ -54,11 +55,15 @@ class Peers:
         self.departed: set[int] = set()
 
     def live(self) -> list[int]:
-        """The ranks alive now, this one included; logs each departure once."""
+        """The ranks alive now, this one included; logs each departure."""
         for r, out in self.outboxes.items():
-            if r not in self.departed and not out.alive(self.depart_after):
+            alive = out.alive(self.depart_after)
+            if not alive and r not in self.departed:
                 self.departed.add(r)
                 log.info("rank %d: peer %d departed; dropped from the send graph", self.rank, r)
+            elif alive and r in self.departed:
+                self.departed.discard(r)
+                log.info("rank %d: peer %d is back", self.rank, r)
         return [r for r in self.local if r not in self.departed]
 
     def sender_of(self, index: int) -> int:

@@ -1,10 +1,12 @@
 """Which arrived updates a merge takes, and with what weight.
 
 Staleness of an update = the receiver's step minus the step the sender
-pushed it at (never below 0).  Its weight is 1 / (1 + staleness / every):
-an update one averaging round old counts half as much as a fresh one, so a
-straggler's old model pulls the fast ranks little while theirs pull it
-fully.  Updates older than `max_staleness` steps are discarded.
+pushed it at (never below 0).  Its weight is 1 / (1 + staleness / horizon):
+an update `horizon` steps behind counts half as much as a fresh one, so a
+straggler's old model pulls the fast ranks less while theirs pull it fully.
+The horizon is long enough (50 steps by default) that ranks which merely
+started a little apart still average fully.  Updates older than
+`max_staleness` steps are discarded.
 
 Model snapshots ("params"): only the newest update of each sender counts
 (an older one is superseded, so it is discarded unread).  Gradients:
@@ -19,14 +21,20 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Staleness:
-    every: int = 1                   # averaging period in steps
+    horizon: float = 50.0             # steps behind at which an update counts half
     max_staleness: int | None = None  # steps; None: no bound
+
+    def __post_init__(self):
+        if not self.horizon > 0:
+            raise ValueError(f"the staleness horizon must be positive, got {self.horizon}")
+        if self.max_staleness is not None and self.max_staleness < 0:
+            raise ValueError(f"max_staleness must be >= 0, got {self.max_staleness}")
 
     def weight(self, my_step: int, sender_step: int) -> float:
         s = max(0, my_step - sender_step)
         if self.max_staleness is not None and s > self.max_staleness:
             return 0.0
-        return 1.0 / (1.0 + s / self.every)
+        return 1.0 / (1.0 + s / self.horizon)
 
 
 def choose(arrivals, my_step: int, staleness: Staleness, newest_only: bool,
