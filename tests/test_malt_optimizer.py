@@ -37,7 +37,8 @@ def _linear(seed):
     return torch.nn.Linear(8, 1, bias=False)
 
 
-def _train(rank, size, steps, lr=0.05, die_at=None, malt_kwargs=None, seed=None, stop_at=None):
+def _train(rank, size, steps, lr=0.05, die_at=None, malt_kwargs=None, seed=None, stop_at=None,
+           pause=0.002):
     import ringflow.malt
 
     dist = init_torch(rank, size)
@@ -60,7 +61,7 @@ def _train(rank, size, steps, lr=0.05, die_at=None, malt_kwargs=None, seed=None,
         now = time.monotonic()
         gaps.append(now - last)
         last = now
-        time.sleep(0.002)  # room for the peers' pushes to interleave
+        time.sleep(pause)  # room for the peers' pushes to interleave
     stats = opt.stats()
     opt.close()
     dist.destroy_process_group()
@@ -74,7 +75,9 @@ def _optimum(ranks):
 
 
 def test_replicas_converge_to_the_global_optimum():
-    out = [(torch.tensor(w), g, s) for w, g, s in run_world(4, _train, 300, timeout=180)]
+    # 3 s of training or more: longer than the ranks' start-up skew on a loaded host.
+    out = [(torch.tensor(w), g, s) for w, g, s in run_world(4, _train, 500, 0.05, None, None, None,
+                                                            None, 0.006, timeout=180)]
     best = _optimum(range(4))
     for rank, (w, _, stats) in enumerate(out):
         own = _optimum([rank])
@@ -163,9 +166,9 @@ def test_three_changed_lines_under_torchrun():
                if l[:1] in "+-" and not l.startswith(("+++", "---"))]
     assert len(changed) <= 3, changed
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4",
-           f"--master-port={free_port()}", str(malt), "--epochs", "3"]
+           f"--master-port={free_port()}", str(malt), "--epochs", "20"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
     accs = [json.loads(l)["accuracy"] for l in res.stdout.splitlines() if l.startswith("{")]
-    assert len(accs) == 4 and min(accs) > 0.6, res.stdout
+    assert len(accs) == 4 and min(accs) > 0.7, res.stdout

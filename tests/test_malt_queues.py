@@ -110,13 +110,14 @@ def test_merge_never_waits_on_a_sender_frozen_mid_write():
 def _pusher(info, n, stop_after):
     pid, fd, nbytes = info
     out = _C.MaltOutbox(pid, fd, nbytes, 0, n)
-    buf = torch.empty(n)
+    # numpy, not torch: a forked child must not enter the parent's OpenMP pool.
+    buf = np.empty(n, np.float32)
     end = time.monotonic() + stop_after
     i = 0
     while time.monotonic() < end:
         i += 1
-        buf.fill_(float(i))  # every update is uniform: a torn read would show
-        out.push(buf.data_ptr(), i)
+        buf.fill(i)  # every update is uniform: a torn read would show
+        out.push(buf.ctypes.data, i)
 
 
 def test_merges_under_a_live_and_a_stopped_writer_are_whole():
