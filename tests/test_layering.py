@@ -27,7 +27,8 @@ MAY_USE = {
     "aggregator": {"core", "kernels", "transport"},
     "algo": {"core", "kernels", "transport", "comm", "aggregator"},
     "collectives": {"core", "kernels", "transport", "comm", "aggregator", "algo"},
-    "bind": {"core", "kernels", "transport", "comm", "aggregator", "algo", "collectives"},
+    "malt": {"core", "kernels"},
+    "bind": {"core", "kernels", "transport", "comm", "aggregator", "algo", "collectives", "malt"},
 }
 
 # The layer of every public header.  A new header must be placed here.
@@ -44,6 +45,7 @@ PUBLIC_LAYER = {
     "comm.h": "comm",
     "algorithms.h": "algo",
     "collectives.h": "collectives",
+    "malt.h": "malt",
 }
 
 # The one sanctioned reach into a folder's private headers: the aggregator's
@@ -120,7 +122,7 @@ PY_LEVEL = {
     "_C": 0, "_dtypes": 0, "config": 0, "errors": 0, "addresses": 0, "nccl": 0,
     "kernels": 1, "ops": 1, "shared": 1, "aggregator": 1, "rendezvous": 1, "timeline": 1,
     "staging": 1, "tune": 1,
-    "backend": 2, "jobs": 2,
+    "backend": 2, "jobs": 2, "malt": 2,
     "benchmark": 3, "cli": 3, "versions": 3, "demo": 3, "pipeline": 3,
     "service": 3,
     "__init__": 4,

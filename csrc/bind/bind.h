@@ -23,4 +23,5 @@ void bindKernels(pybind11::module_& m);
 void bindStats(pybind11::module_& m);
 void bindAggregator(pybind11::module_& m);
 void bindSchedule(pybind11::module_& m);
+void bindMalt(pybind11::module_& m);
 }  // namespace ringflow::bind

@@ -58,4 +58,5 @@ PYBIND11_MODULE(_C, m) {
   ringflow::bind::bindStats(m);
   ringflow::bind::bindAggregator(m);
   ringflow::bind::bindSchedule(m);
+  ringflow::bind::bindMalt(m);
 }

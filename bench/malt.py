@@ -1,0 +1,189 @@
+"""MALT against synchronous training with a straggler, and MALT's merge speed.
+
+    python bench/malt.py [--epochs 12] [--step-ms 20] [--slow 3] [--json]
+
+The GRU reference job (ringflow.jobs.gru) on 4 ranks, each on its own shard
+of the training set, every step padded to --step-ms by a sleep (the model's
+compute stand-in, so CPU sharing does not decide the result) and rank 3's to
+--slow times that (the straggler: an injected sleep, not CPU contention).
+Three ways to train, each in its own world of processes, same epochs:
+
+  sync       DistributedDataParallel over the ringflow backend (Adam)
+  malt       ringflow.malt.Optimizer(Adam) over the ringflow backend
+  postlocal  torch's PostLocalSGDOptimizer(Adam) with a PeriodicModelAverager
+             (--period steps) over the ringflow backend
+
+Rank 0 measures held-out accuracy every --eval-every steps (time spent
+evaluating is not counted); time to accuracy is the first time it reaches
+the job's reference accuracy (0.93).  Final accuracy: every replica's after
+its last epoch (for sync and postlocal they are equal or nearly).
+
+Merge throughput: the C++ merge of 2 and 3 arriving float32 updates of
+--merge-mib MiB into a model, one core, beside torch's own mul_/add_ chain
+on one thread.  --json ends with one JSON line (sync_s, malt_s, postlocal_s,
+*_acc, merge_gbps ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from ringflow.benchmark import harness, report
+
+MODES = ("sync", "malt", "postlocal")
+
+
+def _rank(rank, world, mode, cfg):
+    import torch
+    import torch.distributed as dist
+
+    import ringflow  # noqa: F401 - registers the backend
+    import ringflow.malt
+    from ringflow.jobs.gru import build
+
+    torch.set_num_threads(1)
+    dist.init_process_group("ringflow", rank=rank, world_size=world)
+    job = build(seed=0, batch_size=cfg["batch"])
+    model = job.model
+    opt = job.make_optimizer(model.parameters())
+    net = model
+    if mode == "sync":
+        net = torch.nn.parallel.DistributedDataParallel(model)
+    elif mode == "malt":
+        opt = ringflow.malt.Optimizer(opt, model, k=cfg["k"], depart_after=5.0)
+    else:
+        from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
+        from torch.distributed.optim import PostLocalSGDOptimizer
+
+        opt = PostLocalSGDOptimizer(opt, PeriodicModelAverager(period=cfg["period"], warmup_steps=0))
+    x, y = job.train[0][rank::world], job.train[1][rank::world]
+    step_s = cfg["step_ms"] / 1000 * (cfg["slow"] if rank == world - 1 else 1)
+
+    def accuracy():
+        with torch.no_grad():
+            return (model(job.test[0]).argmax(1) == job.test[1]).float().mean().item()
+
+    g = torch.Generator().manual_seed(rank)
+    curve, evaluating, steps = [], 0.0, 0
+    dist.barrier()
+    t0 = time.monotonic()
+    for epoch in range(cfg["epochs"]):
+        for idx in torch.randperm(len(y), generator=g).split(cfg["batch"]):
+            begun = time.monotonic()
+            opt.zero_grad()
+            job.loss_fn(net(x[idx]), y[idx]).backward()
+            opt.step()
+            steps += 1
+            left = step_s - (time.monotonic() - begun)
+            if left > 0:
+                time.sleep(left)
+            if rank == 0 and steps % cfg["eval_every"] == 0:
+                e0 = time.monotonic()
+                curve.append((e0 - t0 - evaluating, accuracy()))
+                evaluating += time.monotonic() - e0
+        harness.report_progress(epoch + 1, cfg["epochs"], mode)
+    wall = time.monotonic() - t0 - evaluating
+    final = accuracy()
+    if mode == "malt":
+        opt.close()
+    dist.destroy_process_group()
+    return {"curve": curve, "final": final, "wall": wall, "steps": steps}
+
+
+def time_to(curve, target):
+    return next((t for t, acc in curve if acc >= target), None)
+
+
+def merge_throughput(mib: float, senders: int, reps: int) -> dict:
+    import torch
+
+    from ringflow import _C
+
+    torch.set_num_threads(1)
+    n = int(mib * (1 << 20)) // 4
+    inbox = _C.MaltInbox(senders, n, 2, _C.MaltFullPolicy.drop_oldest)
+    outs = [_C.MaltOutbox(inbox.pid, inbox.fd, inbox.bytes, s, n) for s in range(senders)]
+    xs = [torch.randn(n) for _ in range(senders)]
+    dst = torch.randn(n)
+    ours, theirs = [], []
+    for _ in range(reps):
+        for o, x in zip(outs, xs):
+            o.push(x.data_ptr(), 1)
+        takes = [(a.sender, a.slot, a.seq, 1.0) for a in inbox.arrivals()]
+        t = time.perf_counter()
+        inbox.merge(dst.data_ptr(), takes, 1.0)
+        ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        dst.mul_(1 / (senders + 1))
+        for x in xs:
+            dst.add_(x, alpha=1 / (senders + 1))
+        theirs.append(time.perf_counter() - t)
+    moved = senders * n * 4  # update bytes merged per call
+    best, base = min(ours), min(theirs)
+    return {"senders": senders, "mib": mib, "merge_gbps": moved / best / 1e9,
+            "torch_gbps": moved / base / 1e9, "ratio": base / best}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--world", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch", type=int, default=16, help="per rank")
+    p.add_argument("--step-ms", type=float, default=20)
+    p.add_argument("--slow", type=float, default=3, help="the last rank's step time, in steps")
+    p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--k", type=int, default=None, help="MALT's send fan-out (default ceil(log2 N))")
+    p.add_argument("--period", type=int, default=4, help="PostLocalSGD averaging period")
+    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--merge-mib", type=float, default=64)
+    p.add_argument("--merge-reps", type=int, default=10)
+    p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    modes = [m for m in a.modes.split(",") if m]
+    if any(m not in MODES for m in modes):
+        p.error(f"--modes: choose from {MODES}")
+    from ringflow.jobs.gru import TARGET_ACCURACY
+
+    cfg = dict(epochs=a.epochs, batch=a.batch, step_ms=a.step_ms, slow=a.slow,
+               eval_every=a.eval_every, k=a.k, period=a.period)
+    report.print_header("MALT vs synchronous training with a straggler (bench/malt.py)",
+                    report.environment() + [("world", str(a.world)), ("load", report.load_average()),
+                                        ("config", json.dumps(cfg))])
+    out: dict = {"target_acc": TARGET_ACCURACY, "world": a.world, "slow": a.slow, "epochs": a.epochs}
+    print(f"{'mode':>10} {'to ' + str(TARGET_ACCURACY) + ' (s)':>12} {'final acc':>22} "
+          f"{'wall (s)':>9} {'steps r0':>9}")
+    for mode in modes:
+        per_rank = harness.run_world(_rank, a.world, (mode, cfg), timeout=a.timeout)
+        reached = time_to(per_rank[0]["curve"], TARGET_ACCURACY)
+        finals = [r["final"] for r in per_rank]
+        out[f"{mode}_s"] = reached
+        out[f"{mode}_acc"] = sum(finals) / len(finals)
+        out[f"{mode}_acc_min"] = min(finals)
+        out[f"{mode}_wall_s"] = max(r["wall"] for r in per_rank)
+        out[f"{mode}_curve"] = per_rank[0]["curve"]
+        print(f"{mode:>10} {reached if reached is None else round(reached, 2)!s:>12} "
+              f"{' '.join(f'{f:.3f}' for f in finals):>22} {out[f'{mode}_wall_s']:9.2f} "
+              f"{per_rank[0]['steps']:9d}", flush=True)
+    for m in modes:
+        if m != "sync" and out.get("sync_s") and out.get(f"{m}_s"):
+            out[f"{m}_speedup"] = out["sync_s"] / out[f"{m}_s"]
+            print(f"# {m}: {out[f'{m}_speedup']:.2f}x sync's time to accuracy; accuracy "
+                  f"{100 * (out[f'{m}_acc'] - out['sync_acc']):+.1f} pp vs sync")
+    merges = [merge_throughput(a.merge_mib, s, a.merge_reps) for s in (2, 3)]
+    for m in merges:
+        print(f"# merge of {m['senders']} x {m['mib']:.0f} MiB float32, one core: "
+              f"{m['merge_gbps']:.2f} GB/s of updates (torch mul_/add_: {m['torch_gbps']:.2f} GB/s, "
+              f"{m['ratio']:.2f}x)")
+    out["merge_gbps"] = min(m["merge_gbps"] for m in merges)
+    out["merge"] = merges
+    if a.json:
+        print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
