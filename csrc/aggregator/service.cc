@@ -79,9 +79,10 @@ void Aggregator::stop() {
 AggregatorStats Aggregator::stats() const {
   AggregatorStats s = table_->stats();
   s.udpPath = udpPathName(mode_->path);
-  s.gso = mode_->gso, s.gro = mode_->gro;
+  s.gso = mode_->gso, s.gro = mode_->gro, s.gsoMaxSegment = mode_->gsoMaxSegment;
   s.sendCalls = calls_->sendCalls, s.recvCalls = calls_->recvCalls;
   s.gsoSends = calls_->gsoSends, s.gsoDatagrams = calls_->gsoDatagrams;
+  s.gsoBytes = calls_->gsoBytes;
   s.groReceives = calls_->groReceives, s.groDatagrams = calls_->groDatagrams;
   return s;
 }

@@ -49,12 +49,19 @@ UdpPath udpPathSetting();  // throws InvalidArgument on a bad value
 const char* udpPathName(UdpPath path);
 
 // What one socket uses: its path, and the offloads its kernel accepted.
+// A segmented send's datagrams must each fit the link's MTU: a veth or a
+// bridge drops a GSO packet whose segments do not, where it would have
+// fragmented a plain datagram, so larger datagrams are never segmented.
 struct UdpMode {
   UdpPath path = UdpPath::Batch;
   bool gso = false, gro = false;
+  size_t gsoMaxSegment = 0;  // largest datagram (UDP payload) a segmented send may carry
 };
-// Turns on what `path` allows on `fd`; a kernel without UDP_SEGMENT or
-// UDP_GRO (EINVAL, ENOPROTOOPT) leaves that offload off.
+// Turns on what `path` allows on `fd` (bound or connected already); a
+// kernel without UDP_SEGMENT or UDP_GRO (EINVAL, ENOPROTOOPT) leaves that
+// offload off.  The MTU is the route's for a connected socket, else
+// loopback's for one bound there, else the smallest of the host's other
+// interfaces.
 UdpMode setupUdpPath(int fd, UdpPath path);
 
 // System calls and offloaded messages, so that tests and benchmarks can see
@@ -67,7 +74,7 @@ union UdpControl {
 
 struct UdpCalls {
   std::atomic<uint64_t> sendCalls{0}, recvCalls{0};  // calls that moved datagrams
-  std::atomic<uint64_t> gsoSends{0}, gsoDatagrams{0};    // messages of >1 datagram, and theirs
+  std::atomic<uint64_t> gsoSends{0}, gsoDatagrams{0}, gsoBytes{0};  // messages of >1 datagram
   std::atomic<uint64_t> groReceives{0}, groDatagrams{0};  // coalesced buffers, and their datagrams
 };
 

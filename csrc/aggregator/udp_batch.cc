@@ -3,8 +3,13 @@
 // 64 KiB datagrams on loopback the kernel's copies dominate and a batch
 // saves only the calls; with MTU-sized datagrams, GSO and GRO let one skb
 // and one system call carry up to 64 of them.
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netinet/udp.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -46,6 +51,33 @@ void setControl(msghdr& h, UdpControl& c, int type, const void* value, size_t by
   std::memcpy(CMSG_DATA(cm), value, bytes);
 }
 
+// The MTU datagrams from `fd` meet first: see UdpMode; 0 when unknown.
+size_t linkMtu(int fd) {
+  int mtu = 0;
+  socklen_t len = sizeof mtu;
+  sockaddr_storage self{}, peer{};
+  socklen_t selfLen = sizeof self, peerLen = sizeof peer;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&self), &selfLen);
+  bool v6 = self.ss_family == AF_INET6;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peerLen) == 0)
+    return getsockopt(fd, v6 ? IPPROTO_IPV6 : IPPROTO_IP, v6 ? IPV6_MTU : IP_MTU, &mtu, &len) == 0
+               ? size_t(mtu) : 0;
+  bool loopback = isLoopback(self);
+  ifaddrs* all = nullptr;
+  if (getifaddrs(&all) != 0) return 0;
+  size_t smallest = 0;
+  ifreq req{};
+  for (ifaddrs* i = all; i; i = i->ifa_next) {
+    if (!(i->ifa_flags & IFF_UP) || bool(i->ifa_flags & IFF_LOOPBACK) != loopback) continue;
+    std::strncpy(req.ifr_name, i->ifa_name, IFNAMSIZ - 1);
+    if (ioctl(fd, SIOCGIFMTU, &req) == 0 && req.ifr_mtu > 0 &&
+        (smallest == 0 || size_t(req.ifr_mtu) < smallest))
+      smallest = size_t(req.ifr_mtu);
+  }
+  freeifaddrs(all);
+  return smallest;
+}
+
 }  // namespace
 
 UdpPath udpPathSetting() {
@@ -68,6 +100,11 @@ UdpMode setupUdpPath(int fd, UdpPath path) {
   // A socket-wide segment size of 0 changes nothing; accepting it says the
   // kernel knows UDP_SEGMENT, which each message then sets in a cmsg.
   m.gso = setsockopt(fd, SOL_UDP, UDP_SEGMENT, &zero, sizeof zero) == 0;
+  sockaddr_storage self{};
+  socklen_t selfLen = sizeof self;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&self), &selfLen);
+  size_t headers = self.ss_family == AF_INET6 ? 48 : 28, mtu = linkMtu(fd);
+  m.gsoMaxSegment = mtu > headers ? std::min(mtu - headers, kMaxDatagram) : 0;
   return m;
 }
 
@@ -163,8 +200,8 @@ void SendBatch::group(size_t from) {
         const Item& head = items_[messages_[m].first];
         if (!sameDestination(head.to, head.toLen, it.to, it.toLen)) continue;
         Message& g = messages_[m];
-        if (!g.closed && len <= g.segment && g.count < kMaxGsoSegments &&
-            g.bytes + len <= kMaxDatagram)
+        if (!g.closed && len <= g.segment && g.segment <= mode_.gsoMaxSegment &&
+            g.count < kMaxGsoSegments && g.bytes + len <= kMaxDatagram)
           join = &g;
         break;
       }
@@ -251,6 +288,7 @@ int SendBatch::flush(int fd) {
         if (messages_[done].count > 1) {
           calls_->gsoSends++;
           calls_->gsoDatagrams += messages_[done].count;
+          calls_->gsoBytes += messages_[done].bytes;
         }
       }
       continue;

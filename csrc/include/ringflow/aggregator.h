@@ -49,8 +49,9 @@ struct AggregatorStats {
   // (sent with GSO, received coalesced by GRO) that carried several.
   std::string udpPath;
   bool gso = false, gro = false;
-  uint64_t sendCalls = 0, recvCalls = 0, gsoSends = 0, gsoDatagrams = 0, groReceives = 0,
-           groDatagrams = 0;
+  size_t gsoMaxSegment = 0;     // largest datagram a segmented send may carry (link MTU)
+  uint64_t sendCalls = 0, recvCalls = 0, gsoSends = 0, gsoDatagrams = 0, gsoBytes = 0,
+           groReceives = 0, groDatagrams = 0;
 };
 
 class JobTable;
