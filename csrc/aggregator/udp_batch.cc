@@ -3,19 +3,13 @@
 // 64 KiB datagrams on loopback the kernel's copies dominate and a batch
 // saves only the calls; with MTU-sized datagrams, GSO and GRO let one skb
 // and one system call carry up to 64 of them.
-#include <ifaddrs.h>
-#include <net/if.h>
 #include <netinet/udp.h>
-#include <sys/ioctl.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
 
-#include "ringflow/env.h"
 #include "ringflow/packet.h"
-#include "ringflow/settings.h"
 #include "ringflow/types.h"
 #include "udp.h"
 
@@ -27,13 +21,6 @@ constexpr size_t kMaxGsoSegments = 64;  // UDP_MAX_SEGMENTS of older kernels
 [[noreturn]] void sysError(const std::string& what) {
   throw Error(what + ": " + std::strerror(errno));
 }
-
-const SettingsRegistration kSettings(
-    {{"RINGFLOW_AGG_UDP",
-      "aggregate (workers and aggregator): how datagrams cross the kernel: offload "
-      "(default: recvmmsg/sendmmsg plus UDP_SEGMENT/UDP_GRO where the kernel has them), batch "
-      "(recvmmsg/sendmmsg only) or single (one datagram per system call)"}},
-    [] { udpPathSetting(); });
 
 bool sameDestination(const sockaddr_storage& a, socklen_t aLen, const sockaddr_storage& b,
                      socklen_t bLen) {
@@ -51,62 +38,7 @@ void setControl(msghdr& h, UdpControl& c, int type, const void* value, size_t by
   std::memcpy(CMSG_DATA(cm), value, bytes);
 }
 
-// The MTU datagrams from `fd` meet first: see UdpMode; 0 when unknown.
-size_t linkMtu(int fd) {
-  int mtu = 0;
-  socklen_t len = sizeof mtu;
-  sockaddr_storage self{}, peer{};
-  socklen_t selfLen = sizeof self, peerLen = sizeof peer;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&self), &selfLen);
-  bool v6 = self.ss_family == AF_INET6;
-  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peerLen) == 0)
-    return getsockopt(fd, v6 ? IPPROTO_IPV6 : IPPROTO_IP, v6 ? IPV6_MTU : IP_MTU, &mtu, &len) == 0
-               ? size_t(mtu) : 0;
-  bool loopback = isLoopback(self);
-  ifaddrs* all = nullptr;
-  if (getifaddrs(&all) != 0) return 0;
-  size_t smallest = 0;
-  ifreq req{};
-  for (ifaddrs* i = all; i; i = i->ifa_next) {
-    if (!(i->ifa_flags & IFF_UP) || bool(i->ifa_flags & IFF_LOOPBACK) != loopback) continue;
-    std::strncpy(req.ifr_name, i->ifa_name, IFNAMSIZ - 1);
-    if (ioctl(fd, SIOCGIFMTU, &req) == 0 && req.ifr_mtu > 0 &&
-        (smallest == 0 || size_t(req.ifr_mtu) < smallest))
-      smallest = size_t(req.ifr_mtu);
-  }
-  freeifaddrs(all);
-  return smallest;
-}
-
 }  // namespace
-
-UdpPath udpPathSetting() {
-  return UdpPath(envChoice("RINGFLOW_AGG_UDP", size_t(UdpPath::Offload),
-                           {"single", "batch", "offload"}));
-}
-
-const char* udpPathName(UdpPath path) {
-  static const char* names[] = {"single", "batch", "offload"};
-  return names[int(path)];
-}
-
-UdpMode setupUdpPath(int fd, UdpPath path) {
-  UdpMode m;
-  m.path = path;
-  if (path != UdpPath::Offload) return m;
-  int on = 1, zero = 0;
-  // Any other error than "no such option" is as good a reason to stay plain.
-  m.gro = setsockopt(fd, SOL_UDP, UDP_GRO, &on, sizeof on) == 0;
-  // A socket-wide segment size of 0 changes nothing; accepting it says the
-  // kernel knows UDP_SEGMENT, which each message then sets in a cmsg.
-  m.gso = setsockopt(fd, SOL_UDP, UDP_SEGMENT, &zero, sizeof zero) == 0;
-  sockaddr_storage self{};
-  socklen_t selfLen = sizeof self;
-  getsockname(fd, reinterpret_cast<sockaddr*>(&self), &selfLen);
-  size_t headers = self.ss_family == AF_INET6 ? 48 : 28, mtu = linkMtu(fd);
-  m.gsoMaxSegment = mtu > headers ? std::min(mtu - headers, kMaxDatagram) : 0;
-  return m;
-}
 
 RecvBatch::RecvBatch(size_t capacity, size_t bytes, UdpPath path, UdpCalls* calls)
     : bytes_(bytes), path_(path), calls_(calls), buffers_(capacity * bytes), iovs_(capacity),
