@@ -15,8 +15,15 @@ second (tensor elements / p50), bytes sent and received per call (the
 ring's are 2(n-1)/n of the tensor each way, by construction), and the CPU
 time per call of the aggregator and of a worker process (every thread),
 which says whether the host's CPUs, not the links, set the pace.
+--udp runs the aggregate calls once per way of moving datagrams through
+the kernel (RINGFLOW_AGG_UDP, set for the workers and the aggregator:
+offload = batches plus GSO/GRO, batch = recvmmsg/sendmmsg only, single =
+one datagram per system call), side by side; dg/send and dg/recv are the
+datagrams each worker moved per system call.  --packet-elems sets
+RINGFLOW_AGG_PACKET_ELEMS (e.g. 352: 1472-byte datagrams, an Ethernet MTU).
 
     python bench/aggregate.py [--workers 2,4] [--sizes 1M,16M,64M] [--iters 10]
+                              [--udp offload,batch,single] [--packet-elems K]
                               [--shaped auto|yes|no] [--rate 1gbit] [--json]
 """
 
@@ -72,7 +79,10 @@ def timed_allreduces(rank, size, sizes, iters):
         meter = CpuMeter(cpu_pids)
         p50 = allreduce_p50(x.clone, iters, check=same_as_first, meter=meter)
         after = ringflow.stats()["aggregate"]
+        delta = {k: after[k] - before[k] for k in after}
         out[str(nbytes)] = {"p50": p50, "cpu": meter.medians(),
+                            "per_send_call": delta["packets_sent"] / max(1, delta["send_calls"]),
+                            "per_recv_call": delta["packets_received"] / max(1, delta["recv_calls"]),
                             "sent": (after["bytes_sent"] - before["bytes_sent"]) / iters,
                             "received": (after["bytes_received"] - before["bytes_received"]) / iters,
                             "retransmits": (after["retransmits"] - before["retransmits"]) / iters}
@@ -100,24 +110,29 @@ class AggregatorProcess:
         return json.loads(out.strip().splitlines()[-1])
 
 
-def run_pair(workers, sizes, iters, launch, agg_host, agg_env, ring_env):
-    """(aggregate results, ring results, aggregator counters) of rank 0."""
-    agg = AggregatorProcess(workers, agg_host, agg_env)
-    try:
-        env = {**agg_env, "RINGFLOW_ALGO": "aggregate", "RINGFLOW_AGGREGATOR": agg.address,
-               "BENCH_AGGREGATOR_PID": str(agg.proc.pid)}
-        aggregate = launch(workers, env, sizes, iters)
-    finally:
-        counters = agg.close()
+def run_pair(workers, sizes, iters, launch, agg_host, agg_env, ring_env, paths):
+    """({udp path: aggregate results}, ring results, [aggregator counters]) of rank 0."""
+    aggregate, counters = {}, []
+    for path in paths:
+        path_env = {**agg_env, "RINGFLOW_AGG_UDP": path}
+        agg = AggregatorProcess(workers, agg_host, path_env)
+        try:
+            env = {**path_env, "RINGFLOW_ALGO": "aggregate", "RINGFLOW_AGGREGATOR": agg.address,
+                   "BENCH_AGGREGATOR_PID": str(agg.proc.pid)}
+            aggregate[path] = launch(workers, env, sizes, iters)
+        finally:
+            counters.append(agg.close())
     ring = launch(workers, {**ring_env, "RINGFLOW_ALGO": "ring"}, sizes, iters)
     return aggregate, ring, counters
 
 
-def rows_for(workers, sizes, aggregate, ring, shaped):
+def rows_for(workers, sizes, aggregates, ring, shaped):
     rows = []
-    for nbytes in sizes:
+    for nbytes, (path, aggregate) in ((n, pa) for n in sizes for pa in aggregates.items()):
         a, r = aggregate[str(nbytes)], ring[str(nbytes)]
-        rows.append({"workers": workers, "bytes": nbytes,
+        rows.append({"workers": workers, "bytes": nbytes, "udp": path,
+                     "datagrams_per_send_call": a["per_send_call"],
+                     "datagrams_per_recv_call": a["per_recv_call"],
                      "elements_per_s": nbytes / 4 / a["p50"],
                      "bytes_sent_per_worker": a["sent"], "bytes_received_per_worker": a["received"],
                      "aggregate_p50_us": a["p50"] * 1e6, "ring_p50_us": r["p50"] * 1e6,
@@ -134,18 +149,20 @@ def print_rows(rows):
     `busy`: (aggregator + n workers) / (CPUs x aggregate p50), how much of
     the host's CPU the aggregate call used while it ran."""
     cpus = os.cpu_count() or 1
-    print(f"#{'shaped':>8} {'workers':>7} {'size (B)':>10} {'agg (us)':>10} {'ring (us)':>10} "
-          f"{'agg/ring':>8} {'elem/s':>9} {'sent/S':>7} {'recv/S':>7} {'ring/S':>7} {'resent':>6} "
-          f"{'aggr cpu':>8} {'wkr cpu':>7} {'ring cpu':>8} {'busy':>5}")
+    print(f"#{'shaped':>8} {'workers':>7} {'size (B)':>10} {'udp':>7} {'agg (us)':>10} "
+          f"{'ring (us)':>10} {'agg/ring':>8} {'elem/s':>9} {'sent/S':>7} {'recv/S':>7} {'ring/S':>7} "
+          f"{'resent':>6} {'aggr cpu':>8} {'wkr cpu':>7} {'ring cpu':>8} {'busy':>5} "
+          f"{'dg/send':>7} {'dg/recv':>7}")
     for r in rows:
         n = r["workers"]
         busy = (r["aggregator_cpu_us"] + n * r["worker_cpu_us"]) / (cpus * r["aggregate_p50_us"])
-        print(f"{str(r['shaped']):>9} {n:>7} {r['bytes']:>10} {r['aggregate_p50_us']:>10.0f} "
+        print(f"{str(r['shaped']):>9} {n:>7} {r['bytes']:>10} {r['udp']:>7} {r['aggregate_p50_us']:>10.0f} "
               f"{r['ring_p50_us']:>10.0f} {r['aggregate_p50_us'] / r['ring_p50_us']:>8.2f} "
               f"{r['elements_per_s']:>9.2e} {r['bytes_sent_per_worker'] / r['bytes']:>7.3f} "
               f"{r['bytes_received_per_worker'] / r['bytes']:>7.3f} {2 * (n - 1) / n:>7.3f} "
               f"{r['retransmits_per_call']:>6.1f} {r['aggregator_cpu_us'] / 1e3:>8.1f} "
-              f"{r['worker_cpu_us'] / 1e3:>7.1f} {r['ring_worker_cpu_us'] / 1e3:>8.1f} {busy:>5.2f}")
+              f"{r['worker_cpu_us'] / 1e3:>7.1f} {r['ring_worker_cpu_us'] / 1e3:>8.1f} {busy:>5.2f} "
+              f"{r['datagrams_per_send_call']:>7.1f} {r['datagrams_per_recv_call']:>7.1f}")
 
 
 def main(argv=None) -> int:
@@ -157,8 +174,14 @@ def main(argv=None) -> int:
     p.add_argument("--shaped", choices=["auto", "yes", "no"], default="auto",
                    help="also run on shaped namespace hosts (auto: when root)")
     p.add_argument("--rate", default="1gbit", help="tbf rate of every worker link (default 1gbit)")
+    p.add_argument("--udp", default="offload",
+                   help="RINGFLOW_AGG_UDP values to run side by side (default offload)")
+    p.add_argument("--packet-elems", type=int, help="RINGFLOW_AGG_PACKET_ELEMS (default: the core's)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    paths = args.udp.split(",")
+    if args.packet_elems:
+        os.environ["RINGFLOW_AGG_PACKET_ELEMS"] = str(args.packet_elems)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     counts = [int(w) for w in args.workers.split(",")]
     why = netns.available() if args.shaped != "no" else "not asked for"
@@ -175,9 +198,9 @@ def main(argv=None) -> int:
     rows, counters = [], []
     for n in counts:
         print(f"[unshaped] {n} workers ...", file=sys.stderr)
-        a, r, c = run_pair(n, sizes, args.iters, local, "127.0.0.1", {}, {"RINGFLOW_SHM": "0"})
+        a, r, c = run_pair(n, sizes, args.iters, local, "127.0.0.1", {}, {"RINGFLOW_SHM": "0"}, paths)
         rows += rows_for(n, sizes, a, r, False)
-        counters.append(("unshaped", n, c))
+        counters += [("unshaped", n, path, one) for path, one in zip(paths, c)]
     if not why:
         for n in counts:
             print(f"[shaped {args.rate}] {n} worker hosts ...", file=sys.stderr)
@@ -189,14 +212,17 @@ def main(argv=None) -> int:
                                      args=(sizes_, iters), env=env, timeout=600, path=[HERE])[0]
 
                 token = {"RINGFLOW_AGG_TOKEN": secrets.token_hex(16)}
-                a, r, c = run_pair(n, sizes, args.iters, shaped, hosts.gateway, token, {})
+                a, r, c = run_pair(n, sizes, args.iters, shaped, hosts.gateway, token, {}, paths)
                 rows += rows_for(n, sizes, a, r, True)
-                counters.append((f"shaped {args.rate}", n, c))
+                counters += [(f"shaped {args.rate}", n, path, one) for path, one in zip(paths, c)]
     print_rows(rows)
-    for what, n, c in counters:
-        print(f"# aggregator ({what}, {n} workers): results={c['results']} "
-              f"duplicates={c['duplicates']} shadow_answers={c['shadow_answers']} "
-              f"stale={c['stale']} malformed={c['malformed']} bad_mac={c['bad_mac']}")
+    for what, n, path, c in counters:
+        print(f"# aggregator ({what}, {n} workers, udp {path}: gso={c['gso']} gro={c['gro']}): "
+              f"results={c['results']} duplicates={c['duplicates']} "
+              f"shadow_answers={c['shadow_answers']} stale={c['stale']} malformed={c['malformed']} "
+              f"bad_mac={c['bad_mac']} datagrams/send call="
+              f"{c['packets_sent'] / max(1, c['send_calls']):.1f} datagrams/receive call="
+              f"{c['packets_received'] / max(1, c['recv_calls']):.1f}")
     if args.json:
         print(json.dumps(rows))
     return 0

@@ -50,6 +50,7 @@ Client::Client(ClientConfig config)
     : config_(std::move(config)), auth_(config_.token),
       recvFaults_(config_.faults, uint64_t(getpid()) * 0x9e3779b97f4a7c15ull + 2) {
   if (config_.aggregators.empty()) throw InvalidArgument("aggregate: no aggregator address");
+  UdpPath path = udpPathSetting();
   if (config_.workers < 1 || config_.workers > 64)
     throw InvalidArgument("aggregate: 1..64 workers per job, got " +
                           std::to_string(config_.workers));
@@ -64,11 +65,12 @@ Client::Client(ClientConfig config)
       throw Error("aggregate: cannot reach aggregator " + e.text + ": " + std::strerror(err));
     }
     fds_.push_back(fd);
+    modes_.push_back(setupUdpPath(fd, path));
     sendFaults_.emplace_back(config_.faults, uint64_t(getpid()) * 0x2545f4914f6cdd1dull + fd);
     nextRound_.emplace_back(config_.slots, 0u);
   }
   packets_.resize(fds_.size() * config_.slots);
-  recv_ = std::make_unique<RecvBatch>(kRecvBatch, 65536);
+  recv_ = std::make_unique<RecvBatch>(kRecvBatch, 65536, path, &clientTraffic().calls);
 }
 
 Client::~Client() {
@@ -128,7 +130,9 @@ struct Client::Call {
   Call(Client& c, float* d, size_t count, uint32_t callNo)
       : cl(c), data(d), n(count), chunks((count + c.config_.packetElems - 1) / c.config_.packetElems),
         call(callNo), aggs(c.fds_.size()), slots(c.config_.slots), k(c.config_.packetElems),
-        lanes(aggs * slots), out(aggs), rejections(aggs) {}
+        lanes(aggs * slots), rejections(aggs) {
+    for (const UdpMode& m : c.modes_) out.emplace_back(m, &clientTraffic().calls);
+  }
 
   size_t stride() const { return aggs * slots; }  // chunk c, then c + stride on one lane
   size_t offsetOf(size_t chunk) const { return chunk * k; }
@@ -212,6 +216,7 @@ struct Client::Call {
       clientTraffic().packetsSent += out[a].size();
       clientTraffic().bytesSent += out[a].bytes();
       if (out[a].flush(cl.fds_[a])) unreachable(a);
+      cl.modes_[a].gso = out[a].gso();  // off for good once the kernel refused a segmented send
     }
   }
 

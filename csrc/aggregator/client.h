@@ -34,6 +34,7 @@ struct ClientConfig {
 struct ClientTraffic {
   std::atomic<uint64_t> packetsSent{0}, bytesSent{0}, packetsReceived{0}, bytesReceived{0},
       retransmits{0}, stale{0};
+  UdpCalls calls;
 };
 ClientTraffic& clientTraffic();
 
@@ -60,6 +61,7 @@ class Client {
   ClientConfig config_;
   PacketAuth auth_;
   std::vector<int> fds_;                   // one connected socket per aggregator
+  std::vector<UdpMode> modes_;             // and how each moves datagrams
   std::vector<std::vector<uint32_t>> nextRound_;  // [aggregator][slot]
   std::vector<std::vector<char>> packets_;        // per lane: what was last sent
   std::unique_ptr<RecvBatch> recv_;

@@ -43,15 +43,18 @@ Aggregator::Aggregator(AggregatorConfig config) : config_(std::move(config)) {
     throw InvalidArgument("aggregator: listening on " + config_.host +
                           " (beyond loopback) needs a job token (RINGFLOW_AGG_TOKEN), so that "
                           "only the job's workers can add to its sums");
+  UdpPath path = udpPathSetting();
   fd_ = openUdp(at.addr.ss_family, kSocketBuffer);
   try {
     port_ = bindUdp(fd_, at);
+    mode_ = std::make_unique<UdpMode>(setupUdpPath(fd_, path));
   } catch (...) {
     close(fd_);
     throw;
   }
   wakeFd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   table_ = std::make_unique<JobTable>(config_);
+  calls_ = std::make_unique<UdpCalls>();
 }
 
 Aggregator::~Aggregator() {
@@ -73,11 +76,20 @@ void Aggregator::stop() {
   (void)ignored;
 }
 
-AggregatorStats Aggregator::stats() const { return table_->stats(); }
+AggregatorStats Aggregator::stats() const {
+  AggregatorStats s = table_->stats();
+  s.udpPath = udpPathName(mode_->path);
+  s.gso = mode_->gso, s.gro = mode_->gro, s.gsoMaxSegment = mode_->gsoMaxSegment;
+  s.sendCalls = calls_->sendCalls, s.recvCalls = calls_->recvCalls;
+  s.gsoSends = calls_->gsoSends, s.gsoDatagrams = calls_->gsoDatagrams;
+  s.gsoBytes = calls_->gsoBytes;
+  s.groReceives = calls_->groReceives, s.groDatagrams = calls_->groDatagrams;
+  return s;
+}
 
 void Aggregator::run() {
-  RecvBatch in(kBatch, kRecvBuffer);
-  SendBatch out;
+  RecvBatch in(kBatch, kRecvBuffer, mode_->path, calls_.get());
+  SendBatch out(*mode_, calls_.get());
   std::vector<Reply> replies;
   FaultInjector faults(parseFaults(config_.faults), uint64_t(getpid()) * 0x9e3779b97f4a7c15ull);
   auto lastEvict = SteadyClock::now();

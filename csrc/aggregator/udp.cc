@@ -1,13 +1,21 @@
 #include "udp.h"
 
 #include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netdb.h>
+#include <netinet/udp.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
+#include "ringflow/env.h"
 #include "ringflow/host_port.h"
+#include "ringflow/packet.h"
+#include "ringflow/settings.h"
 #include "ringflow/types.h"
 
 namespace ringflow::agg {
@@ -15,6 +23,40 @@ namespace {
 
 [[noreturn]] void sysError(const std::string& what) {
   throw Error(what + ": " + std::strerror(errno));
+}
+
+const SettingsRegistration kSettings(
+    {{"RINGFLOW_AGG_UDP",
+      "aggregate (workers and aggregator): how datagrams cross the kernel: offload "
+      "(default: recvmmsg/sendmmsg plus UDP_SEGMENT/UDP_GRO where the kernel has them), batch "
+      "(recvmmsg/sendmmsg only) or single (one datagram per system call)"}},
+    [] { udpPathSetting(); });
+
+// The MTU datagrams from `fd` meet first: see UdpMode; 0 when unknown.
+size_t linkMtu(int fd) {
+  int mtu = 0;
+  socklen_t len = sizeof mtu;
+  sockaddr_storage self{}, peer{};
+  socklen_t selfLen = sizeof self, peerLen = sizeof peer;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&self), &selfLen);
+  bool v6 = self.ss_family == AF_INET6;
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peerLen) == 0)
+    return getsockopt(fd, v6 ? IPPROTO_IPV6 : IPPROTO_IP, v6 ? IPV6_MTU : IP_MTU, &mtu, &len) == 0
+               ? size_t(mtu) : 0;
+  bool loopback = isLoopback(self);
+  ifaddrs* all = nullptr;
+  if (getifaddrs(&all) != 0) return 0;
+  size_t smallest = 0;
+  ifreq req{};
+  for (ifaddrs* i = all; i; i = i->ifa_next) {
+    if (!(i->ifa_flags & IFF_UP) || bool(i->ifa_flags & IFF_LOOPBACK) != loopback) continue;
+    std::strncpy(req.ifr_name, i->ifa_name, IFNAMSIZ - 1);
+    if (ioctl(fd, SIOCGIFMTU, &req) == 0 && req.ifr_mtu > 0 &&
+        (smallest == 0 || size_t(req.ifr_mtu) < smallest))
+      smallest = size_t(req.ifr_mtu);
+  }
+  freeifaddrs(all);
+  return smallest;
 }
 
 }  // namespace
@@ -110,83 +152,32 @@ int bindUdp(int fd, const Endpoint& at) {
                                   : ntohs(reinterpret_cast<sockaddr_in6&>(got).sin6_port);
 }
 
-RecvBatch::RecvBatch(size_t capacity, size_t bytes)
-    : bytes_(bytes), buffers_(capacity * bytes), iovs_(capacity), addrs_(capacity),
-      msgs_(capacity) {
-  for (size_t i = 0; i < capacity; ++i) {
-    iovs_[i] = {buffers_.data() + i * bytes, bytes};
-    msgs_[i].msg_hdr.msg_iov = &iovs_[i];
-    msgs_[i].msg_hdr.msg_iovlen = 1;
-    msgs_[i].msg_hdr.msg_name = &addrs_[i];
-  }
+UdpPath udpPathSetting() {
+  return UdpPath(envChoice("RINGFLOW_AGG_UDP", size_t(UdpPath::Offload),
+                           {"single", "batch", "offload"}));
 }
 
-int RecvBatch::receive(int fd, bool* refused) {
-  for (auto& m : msgs_) {
-    m.msg_hdr.msg_namelen = sizeof(sockaddr_storage);
-    m.msg_hdr.msg_flags = 0;
-  }
-  for (;;) {
-    int n = recvmmsg(fd, msgs_.data(), unsigned(msgs_.size()), MSG_DONTWAIT, nullptr);
-    if (n >= 0) return n;
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-    if (errno == ECONNREFUSED && refused) {
-      *refused = true;
-      return 0;
-    }
-    sysError("recvmmsg");
-  }
+const char* udpPathName(UdpPath path) {
+  static const char* names[] = {"single", "batch", "offload"};
+  return names[int(path)];
 }
 
-void SendBatch::add(const sockaddr_storage* to, socklen_t toLen, const void* a, size_t aBytes,
-                    const void* b, size_t bBytes) {
-  if (count_ == items_.size()) items_.emplace_back();
-  Item& it = items_[count_++];
-  if (to) std::memcpy(&it.to, to, toLen);
-  it.toLen = to ? toLen : 0;
-  it.iov[0] = {const_cast<void*>(a), aBytes};
-  it.iov[1] = {const_cast<void*>(b), bBytes};
-  bytes_ += aBytes + bBytes;
-}
-
-int SendBatch::flush(int fd) {
-  msgs_.resize(count_);
-  for (size_t i = 0; i < count_; ++i) {
-    msghdr& h = msgs_[i].msg_hdr;
-    h = msghdr{};
-    h.msg_name = items_[i].toLen ? &items_[i].to : nullptr;
-    h.msg_namelen = items_[i].toLen;
-    h.msg_iov = items_[i].iov;
-    h.msg_iovlen = items_[i].iov[1].iov_len ? 2 : 1;
-  }
-  int refused = 0;
-  size_t done = 0;
-  while (done < count_) {
-    int n = sendmmsg(fd, msgs_.data() + done, unsigned(count_ - done), 0);
-    if (n > 0) {
-      done += size_t(n);
-      continue;
-    }
-    if (errno == EINTR) continue;
-    if (errno == ECONNREFUSED) {
-      // A port-unreachable from an earlier datagram, reported now: the peer
-      // is gone.  The datagram in hand was not sent.
-      ++refused;
-      ++done;
-      continue;
-    }
-    // Full queues (ENOBUFS, EAGAIN) lose this datagram, as the network
-    // may: retransmission recovers it.
-    if (errno == ENOBUFS || errno == EAGAIN || errno == EWOULDBLOCK) {
-      ++done;
-      continue;
-    }
-    count_ = bytes_ = 0;
-    sysError("sendmmsg");
-  }
-  count_ = bytes_ = 0;
-  return refused;
+UdpMode setupUdpPath(int fd, UdpPath path) {
+  UdpMode m;
+  m.path = path;
+  if (path != UdpPath::Offload) return m;
+  int on = 1, zero = 0;
+  // Any other error than "no such option" is as good a reason to stay plain.
+  m.gro = setsockopt(fd, SOL_UDP, UDP_GRO, &on, sizeof on) == 0;
+  // A socket-wide segment size of 0 changes nothing; accepting it says the
+  // kernel knows UDP_SEGMENT, which each message then sets in a cmsg.
+  m.gso = setsockopt(fd, SOL_UDP, UDP_SEGMENT, &zero, sizeof zero) == 0;
+  sockaddr_storage self{};
+  socklen_t selfLen = sizeof self;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&self), &selfLen);
+  size_t headers = self.ss_family == AF_INET6 ? 48 : 28, mtu = linkMtu(fd);
+  m.gsoMaxSegment = mtu > headers ? std::min(mtu - headers, kMaxDatagram) : 0;
+  return m;
 }
 
 }  // namespace ringflow::agg

@@ -26,6 +26,11 @@ py::dict statsDict(const agg::AggregatorStats& s) {
   d["rejected_notices"] = s.rejectedNotices, d["jobs_closed"] = s.jobsClosed;
   d["jobs_opened"] = s.jobsOpened, d["jobs_evicted"] = s.jobsEvicted;
   d["jobs_active"] = s.jobsActive, d["memory_bytes"] = s.memoryBytes;
+  d["udp_path"] = s.udpPath, d["gso"] = s.gso, d["gro"] = s.gro;
+  d["gso_max_segment"] = s.gsoMaxSegment;
+  d["send_calls"] = s.sendCalls, d["recv_calls"] = s.recvCalls;
+  d["gso_sends"] = s.gsoSends, d["gso_datagrams"] = s.gsoDatagrams, d["gso_bytes"] = s.gsoBytes;
+  d["gro_receives"] = s.groReceives, d["gro_datagrams"] = s.groDatagrams;
   return d;
 }
 
@@ -114,6 +119,11 @@ void bindAggregator(py::module_& m) {
     d["packets_sent"] = t.packetsSent.load(), d["bytes_sent"] = t.bytesSent.load();
     d["packets_received"] = t.packetsReceived.load(), d["bytes_received"] = t.bytesReceived.load();
     d["retransmits"] = t.retransmits.load(), d["stale"] = t.stale.load();
+    d["send_calls"] = t.calls.sendCalls.load(), d["recv_calls"] = t.calls.recvCalls.load();
+    d["gso_sends"] = t.calls.gsoSends.load(), d["gso_datagrams"] = t.calls.gsoDatagrams.load();
+    d["gso_bytes"] = t.calls.gsoBytes.load();
+    d["gro_receives"] = t.calls.groReceives.load();
+    d["gro_datagrams"] = t.calls.groDatagrams.load();
     return d;
   });
   m.def("encode_packet", &encodePacket, py::arg("fields"), py::arg("payload") = py::bytes(),

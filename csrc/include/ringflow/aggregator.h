@@ -44,9 +44,19 @@ struct AggregatorStats {
   uint64_t jobsOpened = 0, jobsEvicted = 0, jobsActive = 0;
   uint64_t jobsClosed = 0;      // freed because every worker said goodbye
   size_t memoryBytes = 0;       // slot memory held now
+  // How datagrams crossed the kernel (udp.h): the path, the offloads the
+  // kernel accepted, system calls that moved datagrams, and the messages
+  // (sent with GSO, received coalesced by GRO) that carried several.
+  std::string udpPath;
+  bool gso = false, gro = false;
+  size_t gsoMaxSegment = 0;     // largest datagram a segmented send may carry (link MTU)
+  uint64_t sendCalls = 0, recvCalls = 0, gsoSends = 0, gsoDatagrams = 0, gsoBytes = 0,
+           groReceives = 0, groDatagrams = 0;
 };
 
 class JobTable;
+struct UdpCalls;
+struct UdpMode;
 
 class Aggregator {
  public:
@@ -70,6 +80,8 @@ class Aggregator {
   AggregatorConfig config_;
   int fd_ = -1, wakeFd_ = -1, port_ = 0;
   std::unique_ptr<JobTable> table_;
+  std::unique_ptr<UdpMode> mode_;
+  std::unique_ptr<UdpCalls> calls_;
   std::atomic<bool> stopping_{false};
   std::thread thread_;
 };
