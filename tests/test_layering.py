@@ -42,7 +42,7 @@ PUBLIC_LAYER = {
     "shm_arena.h": "transport",
     "aggregator.h": "aggregator", "packet.h": "aggregator", "aggregator_client.h": "aggregator",
     "comm.h": "comm",
-    "algorithms.h": "algo",
+    "algorithms.h": "algo", "compress.h": "algo",
     "collectives.h": "collectives",
 }
 
@@ -121,7 +121,7 @@ PY_LEVEL = {
     "kernels": 1, "ops": 1, "shared": 1, "aggregator": 1, "rendezvous": 1, "timeline": 1,
     "staging": 1,
     "backend": 2, "jobs": 2,
-    "benchmark": 3, "cli": 3, "versions": 3, "demo": 3, "pipeline": 3,
+    "benchmark": 3, "cli": 3, "versions": 3, "demo": 3, "pipeline": 3, "hooks": 3,
     # Test and bench infrastructure still shipped in the package; it belongs
     # in tests/ and a small ringflow/benchmark/ package (issue 14, item 5).
     "_bench_util": 3, "netns": 3,

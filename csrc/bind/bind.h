@@ -22,4 +22,5 @@ void bindShm(pybind11::module_& m);
 void bindKernels(pybind11::module_& m);
 void bindStats(pybind11::module_& m);
 void bindAggregator(pybind11::module_& m);
+void bindCompress(pybind11::module_& m);
 }  // namespace ringflow::bind

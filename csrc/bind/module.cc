@@ -57,4 +57,5 @@ PYBIND11_MODULE(_C, m) {
   ringflow::bind::bindKernels(m);
   ringflow::bind::bindStats(m);
   ringflow::bind::bindAggregator(m);
+  ringflow::bind::bindCompress(m);
 }

@@ -24,6 +24,7 @@ void Comm::setGroups(const std::vector<int>& groupOf) {
     std::vector<int> across;  // the rank with my local index in every group
     for (auto& [label, ranks] : groups) across.push_back(ranks[local]);
     higher_ = subgroup(across, 0x20000000ull + uint64_t(local));
+    higher_->crossesHosts_ = groups.size() > 1;
   }
   hierarchyGroups_ = int(groups.size());
   hierarchyShards_ = int(shards);
