@@ -153,6 +153,10 @@ def lut_vs_decode(workers: int, m: int, bits: int, repeat: int) -> dict:
             "speedup": t_dec / t_lut}
 
 
+def progress(what: str) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {what} ...", file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rate", default="1gbit", help="tbf rate of every host link (default 1gbit)")
@@ -160,6 +164,9 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--quick", action="store_true", help="small sizes, 2 epochs (a smoke run)")
+    p.add_argument("--parts", default="allreduce,training,kernels",
+                   help="comma-separated, from: allreduce, training, kernels (default all)")
+    p.add_argument("--jobs", default="gru,mlp", help=f"training jobs, from: {','.join(JOBS)}")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     args = p.parse_args(argv)
     if args.quick:
@@ -169,46 +176,55 @@ def main(argv=None) -> int:
         print(f"bench/compress.py: {why}", file=sys.stderr)
         return 2
     nbytes = parse_size(args.size)
+    parts, jobs = set(args.parts.split(",")), args.jobs.split(",")
+    bad = (parts - {"allreduce", "training", "kernels"}) | (set(jobs) - set(JOBS))
+    if bad:
+        p.error(f"unknown part or job: {sorted(bad)}")
     print_header("compressed allreduce across hosts", environment() + [("load", load_average())])
     env = {"RINGFLOW_KERNEL_THREADS": "1"}
-    train_runs = {}
+    train_runs, ar, kern = {}, None, None
     with netns.Hosts(2) as hosts:
         hosts.shape(args.rate)
-        print(f"[allreduce] {args.size} x {args.iters} ...", file=sys.stderr)
-        ar = hosts.run([0, 0, 1, 1], "compress:allreduce_times", args=(nbytes, args.iters), env=env,
-                       path=[HERE])[0]
-        for job in JOBS:
+        if "allreduce" in parts:
+            progress(f"[allreduce] {args.size} x {args.iters}")
+            ar = hosts.run([0, 0, 1, 1], "compress:allreduce_times", args=(nbytes, args.iters), env=env,
+                           path=[HERE])[0]
+        for job in jobs if "training" in parts else ():
             for variant in ("exact", "lowbit", "powersgd"):
-                print(f"[training] {job} {variant} ...", file=sys.stderr)
+                progress(f"[training] {job} {variant}")
                 train_runs[job, variant] = hosts.run([0, 0, 1, 1], "compress:train",
                                                      args=(JOBS[job], variant, args.epochs), env=env,
                                                      path=[HERE], timeout=900)[0]
-    kern = lut_vs_decode(8, (1 << 18) if args.quick else (1 << 22), 2, 3 if args.quick else 9)
-
-    exact, low = ar["none"], ar["2bit"]
-    print(f"# allreduce: 2 namespace hosts x 2 ranks, host links tbf {args.rate}, float32 sum, "
-          f"{nbytes} B, mean of {args.iters} back to back (slowest rank); load {load_average()}")
-    print(f"#{'mode':>9} {'time (ms)':>10} {'x-host B/call':>14} {'rel error':>10}")
-    for name, r in (("exact", exact), ("2bit", low)):
-        print(f"{name:>10} {r['s'] * 1e3:>10.1f} {r['bytes']:>14.0f} {r['rel_error']:>10.2e}")
-    speedup, ratio = exact["s"] / low["s"], low["bytes"] / exact["bytes"]
-    print(f"# 2-bit speedup {speedup:.2f}x, bytes ratio {ratio:.4f} (1/{1 / ratio:.1f})")
-    print(f"# training: DDP over 4 ranks, {args.epochs} epochs, held-out accuracy, median step")
-    print(f"#{'job':>5} {'variant':>9} {'accuracy':>9} {'step (ms)':>10}")
-    for (job, variant), r in train_runs.items():
-        print(f"{job:>6} {variant:>9} {r['accuracy']:>9.4f} {r['step_s'] * 1e3:>10.2f}")
-    print(f"# LUT weighted sum vs decode-then-add, N={kern['workers']}, {kern['bits']} bits, "
-          f"m={kern['m']}: {kern['lut_s'] * 1e3:.2f} ms vs {kern['decode_add_s'] * 1e3:.2f} ms, "
-          f"{kern['speedup']:.2f}x")
+    if "kernels" in parts:
+        kern = lut_vs_decode(8, (1 << 18) if args.quick else (1 << 22), 2, 3 if args.quick else 9)
+    out = {"bytes": nbytes, "rate": args.rate, "load": load_average()}
+    if ar:
+        exact, low = ar["none"], ar["2bit"]
+        print(f"# allreduce: 2 namespace hosts x 2 ranks, host links tbf {args.rate}, float32 sum, "
+              f"{nbytes} B, mean of {args.iters} back to back (slowest rank); load {load_average()}")
+        print(f"#{'mode':>9} {'time (ms)':>10} {'x-host B/call':>14} {'rel error':>10}")
+        for name, r in (("exact", exact), ("2bit", low)):
+            print(f"{name:>10} {r['s'] * 1e3:>10.1f} {r['bytes']:>14.0f} {r['rel_error']:>10.2e}")
+        speedup, ratio = exact["s"] / low["s"], low["bytes"] / exact["bytes"]
+        print(f"# 2-bit speedup {speedup:.2f}x, bytes ratio {ratio:.4f} (1/{1 / ratio:.1f})")
+        out.update(exact_s=exact["s"], lowbit_s=low["s"], speedup=speedup, bytes_ratio=ratio,
+                   lowbit_rel_error=low["rel_error"])
+    if train_runs:
+        print(f"# training: DDP over 4 ranks, {args.epochs} epochs, held-out accuracy, median step")
+        print(f"#{'job':>5} {'variant':>9} {'accuracy':>9} {'step (ms)':>10}")
+        for (job, variant), r in train_runs.items():
+            print(f"{job:>6} {variant:>9} {r['accuracy']:>9.4f} {r['step_s'] * 1e3:>10.2f}")
+        out["accuracies"] = {job: {v: r["accuracy"] for (j, v), r in train_runs.items() if j == job}
+                             for job in jobs}
+        out["step_s"] = {job: {v: r["step_s"] for (j, v), r in train_runs.items() if j == job}
+                         for job in jobs}
+    if kern:
+        print(f"# LUT weighted sum vs decode-then-add, N={kern['workers']}, {kern['bits']} bits, "
+              f"m={kern['m']}: {kern['lut_s'] * 1e3:.2f} ms vs {kern['decode_add_s'] * 1e3:.2f} ms, "
+              f"{kern['speedup']:.2f}x")
+        out["lut"] = kern
     if args.json:
-        print(json.dumps({
-            "bytes": nbytes, "rate": args.rate, "exact_s": exact["s"], "lowbit_s": low["s"],
-            "speedup": speedup, "bytes_ratio": ratio, "lowbit_rel_error": low["rel_error"],
-            "accuracies": {job: {v: train_runs[job, v]["accuracy"] for v in ("exact", "lowbit", "powersgd")}
-                           for job in JOBS},
-            "step_s": {job: {v: train_runs[job, v]["step_s"] for v in ("exact", "lowbit", "powersgd")}
-                       for job in JOBS},
-            "lut": kern, "load": load_average()}))
+        print(json.dumps(out))
     return 0
 
 
