@@ -20,6 +20,7 @@ Needs root (network namespaces, tc).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -167,6 +168,10 @@ def main(argv=None) -> int:
     p.add_argument("--parts", default="allreduce,training,kernels",
                    help="comma-separated, from: allreduce, training, kernels (default all)")
     p.add_argument("--jobs", default="gru,mlp", help=f"training jobs, from: {','.join(JOBS)}")
+    p.add_argument("--variants", default="exact,lowbit,powersgd", help="training variants")
+    p.add_argument("--train-here", action="store_true",
+                   help="train on this host, hosts faked with RINGFLOW_GROUPS (no namespaces): "
+                        "accuracy only, step times are loopback ones")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the figures")
     args = p.parse_args(argv)
     if args.quick:
@@ -180,21 +185,29 @@ def main(argv=None) -> int:
     bad = (parts - {"allreduce", "training", "kernels"}) | (set(jobs) - set(JOBS))
     if bad:
         p.error(f"unknown part or job: {sorted(bad)}")
+    if args.train_here and "allreduce" in parts:
+        p.error("--train-here is for --parts training,kernels: the allreduce needs the shaped hosts")
     print_header("compressed allreduce across hosts", environment() + [("load", load_average())])
     env = {"RINGFLOW_KERNEL_THREADS": "1"}
     train_runs, ar, kern = {}, None, None
-    with netns.Hosts(2) as hosts:
-        hosts.shape(args.rate)
+    with netns.Hosts(2) if not args.train_here else contextlib.nullcontext() as hosts:
+        if hosts:
+            hosts.shape(args.rate)
         if "allreduce" in parts:
             progress(f"[allreduce] {args.size} x {args.iters}")
             ar = hosts.run([0, 0, 1, 1], "compress:allreduce_times", args=(nbytes, args.iters), env=env,
                            path=[HERE])[0]
         for job in jobs if "training" in parts else ():
-            for variant in ("exact", "lowbit", "powersgd"):
+            for variant in args.variants.split(","):
                 progress(f"[training] {job} {variant}")
-                train_runs[job, variant] = hosts.run([0, 0, 1, 1], "compress:train",
-                                                     args=(JOBS[job], variant, args.epochs), env=env,
-                                                     path=[HERE], timeout=900)[0]
+                targs = (JOBS[job], variant, args.epochs)
+                if args.train_here:
+                    train_runs[job, variant] = netns.run_ranks(
+                        [[]] * 4, [{"RINGFLOW_GROUPS": "h0,h0,h1,h1"}] * 4, "127.0.0.1", "compress:train",
+                        targs, env, timeout=900, path=[HERE])[0]
+                else:
+                    train_runs[job, variant] = hosts.run([0, 0, 1, 1], "compress:train", args=targs, env=env,
+                                                         path=[HERE], timeout=900)[0]
     if "kernels" in parts:
         kern = lut_vs_decode(8, (1 << 18) if args.quick else (1 << 22), 2, 3 if args.quick else 9)
     out = {"bytes": nbytes, "rate": args.rate, "load": load_average()}
