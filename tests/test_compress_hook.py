@@ -73,3 +73,26 @@ def test_lowbit_hook_rejects_bad_bits():
 
     with pytest.raises(ValueError, match="lowbit hook bits must be one of \\[1, 2, 4, 8\\], got 3"):
         ringflow.hooks.lowbit(bits=3)
+
+
+def powersgd_steps(rank, size):
+    import torch
+    from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as psgd
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    init_torch(rank, size)
+    torch.manual_seed(0)
+    model = DDP(torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1)))
+    state = psgd.PowerSGDState(process_group=None, matrix_approximation_rank=1, start_powerSGD_iter=2)
+    model.register_comm_hook(state, psgd.powerSGD_hook)
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(rank))
+    for _ in range(5):  # past start_powerSGD_iter: the compressed path runs
+        model.zero_grad()
+        model(x).pow(2).mean().backward()
+    return [float(p.grad.norm()) for p in model.parameters()]
+
+
+def test_powersgd_hook_runs_on_ringflow():
+    # PowerSGD's then-callback starts an allreduce and waits on its future.
+    res = run_world(2, powersgd_steps, timeout=90)
+    assert res[0] == res[1] and all(g > 0 for g in res[0])

@@ -117,6 +117,11 @@ class Work(dist.Work):
         # Torch crashes when DDP's future carries an exception, so the raw
         # future carries the error as its value and a then() re-raises it.
         raw = torch.futures.Future()
+        if threading.current_thread().name == "ringflow-futures":
+            # Asked from a then-callback the completer thread is running
+            # (PowerSGD's hook waits on a new allreduce there): queued behind
+            # that callback it could never complete, so complete it here.
+            self._complete()
         if self.is_completed():
             raw.set_result(self._error if self._error is not None else self._result)
         else:
