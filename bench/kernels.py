@@ -170,6 +170,17 @@ def torch_dequant(torch, packed, scales, rows, cols, bits, block):
     return vals.mul_(scales.repeat_interleave(block, dim=1)[:, :cols])
 
 
+def decode_then_add(packed, scales, m: int, bits: int, block: int, acc, row):
+    """What the LUT weighted sum replaces: decode each rank's codes
+    (dequantize_lowbit) and add the floats, into buffers allocated once."""
+    K = _C.kernels
+    K.dequantize_lowbit(acc.ctypes.data, packed[0].ctypes.data, scales[0].ctypes.data, m, bits, block)
+    for k in range(1, len(packed)):
+        K.dequantize_lowbit(row.ctypes.data, packed[k].ctypes.data, scales[k].ctypes.data, m, bits, block)
+        np.add(acc, row, out=acc)
+    return acc
+
+
 def bench_lut(t: Table, rows: int, cols: int, workers: int, m: int, repeat: int):
     import torch
 
@@ -208,6 +219,13 @@ def bench_lut(t: Table, rows: int, cols: int, workers: int, m: int, repeat: int)
         tb = median_time(lambda: ct @ torch_dequant(torch, pt, st, workers, m, bits, block), repeat)
         nbytes = packed.nbytes + scales.nbytes + 4 * m
         t.add(f"lut_weighted_sum_N{workers}", "float32", bits, m, tl, nbytes, "torch dequant+matmul (1 thr)", tb)
+        ones, y, acc, row = (np.ones(workers, np.float32), np.empty(m, np.float32), np.empty(m, np.float32),
+                             np.empty(m, np.float32))
+        K = _C.kernels
+        tu = median_time(lambda: K.lut_weighted_sum(y.ctypes.data, packed.ctypes.data, scales.ctypes.data,
+                                                    ones.ctypes.data, workers, m, bits, block), repeat)
+        td = median_time(lambda: decode_then_add(packed, scales, m, bits, block, acc, row), repeat)
+        t.add(f"lut_sum_N{workers}", "float32", bits, m, tu, nbytes, "decode-then-add (1 thr)", td)
 
 
 def gpu_copy_gbps(torch, nbytes: int, repeat: int) -> float:

@@ -43,7 +43,7 @@ PUBLIC_LAYER = {
     "shm_arena.h": "transport",
     "aggregator.h": "aggregator", "packet.h": "aggregator", "aggregator_client.h": "aggregator",
     "comm.h": "comm",
-    "algorithms.h": "algo",
+    "algorithms.h": "algo", "compress.h": "algo",
     "collectives.h": "collectives",
     "malt.h": "malt",
 }
@@ -123,7 +123,7 @@ PY_LEVEL = {
     "kernels": 1, "ops": 1, "shared": 1, "aggregator": 1, "rendezvous": 1, "timeline": 1,
     "staging": 1, "tune": 1,
     "backend": 2, "jobs": 2, "malt": 2,
-    "benchmark": 3, "cli": 3, "versions": 3, "demo": 3, "pipeline": 3,
+    "benchmark": 3, "cli": 3, "versions": 3, "demo": 3, "pipeline": 3, "hooks": 3,
     "service": 3,
     "__init__": 4,
 }

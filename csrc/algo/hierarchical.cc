@@ -7,6 +7,9 @@
 // side by side.  K is the smallest group's size: in a larger group, local
 // ranks K and up get empty blocks (they only add their data in and receive
 // the result), so every group cuts the message at the same offsets.
+// With compression on (compress.h), floating-point sums cross the higher
+// ring as low-bit codes (compressed.cc); the lower rings stay exact.
+#include "ringflow/compress.h"
 #include "schedule.h"
 #include "ringflow/kernels.h"
 
@@ -34,13 +37,16 @@ void hierarchicalAllreduce(Comm& c, Buffer data, ReduceOp op) {
   Blocks blocks(counts);
   const int mine = lower->rank();
   Buffer shard{data.at(blocks.offset(mine)), blocks.count(mine), data.dtype};
+  const int bits = compressBitsFor(c, data.dtype, op);
 
   lower->runInline(subCall(c.op(), OpKind::ReduceScatter, data.count), c, [&] {
     if (lower->size() > 1) reduceScatterInPlace(*lower, data, blocks, op);
   });
   if (higher)
     higher->runInline(subCall(c.op(), OpKind::AllReduce, shard.count), c, [&] {
-      if (higher->size() > 1) {
+      if (higher->size() > 1 && bits) {
+        compressedAllreduce(*higher, shard, c, data.ptr, data.count, bits);
+      } else if (higher->size() > 1) {
         Blocks across(shard.count, higher->size());
         reduceScatterInPlace(*higher, shard, across, op);
         allgatherInPlace(*higher, shard, across);

@@ -21,6 +21,7 @@
 // A tuned schedule set on the communicator (algo/tuned.cc) comes first.
 #include <vector>
 
+#include "ringflow/compress.h"
 #include "ringflow/env.h"
 #include "ringflow/settings.h"
 #include "ringflow/shm.h"
@@ -70,6 +71,8 @@ namespace {
 
 // The allreduces a call can run; never Auto.
 Choice choose(Comm& c, size_t bytes, DType dtype, ReduceOp op) {
+  // RINGFLOW_COMPRESS lives on the hierarchical algorithm's cross-host ring.
+  if (compressBitsFor(c, dtype, op)) return Choice::Hierarchical;
   switch (fromEnv()) {
     case Choice::Aggregate:
       if (aggregateApplies(dtype, op)) return Choice::Aggregate;

@@ -24,4 +24,5 @@ void bindStats(pybind11::module_& m);
 void bindAggregator(pybind11::module_& m);
 void bindSchedule(pybind11::module_& m);
 void bindMalt(pybind11::module_& m);
+void bindCompress(pybind11::module_& m);
 }  // namespace ringflow::bind

@@ -59,4 +59,5 @@ PYBIND11_MODULE(_C, m) {
   ringflow::bind::bindAggregator(m);
   ringflow::bind::bindSchedule(m);
   ringflow::bind::bindMalt(m);
+  ringflow::bind::bindCompress(m);
 }

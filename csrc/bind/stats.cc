@@ -37,6 +37,9 @@ void bindStats(py::module_& m) {
     out["last_warning"] = s.lastWarning();
     out["ops"] = ops;
     out["recent"] = recent;
+    out["bytes_sent"] = s.bytesSent();
+    out["cross_host_bytes_sent"] = s.crossHostBytesSent();
+    out["compressed_calls"] = s.compressedCalls();
     return out;
   });
   m.def("reset_stats", [] { Stats::global().reset(); });

@@ -159,6 +159,7 @@ void Comm::complete(Task& task, std::exception_ptr failure) {
 RequestPtr Comm::isend(int to, uint64_t slot, const void* data, size_t bytes) {
   auto r = transport_->send(members_[to], MsgKey{id_, op_.seq, slot, Channel::Collective}, op_,
                             data, bytes);
+  Stats::global().addSent(bytes, crossesHosts_);
   inflight_.push_back(r);
   return r;
 }

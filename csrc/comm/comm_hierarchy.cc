@@ -34,6 +34,7 @@ void Comm::setGroupsInOrder(const std::vector<int>& groupOf, const std::vector<i
     std::vector<int> across;  // the rank with my local index in every group
     for (auto& [label, ranks] : groups) across.push_back(ranks[local]);
     higher_ = subgroup(across, 0x20000000ull + uint64_t(local) + generation);
+    higher_->crossesHosts_ = groups.size() > 1;
   }
   hierarchyGroups_ = int(groups.size());
   hierarchyShards_ = int(shards);

@@ -91,7 +91,15 @@ std::string Stats::lastWarning() {
   return lastWarning_;
 }
 
+void Stats::addSent(size_t bytes, bool crossHost) {
+  bytesSent_.fetch_add(bytes, std::memory_order_relaxed);
+  if (crossHost) crossHostBytes_.fetch_add(bytes, std::memory_order_relaxed);
+}
+
 void Stats::reset() {
+  bytesSent_ = 0;
+  crossHostBytes_ = 0;
+  compressedCalls_ = 0;
   std::lock_guard<std::mutex> lock(mu_);
   kinds_.clear();
   recent_.clear();

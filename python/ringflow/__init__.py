@@ -46,7 +46,11 @@ def stats() -> dict:
     (packets and bytes sent and received, retransmissions); ``huge_pages``
     the buffers collapsed into huge pages (RINGFLOW_SHM_HUGEPAGES);
     ``shared_buffers`` this process's shared tensors (shared_empty) and the
-    peers' ones it maps.
+    peers' ones it maps.  ``bytes_sent`` counts the bytes this process's
+    collectives handed to links, ``cross_host_bytes_sent`` those of them on
+    levels that cross hosts (the higher-order rings), and
+    ``compressed_calls`` the allreduces whose cross-host level ran low-bit
+    compressed (RINGFLOW_COMPRESS).
     """
     out = dict(_C.stats())
     out["aggregate"] = dict(_C.aggregate_traffic())
@@ -65,7 +69,7 @@ def _register_torch_backend() -> None:
         import torch.distributed  # noqa: F401
     except ImportError:
         return
-    from . import backend
+    from . import backend, hooks  # noqa: F401 - ringflow.hooks: DDP communication hooks
 
     backend.register()
 

@@ -11,6 +11,7 @@ import atexit
 import queue
 import threading
 import weakref
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
@@ -117,6 +118,11 @@ class Work(dist.Work):
         # Torch crashes when DDP's future carries an exception, so the raw
         # future carries the error as its value and a then() re-raises it.
         raw = torch.futures.Future()
+        if threading.current_thread().name == "ringflow-futures":
+            # Asked from a then-callback the completer thread is running
+            # (PowerSGD's hook waits on a new allreduce there): queued behind
+            # that callback it could never complete, so complete it here.
+            self._complete()
         if self.is_completed():
             raw.set_result(self._error if self._error is not None else self._result)
         else:
@@ -421,6 +427,27 @@ def set_groups(group, labels) -> None:
     pg._comm_owner.set_groups(labels)
 
 
+def set_compress(group, mode: str) -> None:
+    """Low-bit compression of a ringflow group's cross-host level (None: the
+    default group): "none", "int8", "4bit", "2bit", "1bit", or "" to follow
+    RINGFLOW_COMPRESS.  Every rank passes the same mode, between calls."""
+    pg = dist.distributed_c10d._get_default_group() if group is None else group
+    if not isinstance(pg, ProcessGroup):
+        raise ValueError(f"set_compress needs a ringflow group, got {type(pg).__name__}")
+    _C.set_compress(pg._comm, mode)
+
+
+@dataclass
+class Options:
+    """A ringflow group's pg_options, e.g.
+    ``dist.new_group(backend="ringflow", pg_options=Options(compress="2bit"))``.
+
+    compress: low-bit compression of the group's cross-host level (see
+    set_compress); "" follows RINGFLOW_COMPRESS."""
+
+    compress: str = ""
+
+
 def _complete_futures(q: "queue.SimpleQueue") -> None:
     while True:
         item = q.get()
@@ -436,8 +463,15 @@ def _shutdown(owner: Communicator, completer: "queue.SimpleQueue") -> None:
     owner.close()
 
 
-def create(store, rank: int, size: int, timeout: timedelta) -> ProcessGroup:
-    return ProcessGroup(store, rank, size, timeout)
+def create(opts, options: Options | None = None) -> ProcessGroup:
+    """torch's extended backend API: opts carries store, rank, size and
+    timeout; options is the group's pg_options."""
+    pg = ProcessGroup(opts.store, opts.group_rank, opts.group_size, opts.timeout)
+    if options is not None:
+        if not isinstance(options, Options):
+            raise ValueError(f"ringflow pg_options must be ringflow.backend.Options, got {type(options).__name__}")
+        _C.set_compress(pg._comm, options.compress)
+    return pg
 
 
 _registered = False
@@ -449,7 +483,7 @@ def register() -> None:
     if _registered:
         return
     if "ringflow" not in dist.Backend.backend_list:
-        dist.Backend.register_backend("ringflow", create, devices=["cpu", "cuda"])
+        dist.Backend.register_backend("ringflow", create, extended_api=True, devices=["cpu", "cuda"])
     _registered = True
 
 

@@ -91,8 +91,11 @@ class Communicator:
         labels = os.environ.get("RINGFLOW_GROUPS")
         if labels:
             self.set_groups(labels.split(","), strict=False)
-        elif _hierarchy_pays(hosts):
-            self.set_groups(hosts)  # by default one lower-order group per host
+        elif _hierarchy_pays(hosts) or len(set(hosts)) == size > 1:
+            # By default one lower-order group per host.  With one rank a
+            # host the layout only names the ring that crosses hosts, which
+            # RINGFLOW_COMPRESS applies to; the flat ring still runs.
+            self.set_groups(hosts)
 
     def set_groups(self, labels, strict: bool = True) -> bool:
         """Hierarchical layout: labels[r] names rank r's lower-order group.

@@ -92,6 +92,15 @@ class Comm : public std::enable_shared_from_this<Comm> {
   Comm* ring() const { return ring_.get(); }
   // The schedule's piece size (0: the default), on its sub-rings too.
   size_t pieceBytes() const { return pieceBytes_; }
+  // Whether this communicator's links cross hosts: the higher-order ring of
+  // a layout of several groups.  Its sends are counted apart in the stats,
+  // and it is the level compressed allreduce (algo/compressed.cc) applies to.
+  bool crossesHosts() const { return crossesHosts_; }
+  // Low-bit compression of this communicator's cross-host level, in bits per
+  // element (0: exact); -1 (the default) follows RINGFLOW_COMPRESS.  Every
+  // member sets the same value, between calls (a process group's options).
+  void setCompressBits(int bits) { compressBits_.store(bits); }
+  int compressBits() const { return compressBits_.load(); }
 
   // Runs `body` as a call of this (private sub-)communicator on the calling
   // thread, inside a call of `parent` whose deadline it shares.  Waits are
@@ -176,6 +185,8 @@ class Comm : public std::enable_shared_from_this<Comm> {
   };
   std::unique_ptr<Layout> untunedLayout_;
   void setPieceBytes(size_t bytes);
+  bool crossesHosts_ = false;
+  std::atomic<int> compressBits_{-1};
   std::unordered_map<std::type_index, std::shared_ptr<void>> attachments_;
   Comm* creditWaitsTo_ = nullptr;  // parent of a call run inline
   uint64_t id_;

@@ -4,6 +4,8 @@
 // the peer this rank waited on longest is remembered as the slow hop.
 #pragma once
 
+#include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -44,6 +46,17 @@ class Stats {
   // Records a finished call; returns the warning text if it was too slow.
   std::string record(const std::string& kind, OpRecord r);
 
+  // Bytes collective calls hand to their links (the shared-memory arena's
+  // steps are not link sends and are not counted): all of them, and those of
+  // communicators that cross hosts (Comm::crossesHosts).  Lock-free: every
+  // send adds here.
+  void addSent(size_t bytes, bool crossHost);
+  // One allreduce ran its cross-host level compressed (algo/compressed.cc).
+  void addCompressedCall() { compressedCalls_.fetch_add(1, std::memory_order_relaxed); }
+  uint64_t bytesSent() const { return bytesSent_.load(std::memory_order_relaxed); }
+  uint64_t crossHostBytesSent() const { return crossHostBytes_.load(std::memory_order_relaxed); }
+  uint64_t compressedCalls() const { return compressedCalls_.load(std::memory_order_relaxed); }
+
   std::map<std::string, OpKindStats> byKind();
   std::deque<OpRecord> recent();
   uint64_t warnings();
@@ -58,6 +71,7 @@ class Stats {
   std::deque<OpRecord> recent_;  // the last kRecent calls
   uint64_t warnings_ = 0;
   std::string lastWarning_;
+  std::atomic<uint64_t> bytesSent_{0}, crossHostBytes_{0}, compressedCalls_{0};
 };
 
 }  // namespace ringflow
