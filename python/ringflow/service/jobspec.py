@@ -12,7 +12,10 @@ path, default the master's DIR/jobs/ID/versions, which the workers must see).
 
 from __future__ import annotations
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python < 3.11: the same parser, packaged
+    import tomli as tomllib
 
 _KEYS = {  # key: (type(s), default; None = required)
     "name": (str, None), "dataset": (str, None), "entry": (str, None),
