@@ -5,7 +5,7 @@
 Runs against the installed ringflow.  For each state size (20 tensors
 for 100M, 100 for 1G, like the layers of a model) it measures:
   fork         how long the training loop is held by BackgroundCommitter.submit with
-               snapshot="fork" (the default for states of 64 MiB or more): the fork;
+               snapshot="fork": the fork;
                cow = the copy-on-write faults the loop's next update of every tensor
                pays while the commit process still holds the pages
   stall        the same with snapshot="copy" (a copy of the state; steady state, when

@@ -1,19 +1,19 @@
 """Background commits: the training loop pays only for a snapshot of the state.
 
 Two kinds of snapshot (`BackgroundCommitter(snapshot=...)`):
-  copy  `submit` copies every tensor, so the loop may go on changing its
-        parameters at once, and hands the copy to a writer thread that
-        hashes, writes, syncs and moves HEAD (hashing and file I/O release
-        the GIL, so the thread runs beside the loop).  The loop waits for
-        one copy of the state: a memcpy of every byte.
+  copy  (the default) `submit` copies every tensor, so the loop may go on
+        changing its parameters at once, and hands the copy to a writer
+        thread that hashes, writes, syncs and moves HEAD (hashing and file
+        I/O release the GIL, so the thread runs beside the loop).  The loop
+        waits for one copy of the state, into the previous snapshot's memory.
   fork  `submit` forks; the child commits the state as it was at the fork
-        (copy-on-write, forked.py).  The loop waits for the fork: page
-        tables, not bytes, so a 1 GiB state costs milliseconds.  One commit
-        is in flight at a time (the next submit waits for it), which keeps
-        the commits in submission order.
-"auto" (the default) forks for states of FORK_BYTES or more held in CPU
-memory where the OS can fork, and copies otherwise (forking a large process
-costs more than copying a small state; CUDA tensors need a copy anyway).
+        (copy-on-write, forked.py).  The loop waits for the fork (page
+        tables, not bytes), but then pays a copy-on-write fault for every
+        page it updates while the child still reads it: on the 2-vCPU VM of
+        bench/RESULTS.md, 1 GiB forked in 30-105 ms against a 140-150 ms copy,
+        and the next update of the state took 1.3-2.3 s longer.  For loops
+        that commit rarely and must never be held long.  One forked commit is
+        in flight at a time, which keeps the commits in submission order.
 """
 
 from __future__ import annotations
@@ -29,10 +29,8 @@ import torch
 from .errors import StoreError
 from .forked import commit_forked
 from .store import Store
-from .tree import flatten
 
-FORK_BYTES = 64 << 20
-SNAPSHOTS = ("auto", "copy", "fork")
+SNAPSHOTS = ("copy", "fork")
 
 
 def snapshot(state, into=None):
@@ -63,7 +61,7 @@ class BackgroundCommitter:
     """Commits snapshots on a thread; at most `max_pending` commits wait to be written."""
 
     def __init__(self, store: Store, max_pending: int = 2, timeout_s: float = 600.0,
-                 snapshot: str = "auto"):
+                 snapshot: str = "copy"):
         if snapshot not in SNAPSHOTS:
             raise ValueError(f"snapshot must be one of {', '.join(SNAPSHOTS)}, got {snapshot!r}")
         if snapshot == "fork" and not hasattr(os, "fork"):
@@ -86,7 +84,7 @@ class BackgroundCommitter:
         t0 = time.perf_counter()
         if isinstance(state, torch.nn.Module):
             state = state.state_dict()
-        if self._forks(state):
+        if self.snapshot == "fork":
             while self._pending:  # one commit in flight: the commits stay in submission order
                 self._wait(self._pending.popleft())
             if self._closed:
@@ -115,16 +113,6 @@ class BackgroundCommitter:
         """Waits for an earlier commit; its failure stays on its own Future."""
         if not wait([fut], timeout=self.timeout_s).done:
             raise StoreError(f"an earlier commit did not finish within {self.timeout_s:g} s")
-
-    def _forks(self, state) -> bool:
-        if self.snapshot != "auto":
-            return self.snapshot == "fork"
-        if not hasattr(os, "fork"):
-            return False
-        _, tensors = flatten(state)
-        if any(t.device.type != "cpu" for t in tensors.values()):
-            return False
-        return sum(t.numel() * t.element_size() for t in tensors.values()) >= FORK_BYTES
 
     def flush(self) -> list[str]:
         """Waits for every pending commit; returns their ids (raises the first failure)."""
