@@ -10,8 +10,8 @@ Two kinds of snapshot (`BackgroundCommitter(snapshot=...)`):
         (copy-on-write, forked.py).  The loop waits for the fork (page
         tables, not bytes), but then pays a copy-on-write fault for every
         page it updates while the child still reads it: on the 2-vCPU VM of
-        bench/RESULTS.md, 1 GiB forked in 30-105 ms against a 140-150 ms copy,
-        and the next update of the state took 1.3-2.3 s longer.  For loops
+        bench/RESULTS.md, 1 GiB forked in 36-105 ms against a 148-191 ms copy,
+        and the next update of the state took 2.2-2.3 s longer.  For loops
         that commit rarely and must never be held long.  One forked commit is
         in flight at a time, which keeps the commits in submission order.
 """
