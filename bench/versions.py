@@ -35,14 +35,8 @@ import time
 import torch
 
 import ringflow
+from ringflow.benchmark.measure import parse_size
 from ringflow.versions import BackgroundCommitter, Store
-
-
-
-def parse_size(t: str) -> int:
-    t = t.strip().upper()
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1], 1)
-    return int(float(t.rstrip("KMG")) * mult)
 
 
 def header() -> dict:

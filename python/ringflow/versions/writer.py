@@ -76,14 +76,16 @@ class BackgroundCommitter:
         self._closed = False
         self._free: list = []   # snapshots already written, reused as copy targets
         self.last_stall_s = 0.0
-        self._thread = threading.Thread(target=self._run, name="ringflow-versions-writer", daemon=True)
-        self._thread.start()
+        # The writer thread serves copies; a forked commit writes in its child.
+        self._thread = None
+        if snapshot == "copy":
+            self._thread = threading.Thread(target=self._run, name="ringflow-versions-writer",
+                                            daemon=True)
+            self._thread.start()
 
     def submit(self, state, **commit_kwargs) -> Future:
         """Snapshots `state` and returns a Future of the commit id (see Store.commit)."""
         t0 = time.perf_counter()
-        if isinstance(state, torch.nn.Module):
-            state = state.state_dict()
         if self.snapshot == "fork":
             while self._pending:  # one commit in flight: the commits stay in submission order
                 self._wait(self._pending.popleft())
@@ -128,7 +130,8 @@ class BackgroundCommitter:
             with self._cv:
                 self._closed = True
                 self._cv.notify()
-            self._thread.join(timeout=self.timeout_s)
+            if self._thread is not None:
+                self._thread.join(timeout=self.timeout_s)
 
     def _run(self) -> None:
         while True:
