@@ -14,10 +14,9 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import queue
 import sys
-import time
-import traceback
+
+from .benchmark import harness
 
 # Generous: the whole demo takes about two minutes on 2 CPUs.
 WORLD_TIMEOUT_S = 900
@@ -28,86 +27,56 @@ PRELOAD = ["torch", "torch.distributed", "torch.nn.parallel", "torch._dynamo", "
            "ringflow.versions.training", "ringflow.jobs.gru"]
 
 
-def _worker(rank, world, port, backend, opts, results):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    try:
-        import torch
+def _worker(rank, world, backend, opts):
+    """One rank (run by benchmark.harness, which sets MASTER_ADDR/PORT)."""
+    import torch
 
-        torch.set_num_threads(1)  # `world` processes share the machine's cores
-        from datetime import timedelta
+    torch.set_num_threads(1)  # `world` processes share the machine's cores
+    from datetime import timedelta
 
-        import torch.distributed as dist
+    import torch.distributed as dist
 
-        import ringflow  # noqa: F401 - registers the backend
-        from ringflow.jobs.gru import build
-        from ringflow.versions.guard import GuardConfig
-        from ringflow.versions.training import TrainConfig, train
+    import ringflow  # noqa: F401 - registers the backend
+    from ringflow.jobs.gru import build
+    from ringflow.versions.guard import GuardConfig
+    from ringflow.versions.training import TrainConfig, train
 
-        dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=120))
-        job = build(batch_size=opts["batch_size"])
-        inject = {opts["inject_nan"]: (opts["inject_rank"], "nan")} if opts["inject_nan"] >= 0 else {}
-        cfg = TrainConfig(steps=opts["steps"], commit_every=opts["commit_every"],
-                          store=opts["store"] + "-" + backend, inject=inject,
-                          guard=GuardConfig(max_rollbacks=opts["max_rollbacks"]))
-        bar = None
-        if rank == 0 and opts["progress"]:
-            from tqdm import tqdm
+    dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=120))
+    job = build(batch_size=opts["batch_size"])
+    inject = {opts["inject_nan"]: (opts["inject_rank"], "nan")} if opts["inject_nan"] >= 0 else {}
+    cfg = TrainConfig(steps=opts["steps"], commit_every=opts["commit_every"],
+                      store=opts["store"] + "-" + backend, inject=inject,
+                      guard=GuardConfig(max_rollbacks=opts["max_rollbacks"]))
+    bar = None
+    if rank == 0 and opts["progress"]:
+        from tqdm import tqdm
 
-            bar = tqdm(total=opts["steps"], desc=f"{backend:>8}", file=sys.stderr, leave=True,
-                       dynamic_ncols=True)
-        acc = [float("nan")]
+        bar = tqdm(total=opts["steps"], desc=f"{backend:>8}", file=sys.stderr, leave=True,
+                   dynamic_ncols=True)
+    acc = [float("nan")]
 
-        def on_step(step, loss, rollbacks, evaluate):
-            if bar is None:
-                return
-            if step % opts["commit_every"] == 0:
-                acc[0] = evaluate()["accuracy"]
-            bar.n = step
-            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc[0]:.3f}", rollbacks=rollbacks)
+    def on_step(step, loss, rollbacks, evaluate):
+        if bar is None:
+            return
+        if step % opts["commit_every"] == 0:
+            acc[0] = evaluate()["accuracy"]
+        bar.n = step
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc[0]:.3f}", rollbacks=rollbacks)
 
-        res = train(job, cfg, on_step)
-        if bar is not None:
-            bar.close()
-        dist.destroy_process_group()
-        results.put((rank, True, res.__dict__))
-    except BaseException:  # noqa: BLE001 - shown by the parent
-        results.put((rank, False, traceback.format_exc()))
+    res = train(job, cfg, on_step)
+    if bar is not None:
+        bar.close()
+    dist.destroy_process_group()
+    return res.__dict__
 
 
 def run_world(world: int, backend: str, opts: dict, timeout_s: float = WORLD_TIMEOUT_S) -> list[dict]:
-    """Spawns `world` training processes; returns their results or raises naming the failed ranks."""
-    import socket
-
+    """Runs `world` training processes (forked from a server that has
+    imported torch once); returns their results or raises WorldError naming
+    the failed ranks."""
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
-    results = ctx.Queue()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [ctx.Process(target=_worker, args=(r, world, port, backend, opts, results), daemon=True)
-             for r in range(world)]
-    for p in procs:
-        p.start()
-    got, deadline = {}, time.monotonic() + timeout_s
-    while len(got) < world and time.monotonic() < deadline:
-        try:
-            r, ok, val = results.get(timeout=0.5)
-            got[r] = (ok, val)
-        except queue.Empty:
-            if all(not p.is_alive() for p in procs) and results.empty():
-                break
-    for p in procs:
-        p.join(timeout=10)
-        if p.is_alive():
-            p.kill()
-            p.join()
-    failed = [f"rank {r}: " + (got[r][1] if r in got else
-                               f"no result (exit code {procs[r].exitcode}"
-                               f"{', killed at the timeout' if time.monotonic() >= deadline else ''})")
-              for r in range(world) if r not in got or not got[r][0]]
-    if failed:
-        raise RuntimeError(f"the {backend} run failed:\n" + "\n".join(failed))
-    return [got[r][1] for r in range(world)]
+    return harness.run_world(_worker, world, (backend, opts), timeout=timeout_s, context=ctx)
 
 
 def plot(path: str, runs: dict, rollbacks: list, abandoned: list) -> None:
