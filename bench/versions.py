@@ -17,6 +17,13 @@ for 100M, 100 for 1G, like the layers of a model) it measures:
   checkout     Store.checkout from the page cache: memory-map + verify every hash
                ("read": memory-map without verifying, then read every byte once)
   dedup        bytes on disk of a commit where 10% of the tensors changed / a full commit
+  loop         a real training loop whose parameters are the state (linear layers,
+               SGD): a commit every --every steps, with snapshot="copy" (the loop waits
+               for the copy in submit) and snapshot="overlap" (the copy runs beside the
+               next forward and backward; the loop waits, in the optimizer's step
+               pre-hook, for what is left of it).  stall = the loop's waits per commit;
+               slowdown = the mean time of a step after a commit minus the median step
+               without one (what the copy's memory traffic costs the computation too).
 Every write is fsynced, so all three writers pay for the disk.
 """
 
@@ -194,10 +201,57 @@ def bench_size(nbytes: int, work: str) -> dict:
     return row
 
 
+def layered_model(nbytes: int) -> torch.nn.Sequential:
+    """Square linear layers holding `nbytes` of float32 parameters (20 or 100 layers, as make_state)."""
+    n = 100 if nbytes >= 1 << 30 else 20
+    d = int((nbytes / n / 4) ** 0.5)
+    layers = []
+    for _ in range(n):
+        layers += [torch.nn.Linear(d, d, bias=False), torch.nn.Tanh()]
+    return torch.nn.Sequential(*layers)
+
+
+def training_loop(nbytes: int, work: str, mode: str, steps: int, every: int, batch: int = 16) -> dict:
+    torch.manual_seed(0)
+    model = layered_model(nbytes)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-6)
+    d = model[0].in_features
+    root = os.path.join(work, f"loop-{mode}")
+    w = BackgroundCommitter(Store(root), snapshot=mode)
+    w.attach(opt)
+    plain, after, stalls = [], [], []
+    committed_at = None
+    for step in range(steps):
+        t0 = time.perf_counter()
+        x = torch.randn(batch, d)
+        opt.zero_grad(set_to_none=False)
+        model(x).square().mean().backward()
+        opt.step()   # overlap: waits here, in the pre-hook, for the last snapshot's copy
+        took = time.perf_counter() - t0
+        if committed_at is not None:
+            stalls.append(committed_at + w.last_wait_s)
+            after.append(took)
+            committed_at = None
+        elif step > 0:
+            plain.append(took)
+        w.last_wait_s = 0.0
+        if step % every == 0 and step < steps - 1:
+            w.submit(model, step=step, message=f"step {step}")
+            committed_at = w.last_stall_s
+    w.close()
+    drop(root)
+    base = sorted(plain)[len(plain) // 2]
+    return {"mode": mode, "step_s": base, "stall_s": sorted(stalls)[len(stalls) // 2],
+            "stall_max_s": max(stalls), "slowdown_s": sum(after) / len(after) - base,
+            "commits": len(stalls)}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="100M,1G")
     p.add_argument("--dir", default=None, help="where to write (default: a temporary directory)")
+    p.add_argument("--steps", type=int, default=13, help="loop: training steps per snapshot kind")
+    p.add_argument("--every", type=int, default=4, help="loop: steps between commits")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     h = header()
@@ -219,6 +273,16 @@ def main(argv=None) -> int:
                       f"{r['stall_vs_torch_save']:>9.1f}x {r['bg_write_gbps']:>8.3f} {r['plain_gbps']:>10.3f} "
                       f"{r['bg_vs_plain']:>8.2f} {r['checkout_gbps']:>8.3f} {r['checkout_mmap_read_gbps']:>9.2f} "
                       f"{r['dedup_ratio']:>6.3f} {r['memcpy_gbps']:>11.2f} {r['sha256_gbps']:>11.2f}", flush=True)
+        if not args.json:
+            print(f"# loop: a commit every {args.every} steps of a linear-layer model holding the state")
+            print(f"# {'size':>6} {'snapshot':>8} {'step ms':>8} {'stall ms':>9} {'max ms':>7} {'slowdown ms':>11}")
+        for r, size in zip(rows, (parse_size(s) for s in args.sizes.split(","))):
+            r["loop"] = [training_loop(size, work, mode, args.steps, args.every) for mode in ("copy", "overlap")]
+            for m in r["loop"]:
+                if not args.json:
+                    print(f"  {r['bytes'] / 2**20:>5.0f}M {m['mode']:>8} {m['step_s'] * 1e3:>8.1f} "
+                          f"{m['stall_s'] * 1e3:>9.1f} {m['stall_max_s'] * 1e3:>7.1f} "
+                          f"{m['slowdown_s'] * 1e3:>11.1f}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.json:

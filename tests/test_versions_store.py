@@ -291,8 +291,57 @@ def test_a_held_store_lock_times_out_with_its_name(tmp_path):
     s.commit({"w": torch.ones(2)}, step=0)
 
 
+def test_overlapped_snapshot_commits_each_state_the_optimizer_left(tmp_path):
+    """snapshot="overlap": the copy runs beside the next forward/backward; the
+    attached optimizer waits for it, so every commit equals the model (and the
+    optimizer state) as they were at its submit, checked against clones taken then."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.BatchNorm1d(64), torch.nn.Linear(64, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    s = Store(tmp_path / "st")
+    w = BackgroundCommitter(s, snapshot="overlap")
+    w.attach(opt)
+    expected, futs = [], []
+    for step in range(12):
+        x, y = torch.randn(32, 64), torch.randint(0, 4, (32,))
+        loss = torch.nn.functional.cross_entropy(model(x), y)  # updates BatchNorm's buffers in place
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 3 == 0:
+            state = {"model": model, "optim": opt.state_dict()}
+            futs.append(w.submit(state, step=step))
+            expected.append({k: v.clone() for k, v in model.state_dict().items()})
+            expected[-1]["exp_avg"] = opt.state[model[0].weight]["exp_avg"].clone()
+    w.close()
+    for want, fut in zip(expected, futs):
+        got = s.checkout(fut.result())
+        for k, v in got["model"].items():
+            assert torch.equal(v, want[k]), k
+        assert torch.equal(got["optim"]["state"][0]["exp_avg"], want["exp_avg"])
+
+
+def test_overlapped_snapshot_refuses_a_state_written_during_its_copy(tmp_path):
+    """A loop that writes the state without waiting for the copy gets a
+    StoreError naming the tensor, never a torn commit; the next commit works."""
+    s = Store(tmp_path / "st")
+    w = BackgroundCommitter(s, snapshot="overlap")
+    x = {"big": torch.zeros(1 << 25), "w": torch.zeros(8)}  # 128 MiB: a copy of tens of ms
+    fut = w.submit(x, step=0)
+    x["w"].add_(1.0)   # no wait_snapshot(): written while (or before) the copy runs
+    with pytest.raises(StoreError, match="tensor 'w' was written while its snapshot was being copied"):
+        fut.result(timeout=60)
+    fut = w.submit(x, step=1)
+    w.wait_snapshot()
+    x["w"].add_(1.0)
+    cid = fut.result(timeout=60)
+    with pytest.raises(StoreError, match="tensor 'w'"):  # flush reports the failed commit
+        w.close()
+    assert torch.equal(s.checkout(cid)["w"], torch.ones(8)) and s.fsck() == []
+
+
 def test_an_unknown_snapshot_kind_is_named(tmp_path):
-    with pytest.raises(ValueError, match="snapshot must be one of copy, fork"):
+    with pytest.raises(ValueError, match="snapshot must be one of copy, fork, overlap"):
         BackgroundCommitter(Store(tmp_path / "st"), snapshot="cow")
 
 

@@ -16,7 +16,7 @@ TIMEOUT = 240
 
 
 def train_world(rank, size, store, steps, commit_every, inject=None, skip=(), guard=None,
-                backend="ringflow"):
+                backend="ringflow", rank_seed=None):
     import torch
 
     torch.set_num_threads(1)
@@ -27,7 +27,10 @@ def train_world(rank, size, store, steps, commit_every, inject=None, skip=(), gu
 
     cfg = TrainConfig(steps=steps, commit_every=commit_every, store=store, inject=inject or {},
                       skip=tuple(skip), guard=GuardConfig(**(guard or {})))
-    return train(build(batch_size=48), cfg).__dict__
+    job = build(batch_size=48)
+    if rank_seed is not None:
+        torch.manual_seed(rank_seed + rank)
+    return train(job, cfg).__dict__
 
 
 def _same_on_every_rank(results, key):
@@ -58,6 +61,25 @@ def test_nan_on_one_rank_rolls_every_rank_back_like_a_run_that_skipped(tmp_path)
     assert _same_on_every_rank(ref, "model_sha256") == digest
     plain = run_world(3, train_world, str(tmp_path / "c"), 40, 10, timeout=TIMEOUT)
     assert plain[0]["model_sha256"] != digest  # the skipped batches did matter
+
+
+def test_every_ranks_rng_state_is_committed(tmp_path):
+    """The commit records each rank's RNG state (element r is rank r's), not only
+    the writer's: the GRU job draws nothing from torch's RNG, so each must equal
+    the state its rank was seeded with."""
+    import torch
+
+    from ringflow.versions import Store
+
+    run_world(3, train_world, str(tmp_path / "r"), 6, 3, None, (), None, "ringflow", 1000,
+              timeout=TIMEOUT)
+    s = Store(tmp_path / "r")
+    for entry in s.log():
+        rngs = s.checkout_rng(entry["id"])["torch"]
+        assert len(rngs) == 3
+        for r, state in enumerate(rngs):
+            torch.manual_seed(1000 + r)
+            assert torch.equal(state, torch.get_rng_state()), (entry["step"], r)
 
 
 def test_loss_spike_is_caught_and_only_the_culprit_skipped(tmp_path):

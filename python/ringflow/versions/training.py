@@ -34,6 +34,7 @@ class TrainConfig:
     commit_every: int = 25           # a commit after every this many steps (and one at step 0)
     store: str = "ringflow-versions"
     writer_rank: int = 0
+    snapshot: str = "overlap"        # how the writer snapshots a commit (BackgroundCommitter)
     data_seed: int = 0
     guard: GuardConfig = field(default_factory=GuardConfig)
     inject: dict = field(default_factory=dict)   # batch index -> (rank, "nan" | "spike")
@@ -95,7 +96,10 @@ class _Run:
         self.guard = DivergenceGuard(cfg.guard, self.world)
         self.writer = self.rank == cfg.writer_rank
         self.store = Store(cfg.store) if self.writer else None
-        self.committer = BackgroundCommitter(self.store) if self.writer else None
+        self.committer = None
+        if self.writer:
+            self.committer = BackgroundCommitter(self.store, snapshot=cfg.snapshot)
+            self.committer.attach(self.opt)  # an overlapped copy finishes before the next update
         self.step = self.batch = 0
         self.skipped = set(int(b) for b in cfg.skip)
         self.losses, self.abandoned, self.rollbacks = [], [], []
@@ -103,14 +107,18 @@ class _Run:
         self.lr_factor = 1.0    # product of the lr_scale of every rollback so far
 
     def commit(self, message: str, loss: float | None) -> None:
-        self.rng_at_commit = torch.get_rng_state()  # every rank keeps its own RNG state
+        # Every rank keeps its own RNG state for rollbacks; the commit records all
+        # of them (element r is rank r's), so a run resumed from it restores each.
+        self.rng_at_commit = torch.get_rng_state()
+        per_rank = [torch.empty_like(self.rng_at_commit) for _ in range(self.world)]
+        self.dist.all_gather(per_rank, self.rng_at_commit)
         if not self.writer:
             return
         per_epoch = len(self.job.train[1]) // self.job.batch_size
         self.committer.submit(
             {"model": self.model.module, "optim": self.opt.state_dict()}, step=self.step,
             metrics={} if loss is None else {"loss": loss}, message=message,
-            rng={"torch": self.rng_at_commit},
+            rng={"torch": per_rank},
             cursor={"epoch": self.batch // per_epoch, "position": self.batch,
                     "seed": self.cfg.data_seed, "skipped": sorted(self.skipped)},
             config={"job": self.job.config, "world_size": self.world,

@@ -14,6 +14,11 @@ Two kinds of snapshot (`BackgroundCommitter(snapshot=...)`):
         and the next update of the state took 2.2-2.3 s longer.  For loops
         that commit rarely and must never be held long.  One forked commit is
         in flight at a time, which keeps the commits in submission order.
+  overlap `submit` takes references; a thread copies them while the loop's
+        next forward and backward run, and the loop waits for that copy only
+        before it next writes the state (`attach(optimizer)`, or
+        `wait_snapshot()`); a tensor written too early fails the commit
+        instead of tearing it (overlapped.py).
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ import torch
 
 from .errors import StoreError
 from .forked import commit_forked
+from .overlapped import check_unchanged, references
 from .store import Store
 
-SNAPSHOTS = ("copy", "fork")
+SNAPSHOTS = ("copy", "fork", "overlap")
 
 
 def snapshot(state, into=None):
@@ -75,10 +81,13 @@ class BackgroundCommitter:
         self._pending: deque[Future] = deque()
         self._closed = False
         self._free: list = []   # snapshots already written, reused as copy targets
-        self.last_stall_s = 0.0
+        self.last_stall_s = 0.0   # the loop's wait in the last submit
+        self.last_wait_s = 0.0    # overlap: its wait in the last wait_snapshot
+        self._copied = threading.Event()   # overlap: the last submit's copy is done
+        self._copied.set()
         # The writer thread serves copies; a forked commit writes in its child.
         self._thread = None
-        if snapshot == "copy":
+        if snapshot != "fork":
             self._thread = threading.Thread(target=self._run, name="ringflow-versions-writer",
                                             daemon=True)
             self._thread.start()
@@ -97,6 +106,8 @@ class BackgroundCommitter:
             return fut
         while len(self._pending) >= self.max_pending:  # back-pressure, bounded memory
             self._wait(self._pending.popleft())
+        if self.snapshot == "overlap":
+            return self._submit_overlapped(state, commit_kwargs, t0)
         with self._cv:
             reuse = self._free.pop() if self._free else None
         snap = snapshot(state, reuse)
@@ -110,6 +121,48 @@ class BackgroundCommitter:
             self._cv.notify()
         self.last_stall_s = time.perf_counter() - t0
         return fut
+
+    def _submit_overlapped(self, state, commit_kwargs: dict, t0: float) -> Future:
+        self.wait_snapshot()  # one copy in flight: the commits stay in submission order
+        refs, checks = references(state)
+        rng = snapshot(commit_kwargs.pop("rng", None))
+        fut: Future = Future()
+        with self._cv:
+            if self._closed:
+                raise StoreError("the background committer is closed")
+            self._pending.append(fut)
+        self._copied = threading.Event()
+        threading.Thread(target=self._copy, args=(refs, checks, rng, commit_kwargs, fut, self._copied),
+                         name="ringflow-versions-snapshot", daemon=True).start()
+        self.last_stall_s = time.perf_counter() - t0
+        return fut
+
+    def _copy(self, refs, checks, rng, kwargs: dict, fut: Future, copied: threading.Event) -> None:
+        try:
+            with self._cv:
+                reuse = self._free.pop() if self._free else None
+            snap = snapshot(refs, reuse)
+            check_unchanged(checks)
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits on it
+            fut.set_exception(e)
+            copied.set()
+            return
+        with self._cv:
+            self._queue.append((snap, rng, kwargs, fut))
+            self._cv.notify()
+        copied.set()
+
+    def wait_snapshot(self) -> None:
+        """Overlap: waits until the last submitted state has been copied, so the
+        loop may write it (a no-op for the other snapshot kinds)."""
+        t0 = time.perf_counter()
+        if not self._copied.wait(self.timeout_s):
+            raise StoreError(f"the state's snapshot was not copied within {self.timeout_s:g} s")
+        self.last_wait_s = time.perf_counter() - t0
+
+    def attach(self, optimizer):
+        """Makes `optimizer.step()` wait for the snapshot copy first; returns the hook's handle."""
+        return optimizer.register_step_pre_hook(lambda *_: self.wait_snapshot())
 
     def _wait(self, fut: Future) -> None:
         """Waits for an earlier commit; its failure stays on its own Future."""
