@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # The allreduces a pattern may name per message-size bucket (tuned.cc runs them).
-ALGORITHMS = ("ring", "hierarchical", "shm")
+ALGORITHMS = ("ring", "hierarchical", "shm", "recursive_doubling", "aggregate")
 PIECE_SIZES = (64 << 10, 256 << 10, 1 << 20, 4 << 20)
 # Size buckets the evaluation sums over: latency-bound to bandwidth-bound.
 BUCKETS = (4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20)
