@@ -81,3 +81,25 @@ def test_fit_latency_keeps_both_terms_non_negative():
     fitted = fit_latency(links, Overheads(), {("ring", 4 << 10): 1e-5, ("ring", 64 << 10): 2e-5,
                                               ("recursive_doubling", 4 << 10): 1e-5})
     assert fitted.call_s >= 0 and fitted.latency_scale >= 0
+
+
+@pytest.mark.parametrize("rules,cut,want", [
+    # recursive doubling below 256 KiB; cut at 16 KiB: the next rule's from there
+    (((0, "recursive_doubling"), (262144, "hierarchical")), 16384,
+     ((0, "recursive_doubling"), (16384, "hierarchical"))),
+    # cut at 0: gone
+    (((0, "recursive_doubling"), (16384, "hierarchical")), 0, ((0, "hierarchical"),)),
+    # the last rule: the ring takes over
+    (((0, "ring"), (4096, "recursive_doubling")), 65536,
+     ((0, "ring"), (4096, "recursive_doubling"), (65536, "ring"))),
+    # a rule in the middle, cut at its start: dropped, neighbours merge
+    (((0, "ring"), (4096, "recursive_doubling"), (65536, "ring")), 4096, ((0, "ring"),)),
+])
+def test_ending_a_rule_below_a_size(rules, cut, want):
+    p = Pattern((0, 1, 2), None, 65536, rules)
+    q = p.ending_below(cut)
+    assert q.algorithms == want
+    q.check(3)
+    for b in (0, 1000, 4096, 16384, 65536, 1 << 20):
+        if b < cut:
+            assert q.algorithm_for(b) == p.algorithm_for(b)

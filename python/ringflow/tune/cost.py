@@ -250,11 +250,11 @@ class CostModel:
         for i, b in enumerate(BUCKETS):
             name = names[int(tables[:, i, piece].argmin())]
             if not rules or rules[-1][1] != name:
-                rules.append((0 if not rules else _boundary(i), name))
+                rules.append((0 if not rules else rule_boundary(i), name))
         return score, Pattern(pattern.order, pattern.groups, PIECE_SIZES[piece], tuple(rules),
                               pattern.deterministic)
 
 
-def _boundary(i: int) -> int:
+def rule_boundary(i: int) -> int:
     """The rule for bucket i starts half way (geometrically) from the one below."""
     return int(math.sqrt(BUCKETS[i - 1] * BUCKETS[i]))

@@ -92,6 +92,20 @@ class Pattern:
                 chosen = name
         return chosen
 
+    def ending_below(self, cut: int) -> "Pattern":
+        """The pattern with the rule that runs at `cut` bytes ending below
+        it: from `cut` up to the rule after it, that rule's algorithm runs
+        (the ring when none follows)."""
+        rules = list(self.algorithms)
+        j = max((i for i, (b, _) in enumerate(rules) if b <= cut), default=0)
+        following = rules[j + 1][1] if j + 1 < len(rules) else "ring"
+        kept = rules[:j] + ([rules[j]] if rules[j][0] < cut else [])
+        merged: list[tuple[int, str]] = []
+        for rule in kept + [(cut, following)] + rules[j + 2:]:
+            if not merged or merged[-1][1] != rule[1]:
+                merged.append(rule)
+        return Pattern(self.order, self.groups, self.piece_bytes, tuple(merged), self.deterministic)
+
     def key(self) -> tuple:
         """What makes two patterns the same to the search (a ring and its
         rotation or reversal are different schedules, so no canonical form)."""

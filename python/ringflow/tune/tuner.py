@@ -17,7 +17,7 @@ from .. import _C
 from .._dtypes import DTYPE_CODE, REDUCE_OP_CODE
 from . import cache
 from .calibrate import calibrate_aggregator, calibrate_arena, calibrate_latency, timed_allreduce
-from .cost import CostModel, Overheads
+from .cost import CostModel, Overheads, rule_boundary
 from .links import measure
 from .pattern import BUCKETS, Links, Pattern, groups_by_host
 from .search import multi_start
@@ -119,6 +119,31 @@ def _confirm(comm, candidates, nbytes: int, iters: int, margin: float):
     return chosen, measured, untuned_s
 
 
+def _confirm_doubling(comm, pattern: Pattern, below: int, iters: int = 10):
+    """Recursive doubling wins on latency, which pairwise ping-pongs on a
+    loaded host measure poorly, and can lose badly where the model cannot
+    see it (whole messages at once into shaped links: drops, resends).  Each
+    bucket below `below` the pattern runs it at is timed against the pattern
+    without it there, from the largest down; its rule ends below the first
+    bucket where it loses.  Returns the pattern (set on comm) and the timings."""
+    timings = {}
+    for i in reversed(range(len(BUCKETS))):
+        b = BUCKETS[i]
+        if b >= below or pattern.algorithm_for(b) != "recursive_doubling":
+            continue
+        other = pattern.ending_below(rule_boundary(i) if i else 0)
+        apply(comm, pattern)
+        t_doubling = timed_allreduce(comm, b, iters)
+        apply(comm, other)
+        t_other = timed_allreduce(comm, b, iters)
+        timings[str(b)] = {"recursive_doubling_s": t_doubling, other.algorithm_for(b) + "_s": t_other}
+        if t_doubling <= t_other:
+            break
+        pattern = other
+    apply(comm, pattern)
+    return pattern, timings
+
+
 def tune(owner, starts: int = 8, seed: int = 0, confirm: int = 3, confirm_bytes: int = 16 << 20,
          iters: int = 2, time_bound_s: float = 20.0, measure_bytes: int = 2 << 20,
          margin: float = 0.03) -> dict:
@@ -155,6 +180,10 @@ def tune(owner, starts: int = 8, seed: int = 0, confirm: int = 3, confirm_bytes:
                 "untuned_predicted_s": model.predict(untuned, confirm_bytes)}
     plan = share(comm, plan)
     chosen, measured, untuned_s = _confirm(comm, plan["candidates"], confirm_bytes, iters, margin)
+    if chosen is not None:
+        confirmed, summary["doubling_confirmed"] = _confirm_doubling(
+            comm, Pattern.from_json(chosen), confirm_bytes)
+        chosen = confirmed.to_json()
     return {"world": comm.size, "hosts": hosts, "shm": shm, "pattern": chosen,
             "links": links.to_json(), "overheads": asdict(overheads), "measurement": summary,
             "confirm_bytes": confirm_bytes,
