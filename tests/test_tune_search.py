@@ -81,7 +81,13 @@ def three_hosts_one_fast_pair():
 def test_multi_start_beats_a_single_start_on_local_optima():
     links = three_hosts_one_fast_pair()
     model = CostModel(links)
-    single = local_search(Pattern(tuple(range(8))), model.complete, links.hosts, random.Random(0))
+    # One start: untuned auto's pattern (launcher order, grouped by host),
+    # stuck whatever order the moves are tried in (the flat launcher order
+    # escapes for some move orders, now that recursive doubling changes
+    # which moves improve at the small sizes).
+    by_host = tuple(r % 3 for r in range(8))
+    single = local_search(Pattern(tuple(range(8)), by_host), model.complete, links.hosts,
+                          random.Random(0))
     # The single start ends in a real local optimum: no neighbour improves it.
     for q in list(order_moves(single.pattern)) + list(regroup_moves(single.pattern, links.hosts)):
         assert model.complete(q)[0] >= single.score * (1 - 1e-9)
@@ -142,6 +148,9 @@ def test_calibrated_arena_is_priced_by_its_fit_and_chosen_where_faster():
     assert p.algorithms == ((0, "shm"),)
     slow_arena = Overheads(shm_fixed_s=1.0, shm_per_byte_s=1e-6)
     _, p = CostModel(links, slow_arena).complete(Pattern((0, 1, 2, 3)))
-    assert p.algorithms == ((0, "ring"),)
+    # Never the arena; the ring at large sizes (recursive doubling may take
+    # the latency-bound ones).
+    assert "shm" not in {a for _, a in p.algorithms}
+    assert p.algorithm_for(BUCKETS[-1]) == "ring"
     # Several hosts: no arena, whatever the fit says.
     assert "shm" not in CostModel(links_for("aabb", {("a", "b"): 1e8}), fast_arena).candidates(p)

@@ -117,18 +117,20 @@ const SettingsRegistration kSettings(
     [] { pieceBytes(); });
 }  // namespace
 
-Blocks::Blocks(size_t count, int parts) : offsets(parts + 1, 0) {
-  for (int b = 0; b < parts; ++b)
-    offsets[b + 1] = offsets[b] + count / parts + (size_t(b) < count % parts ? 1 : 0);
+Blocks::Blocks(size_t count, int parts) : starts(parts), counts(parts) {
+  for (int b = 0; b < parts; ++b) {
+    counts[b] = count / parts + (size_t(b) < count % parts ? 1 : 0);
+    starts[b] = b ? starts[b - 1] + counts[b - 1] : 0;
+  }
 }
 
-Blocks::Blocks(std::vector<size_t> counts) : offsets(counts.size() + 1, 0) {
-  for (size_t b = 0; b < counts.size(); ++b) offsets[b + 1] = offsets[b] + counts[b];
+Blocks::Blocks(const std::vector<size_t>& counts) : starts(counts.size()), counts(counts) {
+  for (size_t b = 1; b < counts.size(); ++b) starts[b] = starts[b - 1] + counts[b - 1];
 }
 
 size_t Blocks::maxCount() const {
   size_t m = 0;
-  for (size_t b = 0; b + 1 < offsets.size(); ++b) m = std::max(m, offsets[b + 1] - offsets[b]);
+  for (size_t n : counts) m = std::max(m, n);
   return m;
 }
 
@@ -142,23 +144,31 @@ void ringAllreduce(Comm& c, Buffer data, ReduceOp op) {
   if (c.size() > 1) allgatherInPlace(c, data, blocks);
 }
 
+// Reduce-scatter and allgather run on the tuned ring when a schedule sets
+// one: blocks stay in rank order in the buffers, ring position p handling
+// the block of the rank there.
 void ringReduceScatter(Comm& c, Buffer in, Buffer out, ReduceOp op) {
-  Blocks blocks(std::vector<size_t>(c.size(), out.count));
+  if (c.schedule() && c.schedule()->deterministic) return deterministicReduceScatter(c, in, out, op);
+  const RingView ring = ringView(c);
+  const Blocks blocks = ring.equalBlocks(out.count);
   static thread_local std::vector<char> work;
   if (work.size() < in.bytes()) work.resize(in.bytes());
   if (!work.empty()) std::memcpy(work.data(), in.ptr, in.bytes());
   Buffer w{work.data(), in.count, in.dtype};
-  if (c.size() > 1) reduceScatterInPlace(c, w, blocks, op);
+  if (c.size() > 1)
+    ring.run(OpKind::ReduceScatter, [&](Comm& rc) { reduceScatterInPlace(rc, w, blocks, op); });
   c.markAggregated();
-  if (out.count) std::memcpy(out.ptr, w.at(blocks.offset(c.rank())), out.bytes());
+  if (out.count) std::memcpy(out.ptr, w.at(size_t(c.rank()) * out.count), out.bytes());
   if (op == ReduceOp::Avg) kernels::divide(out.ptr, out.count, out.dtype, double(c.size()));
 }
 
 void ringAllgather(Comm& c, Buffer in, Buffer out) {
-  Blocks blocks(std::vector<size_t>(c.size(), in.count));
-  if (in.count && out.at(blocks.offset(c.rank())) != in.ptr)
-    std::memmove(out.at(blocks.offset(c.rank())), in.ptr, in.bytes());
-  if (c.size() > 1) allgatherInPlace(c, out, blocks);
+  const RingView ring = ringView(c);
+  const Blocks blocks = ring.equalBlocks(in.count);
+  if (in.count && out.at(size_t(c.rank()) * in.count) != in.ptr)
+    std::memmove(out.at(size_t(c.rank()) * in.count), in.ptr, in.bytes());
+  if (c.size() > 1)
+    ring.run(OpKind::AllGather, [&](Comm& rc) { allgatherInPlace(rc, out, blocks); });
 }
 
 }  // namespace ringflow::algo

@@ -1,6 +1,7 @@
 // Calls with a root.  Broadcast and reduce run as pipelined chains in ring
-// order starting at the root, so every link carries the message once;
-// gather and scatter talk to the root directly.
+// order (a tuned schedule's, else rank order) starting at the root, so
+// every link carries the message once; gather and scatter talk to the root
+// directly.
 #include <cstring>
 
 #include "schedule.h"
@@ -38,7 +39,9 @@ void recvPieces(Comm& c, int peer, uint64_t phase, uint64_t step, char* data, si
   } while (piece * pb < bytes);
 }
 
-void chainBroadcast(Comm& c, Buffer data, int root) {
+namespace {
+
+void chainBroadcastOn(Comm& c, Buffer data, int root) {
   const int n = c.size(), pos = position(c, root);
   if (n == 1) return;
   std::vector<RequestPtr> recvs, sends;
@@ -58,7 +61,7 @@ void chainBroadcast(Comm& c, Buffer data, int root) {
   c.waitAll(sends);
 }
 
-void chainReduce(Comm& c, Buffer data, int root, ReduceOp op) {
+void chainReduceOn(Comm& c, Buffer data, int root, ReduceOp op) {
   const int n = c.size(), pos = position(c, root);
   const size_t es = elementSize(data.dtype);
   const size_t pe = std::max<size_t>(1, pieceBytes() / es);
@@ -85,6 +88,20 @@ void chainReduce(Comm& c, Buffer data, int root, ReduceOp op) {
   c.waitAll(sends);
   c.markAggregated();
   if (pos == 0 && op == ReduceOp::Avg) kernels::divide(data.ptr, data.count, data.dtype, n);
+}
+
+}  // namespace
+
+void chainBroadcast(Comm& c, Buffer data, int root) {
+  const RingView ring = ringView(c);
+  ring.run(OpKind::Broadcast,
+           [&](Comm& rc) { chainBroadcastOn(rc, data, ring.position(root)); });
+}
+
+void chainReduce(Comm& c, Buffer data, int root, ReduceOp op) {
+  if (c.schedule() && c.schedule()->deterministic) return deterministicReduce(c, data, root, op);
+  const RingView ring = ringView(c);
+  ring.run(OpKind::Reduce, [&](Comm& rc) { chainReduceOn(rc, data, ring.position(root), op); });
 }
 
 void directGather(Comm& c, Buffer in, Buffer out, int root) {

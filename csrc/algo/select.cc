@@ -1,6 +1,10 @@
-// Which allreduce runs a call.  RINGFLOW_ALGO=auto|ring|shm|hierarchical|aggregate:
+// Which allreduce runs a call.
+// RINGFLOW_ALGO=auto|ring|shm|hierarchical|aggregate|recursive_doubling:
 //   ring          the ring over whatever links the transport has (shared
 //                 memory to peers on this host, TCP to others);
+//   recursive_doubling  log2(n) rounds of pairwise swaps: the fewest message
+//                 latencies, for small messages (never chosen by untuned
+//                 auto; a tuned schedule picks it per size bucket);
 //   shm           the shared-memory arena (algo/shm_allreduce.cc) wherever
 //                 it can run, the ring elsewhere;
 //   hierarchical  lower rings per group, higher ring per shard (needs a
@@ -31,8 +35,9 @@ namespace ringflow::algo {
 namespace {
 
 // RINGFLOW_ALGO's values, in the order of kChoiceNames.
-enum class Choice { Auto, Ring, Shm, Hierarchical, Aggregate };
-const std::vector<const char*> kChoiceNames = {"auto", "ring", "shm", "hierarchical", "aggregate"};
+enum class Choice { Auto, Ring, Shm, Hierarchical, Aggregate, RecursiveDoubling };
+const std::vector<const char*> kChoiceNames = {"auto",         "ring",     "shm",
+                                               "hierarchical", "aggregate", "recursive_doubling"};
 
 Choice fromEnv() {
   static const Choice c = Choice(envChoice("RINGFLOW_ALGO", size_t(Choice::Auto), kChoiceNames));
@@ -48,7 +53,7 @@ const SettingsRegistration kSettings(
     {{"RINGFLOW_ALGO",
       "allreduce algorithm: auto (default: shared-memory arena when every rank is on this "
       "host, hierarchical rings for a multi-group layout, ring otherwise), ring, shm, "
-      "hierarchical, or aggregate"},
+      "hierarchical, aggregate, or recursive_doubling (latency-optimal, for small messages)"},
      {"RINGFLOW_HIER_MIN_BYTES", "auto picks hierarchical from this message size up (default 65536)"}},
     [] {
       fromEnv();
@@ -78,6 +83,7 @@ Choice choose(Comm& c, size_t bytes, DType dtype, ReduceOp op) {
       if (aggregateApplies(dtype, op)) return Choice::Aggregate;
       break;
     case Choice::Ring: return Choice::Ring;
+    case Choice::RecursiveDoubling: return Choice::RecursiveDoubling;
     case Choice::Hierarchical:
       if (!c.lower())
         throw InvalidArgument("RINGFLOW_ALGO=hierarchical needs a group layout (RINGFLOW_GROUPS)");
@@ -103,6 +109,7 @@ void allreduce(Comm& c, Buffer data, ReduceOp op) {
     case Choice::Aggregate: return aggregateAllreduce(c, data, op);
     case Choice::Shm: return shmAllreduce(c, *arenaFor(c), data, op);
     case Choice::Hierarchical: return hierarchicalAllreduce(c, data, op);
+    case Choice::RecursiveDoubling: return recursiveDoublingAllreduce(c, data, op);
     case Choice::Ring:
     case Choice::Auto: break;
   }

@@ -1,7 +1,11 @@
-// Running an allreduce by a tuned schedule (mechanism 9): the rule for the
-// message's size names the algorithm; the ring runs in the schedule's ring
-// order, the hierarchical rings over its groups.  Deterministic mode runs
+// Running calls by a tuned schedule (mechanism 9): the rule for the
+// message's size names the allreduce; the ring and recursive doubling run
+// in the schedule's ring order (pairs of neighbouring positions swap first),
+// the hierarchical rings over its groups.  The other ring collectives
+// (reduce-scatter, allgather, the broadcast and reduce chains) follow the
+// ring order through ringView.  Deterministic mode runs
 // deterministicAllreduce whatever the size.
+#include <algorithm>
 #include <cstring>
 
 #include "schedule.h"
@@ -10,7 +14,8 @@
 namespace ringflow::algo {
 namespace {
 
-const char* const kAlgorithms[] = {"ring", "hierarchical", "shm", "aggregate"};
+const char* const kAlgorithms[] = {"ring", "hierarchical", "shm", "aggregate",
+                                   "recursive_doubling"};
 
 const std::string* ruleFor(const Schedule& s, size_t bytes) {
   const std::string* name = nullptr;
@@ -28,6 +33,7 @@ const char* resolve(Comm& c, const Schedule& s, size_t bytes, DType dtype, Reduc
   if (*name == "hierarchical" && c.lower()) return "hierarchical";
   if (*name == "shm" && arenaFor(c)) return "shm";
   if (*name == "aggregate" && aggregateApplies(dtype, op)) return "aggregate";
+  if (*name == "recursive_doubling") return "recursive_doubling";
   return "ring";
 }
 
@@ -82,12 +88,37 @@ bool scheduledAllreduce(Comm& c, Buffer data, ReduceOp op) {
     shmAllreduce(c, *arenaFor(c), data, op);
   } else if (chosen == "aggregate") {
     aggregateAllreduce(c, data, op);
+  } else if (chosen == "recursive_doubling") {
+    ringView(c).run(OpKind::AllReduce, [&](Comm& rc) { recursiveDoublingAllreduce(rc, data, op); });
   } else if (c.ring() && c.size() > 1) {
     orderedRingAllreduce(c, *c.ring(), data, op);
   } else {
     ringAllreduce(c, data, op);
   }
   return true;
+}
+
+RingView ringView(Comm& c) { return RingView{c, c.size() > 1 ? c.ring() : nullptr}; }
+
+int RingView::position(int rank) const {
+  if (!ring) return rank;
+  const std::vector<int>& order = parent.schedule()->ringOrder;
+  return int(std::find(order.begin(), order.end(), rank) - order.begin());
+}
+
+Blocks RingView::equalBlocks(size_t count) const {
+  const size_t n = size_t(parent.size());
+  std::vector<size_t> starts(n), counts(n, count);
+  for (size_t p = 0; p < n; ++p)
+    starts[p] = size_t(ring ? parent.schedule()->ringOrder[p] : int(p)) * count;
+  return Blocks(std::move(starts), std::move(counts));
+}
+
+void RingView::run(OpKind kind, const std::function<void(Comm&)>& body) const {
+  if (ring)
+    ring->runInline(subCall(parent.op(), kind), parent, [&] { body(*ring); });
+  else
+    body(parent);
 }
 
 }  // namespace ringflow::algo

@@ -39,6 +39,10 @@ void bindStats(py::module_& m) {
     out["recent"] = recent;
     out["bytes_sent"] = s.bytesSent();
     out["cross_host_bytes_sent"] = s.crossHostBytesSent();
+    py::dict sentTo;  // transport rank -> bytes, the ranks sent to only
+    for (int r = 0; r < Stats::kPeersCounted; ++r)
+      if (uint64_t b = s.bytesSentTo(r)) sentTo[py::int_(r)] = b;
+    out["bytes_sent_to"] = sentTo;
     out["compressed_calls"] = s.compressedCalls();
     return out;
   });

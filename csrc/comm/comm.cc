@@ -160,6 +160,7 @@ RequestPtr Comm::isend(int to, uint64_t slot, const void* data, size_t bytes) {
   auto r = transport_->send(members_[to], MsgKey{id_, op_.seq, slot, Channel::Collective}, op_,
                             data, bytes);
   Stats::global().addSent(bytes, crossesHosts_);
+  Stats::global().addSentTo(members_[to], bytes);
   inflight_.push_back(r);
   return r;
 }

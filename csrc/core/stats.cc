@@ -100,6 +100,7 @@ void Stats::reset() {
   bytesSent_ = 0;
   crossHostBytes_ = 0;
   compressedCalls_ = 0;
+  for (auto& n : sentTo_) n = 0;
   std::lock_guard<std::mutex> lock(mu_);
   kinds_.clear();
   recent_.clear();

@@ -48,7 +48,8 @@ def stats() -> dict:
     ``shared_buffers`` this process's shared tensors (shared_empty) and the
     peers' ones it maps.  ``bytes_sent`` counts the bytes this process's
     collectives handed to links, ``cross_host_bytes_sent`` those of them on
-    levels that cross hosts (the higher-order rings), and
+    levels that cross hosts (the higher-order rings), ``bytes_sent_to``
+    those bytes per destination (transport rank -> bytes), and
     ``compressed_calls`` the allreduces whose cross-host level ran low-bit
     compressed (RINGFLOW_COMPRESS).
     """

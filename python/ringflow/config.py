@@ -42,8 +42,9 @@ PYTHON_SETTINGS = {
     "RINGFLOW_TUNE": "1: at init, set the tuned schedule for this topology from the cache, or tune "
                      "now and cache it (only with RINGFLOW_ALGO=auto; default 0)",
     "RINGFLOW_TUNE_CACHE": "file of tuned schedules (default ~/.cache/ringflow/tune.json)",
-    "RINGFLOW_DETERMINISTIC": "1: at init, every allreduce reduces each element in rank order, "
-                              "whatever the message or bucket size (default 0)",
+    "RINGFLOW_DETERMINISTIC": "1: at init, every allreduce, reduce-scatter and reduce reduces each "
+                              "element in rank order, whatever the message or bucket size "
+                              "(default 0)",
     "RINGFLOW_TIMELINE": "write a Chrome trace of every call here: trace.json -> trace.rank<N>.json "
                          "per rank, at exit (default: none)",
 }

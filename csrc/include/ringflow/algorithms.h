@@ -20,7 +20,8 @@ namespace ringflow::algo {
 void allreduce(Comm& c, Buffer data, ReduceOp op);
 // A barrier: one arena step on one host, else the dissemination barrier.
 void barrier(Comm& c);
-// "aggregate", "shm", "hierarchical" or "ring": what allreduce would run on
+// "aggregate", "shm", "hierarchical", "recursive_doubling", "ring" (or, under
+// a tuned schedule, "deterministic"): what allreduce would run on
 // `c` for a message of `bytes` of `dtype` reduced with `op`.
 const char* allreduceAlgorithm(Comm& c, size_t bytes, DType dtype = DType::Float32,
                                ReduceOp op = ReduceOp::Sum);
@@ -33,6 +34,13 @@ void ringAllreduce(Comm& c, Buffer data, ReduceOp op);
 // Every element reduced in rank order, x0 + x1 + ... + x(n-1), whatever the
 // message size or ring order (algo/deterministic.cc).
 void deterministicAllreduce(Comm& c, Buffer data, ReduceOp op);
+// The same rank-order fold for reduce-scatter and reduce: the bits
+// deterministicAllreduce gives, block by block / at the root.
+void deterministicReduceScatter(Comm& c, Buffer in, Buffer out, ReduceOp op);
+void deterministicReduce(Comm& c, Buffer data, int root, ReduceOp op);
+// log2(n) rounds of pairwise swaps (algo/recursive_doubling.cc): the
+// latency-optimal allreduce for small messages.
+void recursiveDoublingAllreduce(Comm& c, Buffer data, ReduceOp op);
 
 // A tuned schedule (algo/tuned.cc): setSchedule checks its algorithm names
 // and sets it on `c`; scheduledAllreduce runs a call by it and returns

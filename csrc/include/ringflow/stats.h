@@ -4,6 +4,7 @@
 // the peer this rank waited on longest is remembered as the slow hop.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -51,6 +52,16 @@ class Stats {
   // communicators that cross hosts (Comm::crossesHosts).  Lock-free: every
   // send adds here.
   void addSent(size_t bytes, bool crossHost);
+  // Bytes sent to each transport rank below kPeersCounted: which links a
+  // schedule's calls used (a tuned ring order sends only to its successor).
+  static constexpr int kPeersCounted = 1024;
+  void addSentTo(int transportRank, size_t bytes) {
+    if (transportRank >= 0 && transportRank < kPeersCounted)
+      sentTo_[transportRank].fetch_add(bytes, std::memory_order_relaxed);
+  }
+  uint64_t bytesSentTo(int transportRank) const {
+    return sentTo_[transportRank].load(std::memory_order_relaxed);
+  }
   // One allreduce ran its cross-host level compressed (algo/compressed.cc).
   void addCompressedCall() { compressedCalls_.fetch_add(1, std::memory_order_relaxed); }
   uint64_t bytesSent() const { return bytesSent_.load(std::memory_order_relaxed); }
@@ -72,6 +83,7 @@ class Stats {
   uint64_t warnings_ = 0;
   std::string lastWarning_;
   std::atomic<uint64_t> bytesSent_{0}, crossHostBytes_{0}, compressedCalls_{0};
+  std::array<std::atomic<uint64_t>, kPeersCounted> sentTo_{};
 };
 
 }  // namespace ringflow

@@ -50,6 +50,11 @@ def describe(key: str, entry: dict) -> str:
     if u:
         lines.append(f"  untuned auto: predicted {u['predicted_s'] * 1e3:.2f} ms, "
                      f"measured {u['measured_s'] * 1e3:.2f} ms")
+    over = entry.get("overheads", {})
+    if "call_s" in over:
+        lines.append(f"  fitted: per call {over['call_s'] * 1e6:.0f} us, latency x{over['latency_scale']:.2f}"
+                     + (f", aggregator {over['agg_fixed_s'] * 1e6:.0f} us + "
+                        f"{over['agg_per_byte_s'] * 1e9:.3f} ns/B" if over.get("agg_per_byte_s") else ""))
     m = entry.get("measurement", {})
     lines.append(f"  tuned in {entry.get('tune_s', 0):.1f} s (links: {m.get('rounds_run')}/"
                  f"{m.get('rounds')} rounds, {m.get('seconds', 0):.1f} s; search {m.get('search_s', 0):.1f} s)")

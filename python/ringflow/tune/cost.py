@@ -7,7 +7,11 @@ host share its copying capacity (one pair's bandwidth per two CPUs: a copy
 keeps a sender and a receiver busy).  A step lasts as long as its slowest hop: latency, the bytes
 all hops on its link carry over the link's bandwidth, the per-piece cost of
 its pieces and, when it reduces, reducing its last piece (the other pieces'
-reductions overlap the transfer).
+reductions overlap the transfer; recursive doubling reduces its whole
+message after each swap).  Every call pays `call_s` once and every hop's
+latency counts `latency_scale` times, both fitted from the ring's own small
+calls (tuner.calibrate_latency).  The arena and the aggregator are not
+rings of measured links: each is a line fitted from two of its own calls.
 """
 
 from __future__ import annotations
@@ -31,6 +35,15 @@ class Overheads:
     # (tuner.calibrate_arena): its protocol is not a ring of links.
     shm_fixed_s: float = 0.0
     shm_per_byte_s: float = 0.0
+    # The aggregator services of RINGFLOW_AGGREGATOR, fitted the same way
+    # where one is configured (tuner.calibrate_aggregator); 0: not a candidate.
+    agg_fixed_s: float = 0.0
+    agg_per_byte_s: float = 0.0
+    # Seconds each call costs beside its messages (submit, wake-ups, wait),
+    # and the factor between a hop's latency inside a call and the pair's
+    # measured one (tuner.calibrate_latency).
+    call_s: float = 0.0
+    latency_scale: float = 1.0
 
 
 class CostModel:
@@ -94,16 +107,29 @@ class CostModel:
             active = [i for i in active if len(rings[i]) - 1 > done]
         return segments
 
-    def _run(self, segments, reduces: bool) -> np.ndarray:
-        """The phase's seconds for every (bucket, piece size)."""
+    def _swaps(self, pairs):
+        """One step in which each (x, y) of `pairs` sends x's whole message
+        to y, all at once: a segment as _phase makes them."""
+        load: dict = {}
+        for x, y in pairs:
+            load[self._key[x][y]] = load.get(self._key[x][y], 0.0) + 1.0
+        lat = self.links.latency_s
+        return [(1, [(lat[x][y], load[self._key[x][y]] / self._cap[self._key[x][y]], 1.0)
+                     for x, y in pairs])]
+
+    def _run(self, segments, reduces: str | None) -> np.ndarray:
+        """The phase's seconds for every (bucket, piece size); `reduces`:
+        None, "piece" (the last piece's reduction shows) or "whole"."""
         nb, piece = self._nbytes, self._piece
         total = np.zeros((len(BUCKETS), len(PIECE_SIZES)))
         for steps, hops in segments:
             lat, per_byte, frac = (np.array(col)[:, None, None] for col in zip(*hops))
             b = nb * frac
-            t = lat + nb * per_byte + np.ceil(b / piece) * self.over.piece_s
-            if reduces:
+            t = lat * self.over.latency_scale + nb * per_byte + np.ceil(b / piece) * self.over.piece_s
+            if reduces == "piece":
                 t = t + np.minimum(piece, b) / self.over.reduce_bandwidth
+            elif reduces == "whole":
+                t = t + b / self.over.reduce_bandwidth
             total += steps * t.max(axis=0)
         return total
 
@@ -112,7 +138,31 @@ class CostModel:
         if key not in self._phases:
             k = len(order)
             seg = self._phase([list(order)], [1.0 / k])
-            self._phases[key] = [(seg, True), (seg, False)]
+            self._phases[key] = [(seg, "piece"), (seg, None)]
+        return self._phases[key]
+
+    def _doubling_phases(self, order):
+        """Recursive doubling over ring positions (recursive_doubling.cc):
+        the first 2*rem positions fold pairwise, log2(p) rounds of swaps
+        between positions v and v xor 2^k, the folded ones get the result."""
+        key = ("recursive_doubling", tuple(order))
+        if key not in self._phases:
+            n = len(order)
+            p = 1 << (n.bit_length() - 1)
+            rem = n - p
+
+            def at(v):  # the rank at virtual position v of the rounds
+                return order[2 * v + 1 if v < rem else v + rem]
+
+            fold = [(order[2 * i], order[2 * i + 1]) for i in range(rem)]
+            phases = [(self._swaps(fold), "whole")] if fold else []
+            mask = 1
+            while mask < p:
+                phases.append((self._swaps([(at(v), at(v ^ mask)) for v in range(p)]), "whole"))
+                mask <<= 1
+            if fold:
+                phases.append((self._swaps([(y, x) for x, y in fold]), None))
+            self._phases[key] = phases
         return self._phases[key]
 
     def _hierarchical_phases(self, order, groups):
@@ -122,22 +172,30 @@ class CostModel:
             shards = len(highers)
             low = self._phase(lowers, [1.0 / len(m) for m in lowers])
             high = self._phase(highers, [1.0 / shards / len(highers[0])] * shards)
-            self._phases[key] = [(low, True), (high, True), (high, False), (low, False)]
+            self._phases[key] = [(low, "piece"), (high, "piece"), (high, None), (low, None)]
         return self._phases[key]
 
     def _table(self, pattern: Pattern, algorithm: str) -> np.ndarray:
         """Seconds of `algorithm` under the pattern, for every (bucket, piece)."""
         if algorithm == "shm":
-            return np.repeat(np.array([[self.shm_time(b)] for b in BUCKETS]), len(PIECE_SIZES), 1)
+            return self._line(self.shm_time)
+        if algorithm == "aggregate":
+            return self._line(lambda b: self.over.agg_fixed_s + self.over.agg_per_byte_s * b)
         if self.n < 2:
             return np.zeros((len(BUCKETS), len(PIECE_SIZES)))
         if algorithm == "ring":
             phases = self._ring_phases(pattern.order)
         elif algorithm == "hierarchical":
             phases = self._hierarchical_phases(pattern.order, pattern.groups)
+        elif algorithm == "recursive_doubling":
+            phases = self._doubling_phases(pattern.order)
         else:
             raise ValueError(f"cost model: no model for algorithm {algorithm!r}")
-        return sum(self._run(seg, red) for seg, red in phases)
+        return self.over.call_s + sum(self._run(seg, red) for seg, red in phases)
+
+    def _line(self, seconds_of) -> np.ndarray:
+        """A fitted algorithm's table: the same for every piece size."""
+        return np.repeat(np.array([[seconds_of(b)] for b in BUCKETS]), len(PIECE_SIZES), 1)
 
     def lower_and_higher(self, order, groups):
         """The hierarchical rings tuned.cc builds: each group's ranks in ring
@@ -162,11 +220,13 @@ class CostModel:
 
     # -- patterns ---------------------------------------------------------------
     def candidates(self, pattern: Pattern) -> list[str]:
-        names = ["ring"]
+        names = ["ring", "recursive_doubling"]
         if pattern.groups is not None and 1 < len(set(pattern.groups)) < self.n:
             names.append("hierarchical")
         if self.shm:
             names.append("shm")
+        if self.over.agg_per_byte_s > 0:
+            names.append("aggregate")
         return names
 
     def predict(self, pattern: Pattern, nbytes: int) -> float:
@@ -190,11 +250,11 @@ class CostModel:
         for i, b in enumerate(BUCKETS):
             name = names[int(tables[:, i, piece].argmin())]
             if not rules or rules[-1][1] != name:
-                rules.append((0 if not rules else _boundary(i), name))
+                rules.append((0 if not rules else rule_boundary(i), name))
         return score, Pattern(pattern.order, pattern.groups, PIECE_SIZES[piece], tuple(rules),
                               pattern.deterministic)
 
 
-def _boundary(i: int) -> int:
+def rule_boundary(i: int) -> int:
     """The rule for bucket i starts half way (geometrically) from the one below."""
     return int(math.sqrt(BUCKETS[i - 1] * BUCKETS[i]))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # The allreduces a pattern may name per message-size bucket (tuned.cc runs them).
-ALGORITHMS = ("ring", "hierarchical", "shm")
+ALGORITHMS = ("ring", "hierarchical", "shm", "recursive_doubling", "aggregate")
 PIECE_SIZES = (64 << 10, 256 << 10, 1 << 20, 4 << 20)
 # Size buckets the evaluation sums over: latency-bound to bandwidth-bound.
 BUCKETS = (4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20)
@@ -91,6 +91,20 @@ class Pattern:
             if min_bytes <= nbytes:
                 chosen = name
         return chosen
+
+    def ending_below(self, cut: int) -> "Pattern":
+        """The pattern with the rule that runs at `cut` bytes ending below
+        it: from `cut` up to the rule after it, that rule's algorithm runs
+        (the ring when none follows)."""
+        rules = list(self.algorithms)
+        j = max((i for i, (b, _) in enumerate(rules) if b <= cut), default=0)
+        following = rules[j + 1][1] if j + 1 < len(rules) else "ring"
+        kept = rules[:j] + ([rules[j]] if rules[j][0] < cut else [])
+        merged: list[tuple[int, str]] = []
+        for rule in kept + [(cut, following)] + rules[j + 2:]:
+            if not merged or merged[-1][1] != rule[1]:
+                merged.append(rule)
+        return Pattern(self.order, self.groups, self.piece_bytes, tuple(merged), self.deterministic)
 
     def key(self) -> tuple:
         """What makes two patterns the same to the search (a ring and its

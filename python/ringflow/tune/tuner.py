@@ -16,36 +16,46 @@ import numpy as np
 from .. import _C
 from .._dtypes import DTYPE_CODE, REDUCE_OP_CODE
 from . import cache
-from .cost import CostModel, Overheads
+from .calibrate import calibrate_aggregator, calibrate_arena, calibrate_latency, timed_allreduce
+from .cost import CostModel, Overheads, rule_boundary
 from .links import measure
 from .pattern import BUCKETS, Links, Pattern, groups_by_host
 from .search import multi_start
 
 log = logging.getLogger("ringflow")
 
-_U8, _F32, _F64 = (DTYPE_CODE[t] for t in ("uint8", "float32", "float64"))
-_SUM, _MAX = REDUCE_OP_CODE["sum"], REDUCE_OP_CODE["max"]
+_U8, _MAX = DTYPE_CODE["uint8"], REDUCE_OP_CODE["max"]
+
+_SHARE_BYTES = 4096  # most schedules fit: one call (a cache hit at init is latency-bound)
 
 
-_SHARE_BYTES = 4096  # most schedules fit: one broadcast (a cache hit at init is latency-bound)
+def _from_rank0(comm, block: np.ndarray) -> None:
+    """Rank 0's `block` on every rank (the others' blocks are zeros).  On one
+    host the arena's allreduce (max against zeros) wakes every rank once,
+    where a broadcast chain wakes them one after another: n-1 scheduling
+    delays on a loaded host (65-91 ms for 8 ranks on 2 CPUs)."""
+    if _C.allreduce_algorithm(comm, block.size) == "shm":
+        comm.allreduce(block.ctypes.data, block.size, _U8, _MAX, True).wait()
+    else:
+        comm.broadcast(block.ctypes.data, block.size, _U8, 0, True).wait()
 
 
 def share(comm, obj):
     """Rank 0's JSON-able `obj` on every rank (the others pass anything):
-    one broadcast of a length-prefixed block, a second for whatever does
-    not fit in it."""
+    one call for a length-prefixed block, a second for whatever does not
+    fit in it."""
     block = np.zeros(_SHARE_BYTES, np.uint8)
     if comm.rank == 0:
         data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
         block[:8] = np.frombuffer(np.int64(data.size).tobytes(), np.uint8)
         block[8:8 + min(data.size, _SHARE_BYTES - 8)] = data[:_SHARE_BYTES - 8]
-    comm.broadcast(block.ctypes.data, block.size, _U8, 0, True).wait()
+    _from_rank0(comm, block)
     length = int(block[:8].view(np.int64)[0])
-    rest = np.empty(max(0, length - (_SHARE_BYTES - 8)), np.uint8)
+    rest = np.zeros(max(0, length - (_SHARE_BYTES - 8)), np.uint8)
     if rest.size:
         if comm.rank == 0:
             rest[:] = data[_SHARE_BYTES - 8:]
-        comm.broadcast(rest.ctypes.data, rest.size, _U8, 0, True).wait()
+        _from_rank0(comm, rest)
     return json.loads((block[8:8 + min(length, _SHARE_BYTES - 8)].tobytes() + rest.tobytes()).decode())
 
 
@@ -69,20 +79,6 @@ def apply(comm, pattern: Pattern | None) -> None:
     _C.set_schedule(comm, schedule_of(pattern))
 
 
-def timed_allreduce(comm, nbytes: int, iters: int) -> float:
-    """Seconds per allreduce of nbytes, back to back after a barrier, the
-    slowest rank's figure (every rank gets it)."""
-    x = np.ones(max(1, nbytes // 4), np.float32)
-    comm.allreduce(x.ctypes.data, x.size, _F32, _SUM, True).wait()  # warm-up
-    comm.barrier(True).wait()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        comm.allreduce(x.ctypes.data, x.size, _F32, _SUM, True).wait()
-    t = np.array([(time.perf_counter() - t0) / iters])
-    comm.allreduce(t.ctypes.data, 1, _F64, _MAX, True).wait()
-    return float(t[0])
-
-
 def untuned_pattern(hosts) -> Pattern:
     """What auto runs without a schedule, as a pattern the cost model can
     price: the launcher's order, the RINGFLOW_GROUPS or by-host layout."""
@@ -94,14 +90,6 @@ def untuned_pattern(hosts) -> Pattern:
     else:
         groups = None
     return Pattern(tuple(range(len(hosts))), groups)
-
-
-def calibrate_arena(comm) -> Overheads:
-    """The arena's cost, a + b * bytes, fitted from two untuned allreduces."""
-    small, large = 64 << 10, 8 << 20  # between buckets: a prediction at one is not a fit
-    t_small, t_large = timed_allreduce(comm, small, 20), timed_allreduce(comm, large, 5)
-    per_byte = max(t_large - t_small, 1e-12) / (large - small)
-    return Overheads(shm_fixed_s=max(t_small - per_byte * small, 0.0), shm_per_byte_s=per_byte)
 
 
 def model_of(entry: dict) -> CostModel:
@@ -131,6 +119,31 @@ def _confirm(comm, candidates, nbytes: int, iters: int, margin: float):
     return chosen, measured, untuned_s
 
 
+def _confirm_doubling(comm, pattern: Pattern, below: int, iters: int = 10):
+    """Recursive doubling wins on latency, which pairwise ping-pongs on a
+    loaded host measure poorly, and can lose badly where the model cannot
+    see it (whole messages at once into shaped links: drops, resends).  Each
+    bucket below `below` the pattern runs it at is timed against the pattern
+    without it there, from the largest down; its rule ends below the first
+    bucket where it loses.  Returns the pattern (set on comm) and the timings."""
+    timings = {}
+    for i in reversed(range(len(BUCKETS))):
+        b = BUCKETS[i]
+        if b >= below or pattern.algorithm_for(b) != "recursive_doubling":
+            continue
+        other = pattern.ending_below(rule_boundary(i) if i else 0)
+        apply(comm, pattern)
+        t_doubling = timed_allreduce(comm, b, iters)
+        apply(comm, other)
+        t_other = timed_allreduce(comm, b, iters)
+        timings[str(b)] = {"recursive_doubling_s": t_doubling, other.algorithm_for(b) + "_s": t_other}
+        if t_doubling <= t_other:
+            break
+        pattern = other
+    apply(comm, pattern)
+    return pattern, timings
+
+
 def tune(owner, starts: int = 8, seed: int = 0, confirm: int = 3, confirm_bytes: int = 16 << 20,
          iters: int = 2, time_bound_s: float = 20.0, measure_bytes: int = 2 << 20,
          margin: float = 0.03) -> dict:
@@ -149,7 +162,10 @@ def tune(owner, starts: int = 8, seed: int = 0, confirm: int = 3, confirm_bytes:
     shm = _C.allreduce_algorithm(comm, 1 << 20) == "shm"
     links, summary = measure(comm, hosts, nbytes=measure_bytes, time_bound_s=time_bound_s,
                              timeout=owner.timeout)
-    overheads = calibrate_arena(comm) if shm else Overheads()
+    overheads = calibrate_arena(comm, Overheads()) if shm else Overheads()
+    if os.environ.get("RINGFLOW_AGGREGATOR"):
+        overheads = calibrate_aggregator(comm, overheads, apply)
+    overheads, summary["latency_calibration_s"] = calibrate_latency(comm, links, overheads, apply)
     model = CostModel(links, overheads, shm=shm)
     plan = None
     if comm.rank == 0:
@@ -164,6 +180,10 @@ def tune(owner, starts: int = 8, seed: int = 0, confirm: int = 3, confirm_bytes:
                 "untuned_predicted_s": model.predict(untuned, confirm_bytes)}
     plan = share(comm, plan)
     chosen, measured, untuned_s = _confirm(comm, plan["candidates"], confirm_bytes, iters, margin)
+    if chosen is not None:
+        confirmed, summary["doubling_confirmed"] = _confirm_doubling(
+            comm, Pattern.from_json(chosen), confirm_bytes)
+        chosen = confirmed.to_json()
     return {"world": comm.size, "hosts": hosts, "shm": shm, "pattern": chosen,
             "links": links.to_json(), "overheads": asdict(overheads), "measurement": summary,
             "confirm_bytes": confirm_bytes,
@@ -175,18 +195,33 @@ def tune(owner, starts: int = 8, seed: int = 0, confirm: int = 3, confirm_bytes:
             "tune_s": time.perf_counter() - t0, "tuned_at": time.time()}
 
 
-def tune_or_load(owner, where: str | None = None, retune: bool = False, **kwargs) -> tuple[dict, bool]:
+def tune_or_load(owner, where: str | None = None, retune: bool = False, timings: dict | None = None,
+                 **kwargs) -> tuple[dict, bool]:
     """The cached schedule for this topology, set on every rank, or a fresh
     tune stored by rank 0.  Returns (entry, whether it came from the cache);
-    from the cache, ranks other than 0 get only the entry's pattern."""
+    from the cache, ranks other than 0 get only the entry's pattern.
+    `timings`, when given, gets this rank's milliseconds per stage of the
+    look-up (fingerprint_ms, load_ms, share_ms, apply_ms)."""
     comm = owner.comm
+    clock = [time.perf_counter()]
+
+    def stage(name):
+        now = time.perf_counter()
+        if timings is not None:
+            timings[name] = (now - clock[0]) * 1e3
+        clock[0] = now
+
     key = cache.fingerprint(owner.hosts, _C.env_bool("RINGFLOW_SHM", True))
+    stage("fingerprint_ms")
     entry = None if retune or comm.rank != 0 else cache.load(key, where)
+    stage("load_ms")
     # Only the decision travels: the whole entry (links and all) stays with rank 0.
     decision = share(comm, None if entry is None else {"pattern": entry.get("pattern")})
+    stage("share_ms")
     if decision is not None:
         pattern = decision["pattern"]
         apply(comm, None if pattern is None else Pattern.from_json(pattern))
+        stage("apply_ms")
         return entry if entry is not None else decision, True
     entry = tune(owner, **kwargs)
     if comm.rank == 0:
