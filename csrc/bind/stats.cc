@@ -40,6 +40,10 @@ void bindStats(py::module_& m) {
     out["bytes_sent"] = s.bytesSent();
     out["cross_host_bytes_sent"] = s.crossHostBytesSent();
     out["compressed_calls"] = s.compressedCalls();
+    py::dict phases;  // compressed allreduces only: where their time went
+    for (size_t p = 0; p < size_t(CompressPhase::Count); ++p)
+      phases[compressPhaseName(CompressPhase(p))] = double(s.compressPhaseNs(CompressPhase(p))) * 1e-6;
+    out["compress_phase_ms"] = phases;
     return out;
   });
   m.def("reset_stats", [] { Stats::global().reset(); });
