@@ -53,6 +53,7 @@ constexpr uint64_t kPhaseScatter = 7;
 constexpr uint64_t kPhaseResult = 8;
 constexpr uint64_t kStepScales = 0, kStepCodes = 1;
 constexpr size_t kMaxBuffers = 64;
+constexpr size_t kPieceElements = 16384;  // 64 KiB of LUT sum: stays in L2 until re-quantised
 
 const std::vector<const char*> kModeNames = {"none", "int8", "4bit", "2bit", "1bit"};
 const int kModeBits[] = {0, 8, 4, 2, 1};
@@ -96,7 +97,7 @@ struct Scratch {
   std::vector<float> mineScales;   // [g][nblk]
   std::vector<uint8_t> rowCodes;   // [g][widest chunk's bytes]: my codes of chunk j to send,
   std::vector<float> rowScales;    // then the re-quantised sum of chunk j received back
-  std::vector<float> sum;          // the LUT sum of my chunk
+  std::vector<float> sum;          // the LUT sum of one piece of my chunk
 };
 
 struct Residuals {
@@ -189,15 +190,10 @@ void compressedSum(Comm& ring, float* x, size_t n, Residuals::Entry& res, Scratc
   ring.waitAll(reqs);
   clock.lap(CompressPhase::Exchange);
 
-  // Step 3: the G ranks' codes summed by table look-ups, scales as weights.
-  float* sum = atLeast(scratch.sum, mine);
-  std::vector<float> ones(size_t(g), 1.0f);
-  if (mine)
-    kernels::lutWeightedSum(sum, codes, scales, ones.data(), size_t(g), mine, bits, block);
-  clock.lap(CompressPhase::LutSum);
-
-  // Steps 4-5: my chunk's sum re-quantised to everyone (and decoded into my
-  // output in the same pass); every other chunk decoded from what arrives.
+  // Steps 3-4, a piece at a time so that the sum is re-quantised while it
+  // is still in cache: the G ranks' codes summed by table look-ups (scales
+  // as weights), re-quantised with the server residual, and decoded into my
+  // output in the same pass.  Pieces start on blocks that start on a byte.
   for (int k = 1; k < g; ++k) {
     int from = (me - k + g) % g;
     size_t cnt = chunks.count(from);
@@ -205,14 +201,24 @@ void compressedSum(Comm& ring, float* x, size_t n, Residuals::Entry& res, Scratc
       recvSpan(ring, from, kPhaseResult, rowScales + size_t(from) * rowBlocks,
                rowCodes + size_t(from) * rowBytes, cnt, bits, reqs);
   }
+  const size_t piece = block % 8 == 0 ? block * ((kPieceElements + block - 1) / block) : mine;
+  float* sum = atLeast(scratch.sum, piece < mine ? piece : mine);
+  std::vector<float> ones(size_t(g), 1.0f);
   uint8_t* myCodes = rowCodes + size_t(me) * rowBytes;
   float* myScales = rowScales + size_t(me) * rowBlocks;
-  if (mine) {
-    kernels::quantizeLowbit(myCodes, myScales, server, sum, server, mine, bits, block,
-                            x + chunks.offset(me));
-    for (int k = 1; k < g; ++k)
-      sendSpan(ring, (me + k) % g, kPhaseResult, myScales, myCodes, mine, bits, reqs);
+  float* out = x + chunks.offset(me);
+  for (size_t p0 = 0; p0 < mine; p0 += piece) {
+    const size_t len = mine - p0 < piece ? mine - p0 : piece, b0 = p0 / block;
+    const size_t byte = p0 * size_t(bits) / 8;
+    kernels::lutWeightedSumStrided(sum, codes + byte, stride, scales + b0, nblk, ones.data(),
+                                   size_t(g), len, bits, block);
+    clock.lap(CompressPhase::LutSum);
+    kernels::quantizeLowbit(myCodes + byte, myScales + b0, server ? server + p0 : nullptr, sum,
+                            server ? server + p0 : nullptr, len, bits, block, out + p0);
+    clock.lap(CompressPhase::Requantize);
   }
+  for (int k = 1; k < g && mine; ++k)
+    sendSpan(ring, (me + k) % g, kPhaseResult, myScales, myCodes, mine, bits, reqs);
   clock.lap(CompressPhase::Requantize);
   ring.waitAll(reqs);
   clock.lap(CompressPhase::ResultWait);
