@@ -41,6 +41,11 @@ JOBS = {"gru": ("ringflow.jobs.gru:build", {}),
         "mlp": ("ringflow.jobs.mlp:build", {"hidden": 256, "lr": 0.002, "batch_size": 64})}
 
 
+# The lowbit hook's exact warm-up steps (DeepSpeed 1-bit Adam's freeze_step), a third of
+# the GRU's 12 epochs x 22 steps; PowerSGD's start_powerSGD_iter is below
+WARMUP_STEPS = 88
+
+
 def allreduce_times(rank, size, nbytes, iters):
     """Per mode: seconds per call back to back (slowest rank), cross-host
     bytes this rank sent per call, and the relative error on random data."""
@@ -74,12 +79,13 @@ def allreduce_times(rank, size, nbytes, iters):
             raise AssertionError(f"{mode}: wrong allreduce result {float(x[0])}, want {size ** iters}")
         dist.all_reduce(took, op=dist.ReduceOp.MAX)
         out[mode] = {"s": float(took) / iters, "bytes": s["cross_host_bytes_sent"] / iters,
-                     "compressed": s["compressed_calls"], "rel_error": err}
+                     "compressed": s["compressed_calls"], "rel_error": err,
+                     "phase_ms": {k: v / iters for k, v in s["compress_phase_ms"].items()}}
     dist.destroy_process_group()
     return out
 
 
-def train(rank, size, job_spec, variant, epochs):
+def train(rank, size, job_spec, variant, epochs, warmup_steps=0):
     """DDP training of a reference job; returns held-out accuracy and the
     median seconds per step (slowest rank)."""
     from datetime import timedelta
@@ -98,7 +104,7 @@ def train(rank, size, job_spec, variant, epochs):
     job = load_entry_point(entry)(**config)
     model = DDP(job.model)
     if variant == "lowbit":
-        model.register_comm_hook(None, ringflow.hooks.lowbit(bits=2))
+        model.register_comm_hook(None, ringflow.hooks.lowbit(bits=2, warmup_steps=warmup_steps))
     elif variant == "powersgd":
         state = psgd.PowerSGDState(process_group=None, matrix_approximation_rank=2, start_powerSGD_iter=2)
         model.register_comm_hook(state, psgd.powerSGD_hook)
@@ -175,6 +181,8 @@ def main(argv=None) -> int:
                    help="comma-separated, from: allreduce, training, kernels (default all)")
     p.add_argument("--jobs", default="gru,mlp", help=f"training jobs, from: {','.join(JOBS)}")
     p.add_argument("--variants", default="exact,lowbit,powersgd", help="training variants")
+    p.add_argument("--warmup-steps", type=int, default=WARMUP_STEPS,
+                   help=f"exact steps before the 2-bit hook compresses (default {WARMUP_STEPS})")
     p.add_argument("--train-here", action="store_true",
                    help="train on this host, hosts faked with RINGFLOW_GROUPS (no namespaces): "
                         "accuracy only, step times are loopback ones")
@@ -201,12 +209,17 @@ def main(argv=None) -> int:
             hosts.shape(args.rate)
         if "allreduce" in parts:
             progress(f"[allreduce] {args.size} x {args.iters}")
-            ar = hosts.run([0, 0, 1, 1], "compress:allreduce_times", args=(nbytes, args.iters), env=env,
-                           path=[HERE])[0]
+            ranks = hosts.run([0, 0, 1, 1], "compress:allreduce_times", args=(nbytes, args.iters), env=env,
+                              path=[HERE])
+            ar = ranks[0]
+            # Where a 2-bit call's time goes, per rank (every rank is busy
+            # at once: four ranks share the host's CPUs).
+            ar["phases_ms"] = {k: statistics.mean(r["2bit"]["phase_ms"][k] for r in ranks)
+                               for k in ranks[0]["2bit"]["phase_ms"]}
         for job in jobs if "training" in parts else ():
             for variant in args.variants.split(","):
                 progress(f"[training] {job} {variant}")
-                targs = (JOBS[job], variant, args.epochs)
+                targs = (JOBS[job], variant, args.epochs, args.warmup_steps)
                 if args.train_here:
                     train_runs[job, variant] = netns.run_ranks(
                         [[]] * 4, [{"RINGFLOW_GROUPS": "h0,h0,h1,h1"}] * 4, "127.0.0.1", "compress:train",
@@ -226,8 +239,10 @@ def main(argv=None) -> int:
             print(f"{name:>10} {r['s'] * 1e3:>10.1f} {r['bytes']:>14.0f} {r['rel_error']:>10.2e}")
         speedup, ratio = exact["s"] / low["s"], low["bytes"] / exact["bytes"]
         print(f"# 2-bit speedup {speedup:.2f}x, bytes ratio {ratio:.4f} (1/{1 / ratio:.1f})")
+        print("# 2-bit call by phase (ms per call, mean over ranks; stats()['compress_phase_ms']):")
+        print("#   " + "  ".join(f"{k} {v:.1f}" for k, v in ar["phases_ms"].items()))
         out.update(exact_s=exact["s"], lowbit_s=low["s"], speedup=speedup, bytes_ratio=ratio,
-                   lowbit_rel_error=low["rel_error"])
+                   lowbit_rel_error=low["rel_error"], lowbit_phase_ms=ar["phases_ms"])
     if train_runs:
         print(f"# training: DDP over 4 ranks, {args.epochs} epochs, held-out accuracy, median step")
         print(f"#{'job':>5} {'variant':>9} {'accuracy':>9} {'step (ms)':>10}")

@@ -96,3 +96,39 @@ def test_powersgd_hook_runs_on_ringflow():
     # PowerSGD's then-callback starts an allreduce and waits on its future.
     res = run_world(2, powersgd_steps, timeout=90)
     assert res[0] == res[1] and all(g > 0 for g in res[0])
+
+
+def warmup_steps(rank, size, warmup):
+    import torch
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    import ringflow
+
+    init_torch(rank, size)
+    torch.manual_seed(0)
+    model = DDP(torch.nn.Linear(16, 4))
+    model.register_comm_hook(None, ringflow.hooks.lowbit(bits=2, warmup_steps=warmup))
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(rank))
+    ringflow.reset_stats()
+    seen = []
+    for _ in range(warmup + 1):
+        model.zero_grad()
+        model(x).pow(2).mean().backward()
+        s = ringflow.stats()
+        seen.append((s["compressed_calls"], s["compress_phase_ms"]["lut_sum"]))
+    return seen
+
+
+def test_lowbit_hook_warmup_steps_run_exact():
+    # The warm-up steps never reach the compressed path (no compressed call,
+    # no time in its phases); the step after it does.
+    for seen in run_world(2, warmup_steps, 2, env={"RINGFLOW_GROUPS": "h0,h1"}, timeout=120):
+        assert seen[0] == (0, 0.0) and seen[1] == (0, 0.0)
+        assert seen[2][0] >= 1 and seen[2][1] > 0.0
+
+
+def test_lowbit_hook_rejects_bad_warmup():
+    import ringflow
+
+    with pytest.raises(ValueError, match="warmup_steps must be an int >= 0, got -1"):
+        ringflow.hooks.lowbit(bits=2, warmup_steps=-1)

@@ -21,8 +21,9 @@
 //      scales as coefficients (lutWeightedSum, coefficient 1 per rank);
 //   4. re-quantise: rank j quantises the sum with its server residual and
 //      sends the codes to every rank (G-1 messages of n/G);
-//   5. decode: every rank decodes every chunk, its own included, so all
-//      ranks hold the same bits.
+//   5. decode: every rank decodes every chunk (its own in the re-quantising
+//      pass itself, to the same bits), so all ranks hold the same bits.
+// stats()["compress_phase_ms"] times each step (CompressPhase in stats.h).
 // A rank sends 2 (G-1)/G * n * (b/8 + 4/B) bytes, the exact ring
 // 2 (G-1)/G * 4n.  With feedback, T calls on the same buffer sum to T times
 // the exact sum minus the last residuals: the error stays bounded.
@@ -52,6 +53,7 @@ constexpr uint64_t kPhaseScatter = 7;
 constexpr uint64_t kPhaseResult = 8;
 constexpr uint64_t kStepScales = 0, kStepCodes = 1;
 constexpr size_t kMaxBuffers = 64;
+constexpr size_t kPieceElements = 16384;  // 64 KiB of LUT sum: stays in L2 until re-quantised
 
 const std::vector<const char*> kModeNames = {"none", "int8", "4bit", "2bit", "1bit"};
 const int kModeBits[] = {0, 8, 4, 2, 1};
@@ -87,6 +89,17 @@ const SettingsRegistration kSettings(
       blockSize();
     });
 
+// Buffers of one call, kept with the communicator so that the next call
+// (the same DDP bucket, or one as large) reuses warm pages instead of
+// faulting in fresh ones: megabytes a call at 64 MiB.
+struct Scratch {
+  std::vector<uint8_t> mineCodes;  // [g][stride]: every rank's codes of my chunk
+  std::vector<float> mineScales;   // [g][nblk]
+  std::vector<uint8_t> rowCodes;   // [g][widest chunk's bytes]: my codes of chunk j to send,
+  std::vector<float> rowScales;    // then the re-quantised sum of chunk j received back
+  std::vector<float> sum;          // the LUT sum of one piece of my chunk
+};
+
 struct Residuals {
   struct Entry {
     std::vector<float> worker, server;
@@ -94,6 +107,7 @@ struct Residuals {
   using Key = std::pair<const void*, size_t>;
   std::map<Key, Entry> byBuffer;
   std::deque<Key> order;  // oldest first
+  Scratch scratch;
 
   Entry& of(Key key, size_t workerCount, size_t serverCount) {
     auto it = byBuffer.find(key);
@@ -112,20 +126,11 @@ struct Residuals {
   }
 };
 
-// One compressed span: block scales then codes, as they travel.
-struct Span {
-  std::vector<float> scales;
-  std::vector<uint8_t> codes;
-  void size(size_t n, int bits) {
-    scales.resize(kernels::numBlocks(n, blockSize()));
-    codes.resize(kernels::lowbitPackedBytes(n, bits));
-  }
-};
-
-void quantize(Span& s, const float* x, float* residual, size_t n, int bits) {
-  s.size(n, bits);
-  kernels::quantizeLowbit(s.codes.data(), s.scales.data(), residual, x, residual, n, bits,
-                          blockSize());
+// Grows (never shrinks) a scratch vector.
+template <typename T>
+T* atLeast(std::vector<T>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
 }
 
 void sendSpan(Comm& c, int peer, uint64_t phase, const float* scales, const uint8_t* codes,
@@ -145,74 +150,83 @@ void recvSpan(Comm& c, int peer, uint64_t phase, float* scales, uint8_t* codes, 
 }
 
 // Steps 1-5 of the schedule on float32 data.
-void compressedSum(Comm& ring, float* x, size_t n, Residuals::Entry& res, int bits) {
+void compressedSum(Comm& ring, float* x, size_t n, Residuals::Entry& res, Scratch& scratch,
+                   int bits) {
   const int g = ring.size(), me = ring.rank();
   const size_t block = blockSize();
   Blocks chunks(n, g);
   const size_t mine = chunks.count(me), nblk = kernels::numBlocks(mine, block);
   const size_t stride = kernels::lowbitPackedBytes(mine, bits);
+  const size_t rowBytes = kernels::lowbitPackedBytes(chunks.maxCount(), bits);
+  const size_t rowBlocks = kernels::numBlocks(chunks.maxCount(), block);
   float* worker = feedbackOn() ? res.worker.data() : nullptr;
   float* server = feedbackOn() ? res.server.data() : nullptr;
+  uint8_t* codes = atLeast(scratch.mineCodes, size_t(g) * stride);
+  float* scales = atLeast(scratch.mineScales, size_t(g) * nblk);
+  uint8_t* rowCodes = atLeast(scratch.rowCodes, size_t(g) * rowBytes);
+  float* rowScales = atLeast(scratch.rowScales, size_t(g) * rowBlocks);
+  PhaseClock clock;
 
-  // Steps 1-2: every rank's codes of my chunk land in row `rank` of these.
-  std::vector<uint8_t> codes(size_t(g) * stride);
-  std::vector<float> scales(size_t(g) * nblk);
+  // Steps 1-2: every rank's codes of my chunk land in row `rank` of codes.
   std::vector<RequestPtr> reqs;
   for (int k = 1; k < g; ++k) {
     int from = (me - k + g) % g;
     if (mine)
-      recvSpan(ring, from, kPhaseScatter, &scales[size_t(from) * nblk],
-               &codes[size_t(from) * stride], mine, bits, reqs);
+      recvSpan(ring, from, kPhaseScatter, scales + size_t(from) * nblk,
+               codes + size_t(from) * stride, mine, bits, reqs);
   }
-  std::vector<Span> out(static_cast<size_t>(g));
   for (int k = 1; k <= g; ++k) {
     int to = (me + k) % g;  // own chunk last, straight into its row
     size_t off = chunks.offset(to), cnt = chunks.count(to);
     if (!cnt) continue;
-    if (to == me) {
-      kernels::quantizeLowbit(&codes[size_t(me) * stride], &scales[size_t(me) * nblk],
-                              worker ? worker + off : nullptr, x + off,
-                              worker ? worker + off : nullptr, cnt, bits, block);
-      continue;
-    }
-    quantize(out[size_t(to)], x + off, worker ? worker + off : nullptr, cnt, bits);
-    sendSpan(ring, to, kPhaseScatter, out[size_t(to)].scales.data(), out[size_t(to)].codes.data(),
-             cnt, bits, reqs);
+    const bool own = to == me;
+    uint8_t* c = own ? codes + size_t(me) * stride : rowCodes + size_t(to) * rowBytes;
+    float* s = own ? scales + size_t(me) * nblk : rowScales + size_t(to) * rowBlocks;
+    kernels::quantizeLowbit(c, s, worker ? worker + off : nullptr, x + off,
+                            worker ? worker + off : nullptr, cnt, bits, block);
+    if (!own) sendSpan(ring, to, kPhaseScatter, s, c, cnt, bits, reqs);
   }
+  clock.lap(CompressPhase::Quantize);
   ring.waitAll(reqs);
+  clock.lap(CompressPhase::Exchange);
 
-  // Step 3: the G ranks' codes summed by table look-ups, scales as weights.
-  static thread_local std::vector<float> sum;  // kept: fresh pages cost more than the sum
-  sum.resize(mine);
-  std::vector<float> ones(size_t(g), 1.0f);
-  if (mine)
-    kernels::lutWeightedSum(sum.data(), codes.data(), scales.data(), ones.data(), size_t(g), mine,
-                            bits, block);
-
-  // Steps 4-5: my chunk's sum re-quantised to everyone; every chunk decoded.
-  Span result;
-  if (mine) quantize(result, sum.data(), server, mine, bits);
-  std::vector<Span> in(static_cast<size_t>(g));
+  // Steps 3-4, a piece at a time so that the sum is re-quantised while it
+  // is still in cache: the G ranks' codes summed by table look-ups (scales
+  // as weights), re-quantised with the server residual, and decoded into my
+  // output in the same pass.  Pieces start on blocks that start on a byte.
   for (int k = 1; k < g; ++k) {
     int from = (me - k + g) % g;
     size_t cnt = chunks.count(from);
-    if (!cnt) continue;
-    in[size_t(from)].size(cnt, bits);
-    recvSpan(ring, from, kPhaseResult, in[size_t(from)].scales.data(),
-             in[size_t(from)].codes.data(), cnt, bits, reqs);
+    if (cnt)
+      recvSpan(ring, from, kPhaseResult, rowScales + size_t(from) * rowBlocks,
+               rowCodes + size_t(from) * rowBytes, cnt, bits, reqs);
   }
-  for (int k = 1; k < g; ++k)
-    if (mine)
-      sendSpan(ring, (me + k) % g, kPhaseResult, result.scales.data(), result.codes.data(), mine,
-               bits, reqs);
-  if (mine)
-    kernels::dequantizeLowbit(x + chunks.offset(me), result.codes.data(), result.scales.data(),
-                              mine, bits, block);
+  const size_t piece = block % 8 == 0 ? block * ((kPieceElements + block - 1) / block) : mine;
+  float* sum = atLeast(scratch.sum, piece < mine ? piece : mine);
+  std::vector<float> ones(size_t(g), 1.0f);
+  uint8_t* myCodes = rowCodes + size_t(me) * rowBytes;
+  float* myScales = rowScales + size_t(me) * rowBlocks;
+  float* out = x + chunks.offset(me);
+  for (size_t p0 = 0; p0 < mine; p0 += piece) {
+    const size_t len = mine - p0 < piece ? mine - p0 : piece, b0 = p0 / block;
+    const size_t byte = p0 * size_t(bits) / 8;
+    kernels::lutWeightedSumStrided(sum, codes + byte, stride, scales + b0, nblk, ones.data(),
+                                   size_t(g), len, bits, block);
+    clock.lap(CompressPhase::LutSum);
+    kernels::quantizeLowbit(myCodes + byte, myScales + b0, server ? server + p0 : nullptr, sum,
+                            server ? server + p0 : nullptr, len, bits, block, out + p0);
+    clock.lap(CompressPhase::Requantize);
+  }
+  for (int k = 1; k < g && mine; ++k)
+    sendSpan(ring, (me + k) % g, kPhaseResult, myScales, myCodes, mine, bits, reqs);
+  clock.lap(CompressPhase::Requantize);
   ring.waitAll(reqs);
+  clock.lap(CompressPhase::ResultWait);
   for (int j = 0; j < g; ++j)
     if (j != me && chunks.count(j))
-      kernels::dequantizeLowbit(x + chunks.offset(j), in[size_t(j)].codes.data(),
-                                in[size_t(j)].scales.data(), chunks.count(j), bits, block);
+      kernels::dequantizeLowbit(x + chunks.offset(j), rowCodes + size_t(j) * rowBytes,
+                                rowScales + size_t(j) * rowBlocks, chunks.count(j), bits, block);
+  clock.lap(CompressPhase::Decode);
 }
 
 }  // namespace
@@ -236,16 +250,14 @@ void compressedAllreduce(Comm& ring, Buffer shard, Comm& owner, const void* key,
   kernels::checkLowbitBits(bits);
   Stats::global().addCompressedCall();
   const size_t n = shard.count;
-  Residuals::Entry& res = [&]() -> Residuals::Entry& {
-    auto& store = owner.attachment<Residuals>();
-    if (!store) store = std::make_shared<Residuals>();
-    Blocks chunks(n, ring.size());
-    return store->of({key, keyCount}, n, chunks.count(ring.rank()));
-  }();
-  if (shard.dtype == DType::Float32) return compressedSum(ring, static_cast<float*>(shard.ptr), n, res, bits);
+  auto& store = owner.attachment<Residuals>();
+  if (!store) store = std::make_shared<Residuals>();
+  Residuals::Entry& res = store->of({key, keyCount}, n, Blocks(n, ring.size()).count(ring.rank()));
+  if (shard.dtype == DType::Float32)
+    return compressedSum(ring, static_cast<float*>(shard.ptr), n, res, store->scratch, bits);
   std::vector<float> f32(n);
   kernels::convert(f32.data(), DType::Float32, shard.ptr, shard.dtype, n);
-  compressedSum(ring, f32.data(), n, res, bits);
+  compressedSum(ring, f32.data(), n, res, store->scratch, bits);
   kernels::convert(shard.ptr, shard.dtype, f32.data(), DType::Float32, n);
 }
 

@@ -12,6 +12,7 @@
 #include "ringflow/compress.h"
 #include "schedule.h"
 #include "ringflow/kernels.h"
+#include "ringflow/stats.h"
 
 namespace ringflow::algo {
 namespace {
@@ -38,10 +39,12 @@ void hierarchicalAllreduce(Comm& c, Buffer data, ReduceOp op) {
   const int mine = lower->rank();
   Buffer shard{data.at(blocks.offset(mine)), blocks.count(mine), data.dtype};
   const int bits = compressBitsFor(c, data.dtype, op);
+  PhaseClock clock;  // the same-host levels' share of a compressed call
 
   lower->runInline(subCall(c.op(), OpKind::ReduceScatter, data.count), c, [&] {
     if (lower->size() > 1) reduceScatterInPlace(*lower, data, blocks, op);
   });
+  if (bits) clock.lap(CompressPhase::IntraReduce);
   if (higher)
     higher->runInline(subCall(c.op(), OpKind::AllReduce, shard.count), c, [&] {
       if (higher->size() > 1 && bits) {
@@ -55,9 +58,11 @@ void hierarchicalAllreduce(Comm& c, Buffer data, ReduceOp op) {
   c.markAggregated();
   if (op == ReduceOp::Avg && shard.count)
     kernels::divide(shard.ptr, shard.count, shard.dtype, double(c.size()));
+  if (bits) clock = PhaseClock();
   lower->runInline(subCall(c.op(), OpKind::AllGather, data.count), c, [&] {
     if (lower->size() > 1) allgatherInPlace(*lower, data, blocks);
   });
+  if (bits) clock.lap(CompressPhase::IntraGather);
 }
 
 }  // namespace ringflow::algo

@@ -44,6 +44,10 @@ void bindStats(py::module_& m) {
       if (uint64_t b = s.bytesSentTo(r)) sentTo[py::int_(r)] = b;
     out["bytes_sent_to"] = sentTo;
     out["compressed_calls"] = s.compressedCalls();
+    py::dict phases;  // compressed allreduces only: where their time went
+    for (size_t p = 0; p < size_t(CompressPhase::Count); ++p)
+      phases[compressPhaseName(CompressPhase(p))] = double(s.compressPhaseNs(CompressPhase(p))) * 1e-6;
+    out["compress_phase_ms"] = phases;
     return out;
   });
   m.def("reset_stats", [] { Stats::global().reset(); });

@@ -91,6 +91,13 @@ std::string Stats::lastWarning() {
   return lastWarning_;
 }
 
+const char* compressPhaseName(CompressPhase p) {
+  static const char* const kNames[] = {"intra_reduce", "quantize", "exchange", "lut_sum",
+                                       "requantize",   "result_wait", "decode", "intra_gather"};
+  static_assert(sizeof(kNames) / sizeof(kNames[0]) == size_t(CompressPhase::Count));
+  return kNames[size_t(p)];
+}
+
 void Stats::addSent(size_t bytes, bool crossHost) {
   bytesSent_.fetch_add(bytes, std::memory_order_relaxed);
   if (crossHost) crossHostBytes_.fetch_add(bytes, std::memory_order_relaxed);
@@ -101,6 +108,7 @@ void Stats::reset() {
   crossHostBytes_ = 0;
   compressedCalls_ = 0;
   for (auto& n : sentTo_) n = 0;
+  for (auto& ns : compressPhaseNs_) ns = 0;
   std::lock_guard<std::mutex> lock(mu_);
   kinds_.clear();
   recent_.clear();

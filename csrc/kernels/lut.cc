@@ -183,15 +183,25 @@ void lutWeightedSum(float* y, const uint8_t* codes, const float* scales, const f
                     size_t workers, size_t m, int bits, size_t block) {
   checkLowbitBits(bits);
   checkBlock(block, false);
+  lutWeightedSumStrided(y, codes, lowbitPackedBytes(m, bits), scales, numBlocks(m, block), coeffs,
+                        workers, m, bits, block);
+}
+
+void lutWeightedSumStrided(float* y, const uint8_t* codes, size_t stride, const float* scales,
+                           size_t nblk, const float* coeffs, size_t workers, size_t m, int bits,
+                           size_t block) {
+  checkLowbitBits(bits);
+  checkBlock(block, false);
   // The vector loop takes 8 elements at a byte boundary: blocks must keep that.
   if (!useAvx2() || block % 8 != 0 || workers == 0)
-    return lutWeightedSumScalar(y, codes, scales, coeffs, workers, m, bits, block);
-  const size_t stride = lowbitPackedBytes(m, bits), nblk = numBlocks(m, block);
+    return lut_detail::weightedSumScalar(y, codes, stride, scales, nblk, coeffs, workers, m, bits,
+                                         block);
   const size_t groups = (workers + kLutGroup - 1) / kLutGroup;
   const float levels = float((1 << bits) - 1);
-  std::vector<uint8_t> zeros(stride + 8, 0);  // stands in for the missing workers of the last group
+  // stands in for the missing workers of the last group
+  std::vector<uint8_t> zeros(lowbitPackedBytes(m, bits) + 8, 0);
   std::vector<float> w(groups * kLutGroup, 0.0f), tables(16 * groups);
-  for (size_t b = 0; b < nblk; ++b) {
+  for (size_t b = 0; b * block < m; ++b) {
     const float wsum =
         lut_detail::blockTables(tables.data(), w.data(), coeffs, scales, workers, nblk, b);
     const size_t first = b * block, len = (first + block < m ? first + block : m) - first;

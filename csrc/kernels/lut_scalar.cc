@@ -39,15 +39,13 @@ float blockTables(float* tables, float* w, const float* coeffs, const float* sca
 }
 }  // namespace lut_detail
 
-void lutWeightedSumScalar(float* y, const uint8_t* codes, const float* scales,
-                          const float* coeffs, size_t workers, size_t m, int bits, size_t block) {
-  checkLowbitBits(bits);
-  if (block == 0) throw InvalidArgument("block size must be >= 1");
-  const size_t stride = lowbitPackedBytes(m, bits), nblk = numBlocks(m, block);
+void lut_detail::weightedSumScalar(float* y, const uint8_t* codes, size_t stride,
+                                   const float* scales, size_t nblk, const float* coeffs,
+                                   size_t workers, size_t m, int bits, size_t block) {
   const size_t groups = (workers + kLutGroup - 1) / kLutGroup;
   const float levels = float((1 << bits) - 1);
   std::vector<float> w(workers), tables(16 * groups);
-  for (size_t b = 0; b < nblk; ++b) {
+  for (size_t b = 0; b * block < m; ++b) {
     const float wsum =
         lut_detail::blockTables(tables.data(), w.data(), coeffs, scales, workers, nblk, b);
     size_t end = (b + 1) * block < m ? (b + 1) * block : m;
@@ -63,6 +61,14 @@ void lutWeightedSumScalar(float* y, const uint8_t* codes, const float* scales,
       y[i] = 2.0f * acc - levels * wsum;
     }
   }
+}
+
+void lutWeightedSumScalar(float* y, const uint8_t* codes, const float* scales,
+                          const float* coeffs, size_t workers, size_t m, int bits, size_t block) {
+  checkLowbitBits(bits);
+  if (block == 0) throw InvalidArgument("block size must be >= 1");
+  lut_detail::weightedSumScalar(y, codes, lowbitPackedBytes(m, bits), scales, numBlocks(m, block),
+                                coeffs, workers, m, bits, block);
 }
 
 void lutGemvScalar(float* y, const uint8_t* packed, const float* scales, const float* x,

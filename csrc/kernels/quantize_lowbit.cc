@@ -8,8 +8,14 @@
 
 #include "ringflow/quantize.h"
 #include "ringflow/types.h"
+#include "simd.h"
 
 namespace ringflow::kernels {
+namespace avx2 {
+float quantizeLowbitBlock(uint8_t* packed, float* residual, float* decoded, const float* x,
+                          const float* error, size_t len, int bits);
+void dequantizeLowbitBlock(float* x, const uint8_t* packed, float s, size_t len, int bits);
+}  // namespace avx2
 
 void checkLowbitBits(int bits) {
   if (bits != 1 && bits != 2 && bits != 4 && bits != 8)
@@ -45,12 +51,25 @@ void pack(uint8_t* packed, const uint8_t* codes, size_t n, int bits) {
   }
 }
 
+// The vector loops take 8 elements at a time from a byte boundary: every
+// block must start on one.
+bool vectorBlocks(size_t block) { return atLeastAvx2() && block % 8 == 0; }
+
 }  // namespace
 
 void quantizeLowbit(uint8_t* packed, float* scales, float* residual, const float* x,
-                    const float* error, size_t n, int bits, size_t block) {
+                    const float* error, size_t n, int bits, size_t block, float* decoded) {
   checkLowbitBits(bits);
   checkBlock(block);
+  if (vectorBlocks(block)) {
+    for (size_t b = 0, i0 = 0; i0 < n; ++b, i0 += block)
+      scales[b] = avx2::quantizeLowbitBlock(packed + i0 * size_t(bits) / 8,
+                                            residual ? residual + i0 : nullptr,
+                                            decoded ? decoded + i0 : nullptr, x + i0,
+                                            error ? error + i0 : nullptr,
+                                            n - i0 < block ? n - i0 : block, bits);
+    return;
+  }
   const unsigned levels = (1u << bits) - 1u;  // L: the codes are 0..L
   const double levelsD = double(levels);
   std::vector<uint8_t> codes(n);
@@ -73,9 +92,11 @@ void quantizeLowbit(uint8_t* packed, float* scales, float* residual, const float
       t = t > levelsD ? levelsD : (t >= 0.0 ? t : 0.0);  // also maps NaN to 0
       c[i] = uint8_t(int(rintSmall(t)));
     }
-    if (residual)
-      for (size_t i = 0; i < len; ++i)
-        residual[i0 + i] = v[i] - s * float(2 * int(c[i]) - int(levels));
+    for (size_t i = 0; i < len; ++i) {
+      const float deq = s * float(2 * int(c[i]) - int(levels));
+      if (residual) residual[i0 + i] = v[i] - deq;
+      if (decoded) decoded[i0 + i] = deq;
+    }
   }
   pack(packed, codes.data(), n, bits);
 }
@@ -84,6 +105,12 @@ void dequantizeLowbit(float* x, const uint8_t* packed, const float* scales, size
                       size_t block) {
   checkLowbitBits(bits);
   checkBlock(block);
+  if (vectorBlocks(block)) {
+    for (size_t b = 0, i0 = 0; i0 < n; ++b, i0 += block)
+      avx2::dequantizeLowbitBlock(x + i0, packed + i0 * size_t(bits) / 8, scales[b],
+                                  n - i0 < block ? n - i0 : block, bits);
+    return;
+  }
   const int levels = (1 << bits) - 1;
   const unsigned mask = unsigned(levels);
   for (size_t b = 0, i0 = 0; i0 < n; ++b, i0 += block) {

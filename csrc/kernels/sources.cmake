@@ -8,6 +8,7 @@ set(RINGFLOW_KERNEL_SOURCES
   csrc/kernels/quantize_fixed.cc
   csrc/kernels/quantize_fixed_avx2.cc
   csrc/kernels/quantize_lowbit.cc
+  csrc/kernels/quantize_lowbit_avx2.cc
   csrc/kernels/lut_scalar.cc
   csrc/kernels/lut.cc
   csrc/kernels/lut_avx2.cc
@@ -21,6 +22,8 @@ if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64")
   set_source_files_properties(csrc/kernels/reduce_avx2.cc PROPERTIES
     COMPILE_OPTIONS "-O3;-mavx2;-mfma;-mf16c;-ffp-contract=off")
   set_source_files_properties(csrc/kernels/quantize_fixed_avx2.cc PROPERTIES
+    COMPILE_OPTIONS "-O3;-mavx2;-mfma;-ffp-contract=off")
+  set_source_files_properties(csrc/kernels/quantize_lowbit_avx2.cc PROPERTIES
     COMPILE_OPTIONS "-O3;-mavx2;-mfma;-ffp-contract=off")
   set_source_files_properties(csrc/kernels/lut_avx2.cc PROPERTIES
     COMPILE_OPTIONS "-O3;-mavx2;-mfma")

@@ -24,6 +24,13 @@ void lutWeightedSum(float* y, const uint8_t* codes, const float* scales, const f
                     size_t workers, size_t m, int bits, size_t block);
 void lutWeightedSumScalar(float* y, const uint8_t* codes, const float* scales,
                           const float* coeffs, size_t workers, size_t m, int bits, size_t block);
+// The same sum over a piece of longer rows: row n's codes start at
+// codes + n * codeStride and its scales at scales + n * scaleStride; the
+// piece starts on a block boundary that falls on a byte (so a piece of a
+// buffer can be summed and used while it is still in cache).
+void lutWeightedSumStrided(float* y, const uint8_t* codes, size_t codeStride, const float* scales,
+                           size_t scaleStride, const float* coeffs, size_t workers, size_t m,
+                           int bits, size_t block);
 
 // A low-bit matrix W [rows, cols] (row-major packed codes, scales per row per
 // block of `block` columns, block a multiple of 4) rearranged once for the
@@ -63,6 +70,10 @@ void buildTables(float* tables, const float* v, size_t n);
 // and their tables; returns the sum of the weights (for the offset term).
 float blockTables(float* tables, float* w, const float* coeffs, const float* scales,
                   size_t workers, size_t nblk, size_t b);
+// lutWeightedSumScalar over strided rows (see lutWeightedSumStrided).
+void weightedSumScalar(float* y, const uint8_t* codes, size_t codeStride, const float* scales,
+                       size_t scaleStride, const float* coeffs, size_t workers, size_t m, int bits,
+                       size_t block);
 }  // namespace lut_detail
 
 }  // namespace ringflow::kernels

@@ -53,9 +53,11 @@ inline size_t numBlocks(size_t n, size_t block) { return (n + block - 1) / block
 
 // Quantises x (+ error, when not null) into packed codes and per-block
 // scales; writes residual = (x + error) - dequantised when residual is not
-// null (it may alias error).
+// null (it may alias error), and the dequantised values themselves when
+// decoded is not null (it may alias x), in the same pass.
 void quantizeLowbit(uint8_t* packed, float* scales, float* residual, const float* x,
-                    const float* error, size_t n, int bits, size_t block);
+                    const float* error, size_t n, int bits, size_t block,
+                    float* decoded = nullptr);
 
 void dequantizeLowbit(float* x, const uint8_t* packed, const float* scales, size_t n, int bits,
                       size_t block);

@@ -6,6 +6,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -27,6 +28,22 @@ struct OpRecord {
   double slowWaitMs = 0;
   bool warned = false;
 };
+
+// Where a compressed hierarchical allreduce spends its time (summed over
+// calls, this rank): the exact same-host levels around the compressed
+// cross-host level, and the compressed level's own steps (algo/compressed.cc).
+enum class CompressPhase {
+  IntraReduce,    // same-host reduce-scatter (exact)
+  Quantize,       // worker quantisation with error feedback, sends posted
+  Exchange,       // waiting for the other ranks' codes
+  LutSum,         // LUT weighted sum of the ranks' codes
+  Requantize,     // the sum re-quantised (server feedback), own chunk decoded
+  ResultWait,     // waiting for the other chunks' re-quantised codes
+  Decode,         // the other chunks decoded into the output
+  IntraGather,    // same-host allgather (exact)
+  Count
+};
+const char* compressPhaseName(CompressPhase p);
 
 struct OpKindStats {
   uint64_t count = 0;
@@ -67,6 +84,14 @@ class Stats {
   uint64_t bytesSent() const { return bytesSent_.load(std::memory_order_relaxed); }
   uint64_t crossHostBytesSent() const { return crossHostBytes_.load(std::memory_order_relaxed); }
   uint64_t compressedCalls() const { return compressedCalls_.load(std::memory_order_relaxed); }
+  // Nanoseconds spent in a phase of compressed allreduces (a clock read per
+  // phase per call: cheap enough to keep on).
+  void addCompressPhase(CompressPhase p, uint64_t ns) {
+    compressPhaseNs_[size_t(p)].fetch_add(ns, std::memory_order_relaxed);
+  }
+  uint64_t compressPhaseNs(CompressPhase p) const {
+    return compressPhaseNs_[size_t(p)].load(std::memory_order_relaxed);
+  }
 
   std::map<std::string, OpKindStats> byKind();
   std::deque<OpRecord> recent();
@@ -84,6 +109,21 @@ class Stats {
   std::string lastWarning_;
   std::atomic<uint64_t> bytesSent_{0}, crossHostBytes_{0}, compressedCalls_{0};
   std::array<std::atomic<uint64_t>, kPeersCounted> sentTo_{};
+  std::atomic<uint64_t> compressPhaseNs_[size_t(CompressPhase::Count)] = {};
+};
+
+// Charges the time since the previous lap (or construction) to a phase.
+class PhaseClock {
+ public:
+  void lap(CompressPhase p) {
+    auto now = std::chrono::steady_clock::now();
+    Stats::global().addCompressPhase(
+        p, uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(now - last_).count()));
+    last_ = now;
+  }
+
+ private:
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
 };
 
 }  // namespace ringflow
