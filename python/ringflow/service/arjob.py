@@ -12,7 +12,11 @@ allreduce job).  The members then abandon the group and ask for work; the
 next generation forms from all of the job's live workers (free ones join
 up to `workers`), or from those that came within JOIN_WINDOW_S of the
 first one (a dead worker is live until its heartbeat times out), restores the
-job's last *confirmed* commit and recomputes from its cursor.
+job's last *confirmed* commit and recomputes from its cursor.  Unless
+the job names a `store` its workers share, versions pass through the
+master (`commit_state`, `checkout_state`): workers need no shared
+filesystem, and a new generation rolls the master's store back to the
+confirmed commit.
 
 Exactly once per epoch.  The batches are a pure function of (seed, step)
 (distribution.py); a generation of W workers splits each step's batch into
@@ -29,13 +33,16 @@ every training sample exactly once per epoch.
 
 from __future__ import annotations
 
+import io
 import logging
 import secrets
 import threading
 import time
 
 import numpy as np
+import torch
 
+from ..versions.store import Store
 from .kvstore import RendezvousSpaces
 from .psjob import JobFailed
 
@@ -48,6 +55,7 @@ class AllreduceJob:
     def __init__(self, row: dict, state, spaces: RendezvousSpaces, store_path: str):
         self.id, self.spec, self.state, self.spaces = row["id"], row["spec"], state, spaces
         self.store_path = self.spec["store"] or store_path
+        self.vstore = None if self.spec["store"] else Store(self.store_path)
         self.restore = (int(row["step"]), row["head"])   # the last confirmed step and commit
         self.lock = threading.RLock()
         self.gen, self.prefix = 0, None
@@ -66,6 +74,12 @@ class AllreduceJob:
                                 f"(max_restarts = {self.spec['max_restarts']}); the last time: "
                                 f"{reason}")
             self.gen += 1
+            step, head = self.restore
+            if self.vstore is not None and head and self.vstore.refs.head() != head:
+                # commits after the confirmed one were not reported by every rank: undone
+                self.vstore.rollback(head, step=step, reason=(
+                    f"generation {self.gen} restores step {step}, the last commit every rank "
+                    f"confirmed ({reason})"))
             self.prefix = f"job{self.id}/gen{self.gen}/{secrets.token_hex(16)}"
             self.spaces.open(self.prefix)
             self.members: list[int] | None = None
@@ -157,6 +171,35 @@ class AllreduceJob:
                                   "under that prefix")
 
     # --- commits and the sample log -----------------------------------------------------------
+    def commit_state(self, worker: int, h: dict, payload: bytes) -> str | None:
+        """Rank 0's state at a commit boundary, committed here; None when the generation is
+        over (the rank then hears `abandon` from its commit report)."""
+        with self.lock:
+            if not self._current(worker, h.get("prefix")):
+                return None
+            if self.vstore is None or self.members.index(worker) != 0:
+                raise ValueError(f"job {self.id}: only rank 0 sends its state, and only when the "
+                                 "job has no `store` of its own")
+            state = torch.load(io.BytesIO(payload), weights_only=True)
+            if not isinstance(state, dict) or set(state) != {"model", "optim"}:
+                raise ValueError(f"job {self.id}: a commit holds model and optim, got "
+                                 f"{sorted(state) if isinstance(state, dict) else type(state)}")
+            return self.vstore.commit(state, step=int(h["step"]), message=str(h.get("message", "")),
+                                      cursor=h.get("cursor"), metrics=h.get("metrics") or {},
+                                      config={"job": self.spec, "world_size": len(self.members),
+                                              "generation": self.gen})
+
+    def checkout_state(self, worker: int, h: dict) -> bytes:
+        with self.lock:
+            if not self._current(worker, h.get("prefix")) or h.get("head") != self.restore[1]:
+                raise LookupError(f"job {self.id}: worker {worker} may fetch only its current "
+                                  f"generation's restore commit")
+            if self.vstore is None:
+                raise ValueError(f"job {self.id} keeps its versions in {self.store_path}")
+            buf = io.BytesIO()
+            torch.save(self.vstore.checkout(self.restore[1]), buf)
+            return buf.getvalue()
+
     def commit_report(self, worker: int, h: dict, payload: bytes) -> bool:
         """A rank's report at a commit boundary; True when the generation is over (abandon)."""
         with self.lock:

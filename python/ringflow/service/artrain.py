@@ -13,10 +13,17 @@ current, and the ranks agree on it with one allreduce, so they leave
 together.  A peer that fails (ringflow's PeerError or TimeoutError) or a
 re-formed group ends the generation with `Abandon`; any other error fails
 the job.
+
+Where versions go: a job with a `store` path (which every worker must
+see) is committed there by rank 0 directly; by default rank 0 sends the
+state to the master, which commits it to its own DIR/jobs/ID/versions, and
+a generation's workers fetch the commit they restore from the same way, so
+workers on other hosts need no shared filesystem.
 """
 
 from __future__ import annotations
 
+import io
 import random
 import time
 from datetime import timedelta
@@ -79,12 +86,15 @@ class _Generation:
         self.spec, self.rank, self.world = task["spec"], task["rank"], task["world"]
         self.step, head = int(task["restore_step"]), task["restore_head"]
         self.opt = job.make_optimizer(job.model.parameters())
-        self.vstore = Store(task["store_path"]) if self.rank == 0 or head else None
+        self.direct = bool(self.spec["store"])
+        self.vstore = Store(task["store_path"]) if self.direct else None
+        self.head = head
         if head:
-            saved = self.vstore.checkout(head)
+            saved = self._checkout(head)
             job.model.load_state_dict(saved["model"])
             self.opt.load_state_dict(saved["optim"])
-            if self.rank == 0 and self.vstore.refs.head() != head:
+            # (through the master, the master rolled its store back when it formed the group)
+            if self.direct and self.rank == 0 and self.vstore.refs.head() != head:
                 # commits after the confirmed one were not reported by every rank: undone
                 self.vstore.rollback(head, step=self.step, reason=(
                     f"generation {task['gen']} restores step {self.step}, the last commit every "
@@ -109,7 +119,28 @@ class _Generation:
         return {"step": self.step, "loss": self.loss, "world": self.world, "gen": self.task["gen"],
                 **{f"test_{k}": v for k, v in self.job.evaluate(self.job.model).items()},
                 "wall_s": time.perf_counter() - t0, "model_sha256": model_digest(self.job.model),
-                "head": self.task["restore_head"] if self.rank else self.vstore.refs.head()}
+                "head": self.head}
+
+    def _checkout(self, head: str) -> dict:
+        if self.direct:
+            return self.vstore.checkout(head)
+        data = self.worker.call("checkpoint", worker=self.worker.id, job=self.task["job"],
+                                prefix=self.task["prefix"], head=head)[1]
+        return torch.load(io.BytesIO(data), weights_only=True)
+
+    def _commit(self, message: str) -> str:
+        cursor = self.dist_.cursor(self.step)
+        metrics = {} if self.loss != self.loss else {"loss": self.loss}
+        if self.direct:
+            return self.vstore.commit(
+                {"model": self.job.model, "optim": self.opt.state_dict()}, step=self.step,
+                message=message, cursor=cursor, metrics=metrics,
+                config={"job": self.spec, "world_size": self.world, "generation": self.task["gen"]})
+        buf = io.BytesIO()
+        torch.save({"model": self.job.model.state_dict(), "optim": self.opt.state_dict()}, buf)
+        return self.worker.call("commit", buf.getvalue(), worker=self.worker.id,
+                                job=self.task["job"], prefix=self.task["prefix"], step=self.step,
+                                message=message, cursor=cursor, metrics=metrics)[0]["head"]
 
     def one_step(self) -> None:
         x, y = self.job.train
@@ -142,11 +173,8 @@ class _Generation:
     def boundary(self, message: str) -> None:
         head = None
         if self.rank == 0:
-            head = self.vstore.commit(
-                {"model": self.job.model, "optim": self.opt.state_dict()}, step=self.step,
-                message=message, cursor=self.dist_.cursor(self.step),
-                metrics={} if self.loss != self.loss else {"loss": self.loss},
-                config={"job": self.spec, "world_size": self.world, "generation": self.task["gen"]})
+            head = self._commit(message)     # None: the generation is over
+            self.head = head or self.head
         ids = np.concatenate([c[2] for c in self.consumed]) if self.consumed else np.empty(0)
         reply, _ = self.worker.call(
             "report", ids.astype("<i8").tobytes(), worker=self.worker.id, job=self.task["job"],

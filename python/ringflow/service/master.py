@@ -196,6 +196,17 @@ class Master:
         return self.spaces.serve(str(h["prefix"]), str(h["action"]), str(h["key"]), p,
                                  float(h.get("wait_s", 0)), bytes.fromhex(h.get("expected", "")))
 
+    def op_commit(self, h, p, peer):
+        """Rank 0 of an allreduce generation hands its state in (arjob.commit_state)."""
+        w = self._worker(h)
+        rt = self._runtime(h, AllreduceJob)
+        head = rt.commit_state(w["id"], h, p)
+        return {"head": head, "abandon": head is None}, b""
+
+    def op_checkpoint(self, h, p, peer):
+        w = self._worker(h)
+        return {}, self._runtime(h, AllreduceJob).checkout_state(w["id"], h)
+
     def _guarded(self, rt: AllreduceJob, fn, *args):
         """Runs a change of the job's generation; a job out of restarts fails."""
         try:
