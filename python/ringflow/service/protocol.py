@@ -33,6 +33,10 @@ class ServiceError(RuntimeError):
     """The master refused a request or could not be reached; the message says why."""
 
 
+class Unreachable(ServiceError):
+    """The master could not be reached (or the connection broke): worth retrying."""
+
+
 def parse_address(text: str | None) -> tuple[str, int]:
     """'HOST:PORT' -> (host, port); None reads RINGFLOW_MASTER."""
     text = text or os.environ.get(MASTER_ENV, "")
@@ -94,7 +98,9 @@ def call(address: tuple[str, int], op: str, payload: bytes = b"", *,
             s.settimeout(timeout)
             send_frame(s, header, payload)
             reply, data = recv_frame(s)
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        raise Unreachable(f"master {address[0]}:{address[1]} ({op}): {e}") from None
+    except ValueError as e:   # a reply that is not a frame: retrying would not mend it
         raise ServiceError(f"master {address[0]}:{address[1]} ({op}): {e}") from None
     if not reply.get("ok"):
         raise ServiceError(reply.get("error") or f"master refused {op!r} without a reason")
@@ -107,10 +113,8 @@ def call_retrying(address, op: str, payload: bytes = b"", *, within_s: float, **
     while True:
         try:
             return call(address, op, payload, **fields)
-        except ServiceError as e:
-            unreachable = "refused" in str(e) or "closed" in str(e) or "timed out" in str(e) \
-                or "reset" in str(e)
-            if not unreachable or time.monotonic() > deadline:
+        except Unreachable:   # a refusal by the master (a missing token, say) is final
+            if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
 
