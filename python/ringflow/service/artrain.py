@@ -34,6 +34,7 @@ import torch
 from .distribution import Distribution
 from .jobspec import build_job
 from .kvstore import ServiceStore
+from .protocol import ServiceError
 
 STEP_REPORT_S = 0.5
 
@@ -124,8 +125,11 @@ class _Generation:
     def _checkout(self, head: str) -> dict:
         if self.direct:
             return self.vstore.checkout(head)
-        data = self.worker.call("checkpoint", worker=self.worker.id, job=self.task["job"],
-                                prefix=self.task["prefix"], head=head)[1]
+        try:
+            data = self.worker.call("checkpoint", worker=self.worker.id, job=self.task["job"],
+                                    prefix=self.task["prefix"], head=head)[1]
+        except ServiceError as e:   # the generation ended before it started
+            raise Abandon(f"cannot fetch the commit to restore: {e}") from e
         return torch.load(io.BytesIO(data), weights_only=True)
 
     def _commit(self, message: str) -> str:
