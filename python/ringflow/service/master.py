@@ -237,7 +237,9 @@ class Master:
         return {}, b""
 
     def op_report(self, h, p, peer):
-        """A worker's news about its job: `step` metrics, `done` with results, or `failed`."""
+        """A worker's news about its job: `step` metrics, `done` with results, `failed`, and for
+        an allreduce job `commit` (the samples consumed up to a commit) and `abandon` (its group
+        broke); a reply with `abandon` tells the worker its generation is over (arjob.py)."""
         w = self._worker(h)
         job_id = int(h["job"])
         job = self.state.job(job_id)
