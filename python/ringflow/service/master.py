@@ -20,6 +20,7 @@ import time
 
 from . import jobspec, pool
 from .arjob import AllreduceJob
+from .arops import AllreduceRequests
 from .kvstore import RendezvousSpaces
 from .calcqueue import CalcQueue, StaleLease
 from .datasets import Repository, load_arrays
@@ -33,7 +34,7 @@ WORKER_TIMEOUT_S = 10.0    # a worker heartbeats every second; slack for a loade
 HOUSEKEEPING_S = 0.2
 
 
-class Master:
+class Master(AllreduceRequests):
     def __init__(self, directory: str, bind: str = "127.0.0.1", port: int = 0,
                  max_upload_bytes: int = DEFAULT_LIMIT):
         self.state = State(directory)
@@ -188,36 +189,6 @@ class Master:
                 "part": calc["part"], "samples": calc["samples"], "weight": calc["weight"],
                 "lease": calc["lease"]}, b""
 
-    def op_kv(self, h, p, peer):
-        """The allreduce rendezvous (kvstore.py), served to the generation's members only."""
-        w = self._worker(h)
-        rt = self._runtime(h, AllreduceJob)
-        rt.check_rendezvous(w["id"], int(h["gen"]), str(h["prefix"]))
-        return self.spaces.serve(str(h["prefix"]), str(h["action"]), str(h["key"]), p,
-                                 float(h.get("wait_s", 0)), bytes.fromhex(h.get("expected", "")))
-
-    def op_commit(self, h, p, peer):
-        """Rank 0 of an allreduce generation hands its state in (arjob.commit_state)."""
-        w = self._worker(h)
-        rt = self._runtime(h, AllreduceJob)
-        head = rt.commit_state(w["id"], h, p)
-        return {"head": head, "abandon": head is None}, b""
-
-    def op_checkpoint(self, h, p, peer):
-        w = self._worker(h)
-        return {}, self._runtime(h, AllreduceJob).checkout_state(w["id"], h)
-
-    def _guarded(self, rt: AllreduceJob, fn, *args):
-        """Runs a change of the job's generation; a job out of restarts fails."""
-        try:
-            reply = fn(*args)
-        except JobFailed as e:
-            self._fail(rt.id, str(e))
-            return {"kind": "idle"}
-        if isinstance(reply, dict) and reply.pop("free", False):
-            self._free_worker(args[0])
-        return reply
-
     def op_params(self, h, p, peer):
         rt = self._runtime(h, PsJob)
         return {"step": int(h["step"])}, rt.params(int(h["step"]))
@@ -261,21 +232,8 @@ class Master:
             if job["first_step"] is None:
                 fields["first_step"] = time.time()
             self.state.update_job(job_id, **fields)
-        elif kind == "commit" and ar:
-            return {"abandon": self._guarded(rt, rt.commit_report, w["id"], h, p)}, b""
-        elif kind == "abandon" and ar:
-            self._guarded(rt, rt.abandoned, w["id"], gen, str(h.get("error")))
-        elif kind == "done" and ar:
-            verdict = rt.report_done(w["id"], gen)
-            if verdict is None:
-                return {"abandon": True}, b""
-            all_done, rank = verdict
-            if rank == 0:
-                self.state.update_job(job_id, metrics={**job["metrics"], **h.get("metrics", {})})
-            if all_done:
-                for m in rt.members:
-                    self._free_worker(m)
-                self._finish(job_id)
+        elif ar and kind in ("commit", "abandon", "done"):
+            return self._report_allreduce(rt, w, job, kind, h, p), b""
         else:
             raise ValueError(f"report kind {kind!r} is not step, commit, abandon, done or failed"
                              + ("" if ar else f" of an allreduce job (job {job_id} is {job['spec']['mode']})"))
