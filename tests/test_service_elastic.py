@@ -5,8 +5,7 @@ commit and finish the job.  "Exactly once per epoch" for allreduce (arjob.py): t
 counts confirmed steps only (steps after the last confirmed commit are recomputed from it), and
 over the finished job it holds every training sample exactly once per epoch.  The final
 committed model equals plain torch training the logged batches in step order (to float32
-rounding: DDP sums the parts' gradients), so a wrong restore would show.  The rendezvous is
-the master's authenticated protocol: without the token, or as a non-member, it is refused."""
+rounding: DDP sums the parts' gradients), so a wrong restore would show."""
 
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ import signal
 import time
 
 import numpy as np
-import pytest
 import torch
 
 from service_procs import Service, blobs, exactly_once, samples_of, write_job
@@ -82,39 +80,6 @@ def _check(tmp_path, svc: Service, npz: str, j: dict, steps: int) -> list:
     return samples
 
 
-def test_the_rendezvous_store_and_a_closed_generation():
-    import threading
-    from datetime import timedelta
-
-    from ringflow.service.kvstore import GenerationClosed, RendezvousSpaces, ServiceStore
-
-    spaces = RendezvousSpaces()
-    spaces.open("p")
-
-    def call(op, payload=b"", **f):
-        assert op == "kv"
-        return spaces.serve(f["prefix"], f["action"], f["key"], payload, f.get("wait_s", 0),
-                            bytes.fromhex(f.get("expected", "")))
-
-    store = ServiceStore(call, job=1, generation=1, prefix="p", timeout_s=5, host="127.0.0.1")
-    threading.Timer(0.3, lambda: store.set("k", b"v")).start()
-    assert store.get("k") == b"v"                       # a get waits for the set
-    assert store.add("n", 2) == 2 and store.add("n", 3) == 5
-    assert store.compare_set("c", "", "x") == b"x" and store.compare_set("c", "y", "z") == b"x"
-    assert store.check(["k", "n"]) and not store.check(["k", "none"])
-    assert store.num_keys() == 3 and store.delete_key("c") and not store.check(["c"])
-    with pytest.raises(TimeoutError, match="key.s. none did not appear within 0 s"):
-        store.wait(["none"], timedelta(seconds=0.2))
-    closed = []
-    waiter = threading.Thread(target=lambda: closed.append(
-        pytest.raises(GenerationClosed, store.get, "never")))
-    waiter.start()
-    time.sleep(0.2)
-    spaces.close("p")            # the waiting get is answered at once, not after its timeout
-    waiter.join(timeout=2)
-    assert closed and not waiter.is_alive()
-
-
 def test_a_worker_killed_mid_epoch_the_survivors_reform_and_finish(tmp_path):
     npz = blobs(str(tmp_path / "blobs.npz"))
     with Service(str(tmp_path), workers=4, worker_args=("--inject-delay-ms", "200")) as svc:
@@ -161,34 +126,3 @@ def test_the_master_killed_mid_job_resumes_from_its_last_confirmed_commit(tmp_pa
         assert int(resumed[1]) % 2 == 0 and before["step"] <= int(resumed[1]) < steps
         behind = svc.wait_job(queued, timeout=180)
         assert behind["state"] == "done" and behind["step"] == 4, svc.logs()
-
-
-def test_the_rendezvous_needs_the_token_and_membership(tmp_path, monkeypatch):
-    from ringflow.service.protocol import ServiceError, call, parse_address
-
-    npz = blobs(str(tmp_path / "blobs.npz"))
-    token = {"RINGFLOW_SERVICE_TOKEN": "elastic-test-secret"}
-    monkeypatch.setenv("RINGFLOW_SERVICE_TOKEN", token["RINGFLOW_SERVICE_TOKEN"])
-    with Service(str(tmp_path), workers=2, env=token,
-                 worker_args=("--inject-delay-ms", "100")) as svc:
-        svc.cli("data", "add", "blobs", npz)
-        job_id = svc.submit(_job_file(tmp_path, workers=2, steps=20), via_cli=False)
-        assert _wait_step(svc, job_id, 2)["state"] == "running"
-        address = parse_address(svc.address)
-        ask = dict(job=job_id, gen=1, prefix=f"job{job_id}/gen1/guess", action="get",
-                   key="ringflow/token", wait_s=0)
-        outsider = call(address, "register", host="outsider", pid=0)[0]["worker"]
-        with pytest.raises(ServiceError, match="rendezvous refused: worker %d" % outsider):
-            call(address, "kv", worker=outsider, **ask)
-        with pytest.raises(ServiceError, match="rendezvous refused: worker 1"):  # a guessed prefix
-            call(address, "kv", worker=1, **ask)
-        with monkeypatch.context() as m:
-            m.delenv("RINGFLOW_SERVICE_TOKEN")
-            with pytest.raises(ServiceError, match="without RINGFLOW_SERVICE_TOKEN: refused"):
-                call(address, "kv", worker=1, **ask)
-        intruder = svc.add_worker(env={"RINGFLOW_SERVICE_TOKEN": ""})
-        assert intruder.wait(timeout=120) != 0
-        assert "without RINGFLOW_SERVICE_TOKEN: refused" in open(f"{tmp_path}/worker2.log").read()
-        j = svc.wait_job(job_id, timeout=180)
-        assert j["state"] == "done", (j, svc.logs())
-        assert j["metrics"]["world"] == 2

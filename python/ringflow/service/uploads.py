@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 CHUNK_BYTES = 16 << 20
 DEFAULT_LIMIT = 16 << 30
@@ -99,10 +100,15 @@ def send(call, path: str) -> tuple[str, str]:
     (the upload id, the sha256 of what was sent)."""
     uid = call("upload_begin", b"", filename=os.path.basename(path),
                size=os.path.getsize(path))[0]["upload"]
-    h, offset = hashlib.sha256(), 0
-    with open(path, "rb") as f:
+    h, offset, sending = hashlib.sha256(), 0, None
+    # one chunk in flight while the next is read and hashed; chunks still arrive in order
+    with open(path, "rb") as f, ThreadPoolExecutor(1) as pool:
         while block := f.read(CHUNK_BYTES):
             h.update(block)
-            call("upload_chunk", block, upload=uid, offset=offset)
+            if sending is not None:
+                sending.result()
+            sending = pool.submit(call, "upload_chunk", block, upload=uid, offset=offset)
             offset += len(block)
+        if sending is not None:
+            sending.result()
     return uid, h.hexdigest()
