@@ -85,3 +85,65 @@ def test_the_rendezvous_needs_the_token_and_membership(tmp_path, monkeypatch):
         j = svc.wait_job(job_id, timeout=180)
         assert j["state"] == "done", (j, svc.logs())
         assert j["metrics"]["world"] == 2
+
+
+def test_generations_confirm_commits_in_order_and_reform(tmp_path):
+    """The master's side of an allreduce job in one process: forming, confirmation of a commit
+    only once every rank reported its samples, a stale generation told to abandon, a bad state."""
+    import io
+
+    import numpy as np
+    import torch
+
+    from ringflow.service import jobspec
+    from ringflow.service.arjob import AllreduceJob
+    from ringflow.service.kvstore import RendezvousSpaces
+    from ringflow.service.state import State
+
+    state = State(str(tmp_path / "state"))
+    spec = jobspec.check({"name": "t", "dataset": "d@1", "entry": "m:f", "workers": 2, "steps": 4,
+                          "max_restarts": 1})
+    job_id = state.add_job(spec)
+    with state.tx() as db:
+        for _ in range(2):
+            db.execute("INSERT INTO workers (host, pid, last_seen, job_id) VALUES ('h', 0, ?, ?)",
+                       (time.time(), job_id))
+    rt = AllreduceJob(state.job(job_id), state, RendezvousSpaces(), str(tmp_path / "versions"))
+    assert rt.join(2) == {"kind": "wait"}               # worker 1 is not there yet
+    first = rt.join(1)
+    assert first["rank"] == 1 and first["world"] == 2 and rt.join(2)["rank"] == 0
+    prefix = first["prefix"]
+    buf = io.BytesIO()
+    torch.save({"model": {"w": torch.arange(3.0)}, "optim": {"state": {}, "param_groups": []}}, buf)
+    with pytest.raises(ValueError, match="only rank 0 sends its state"):
+        rt.commit_state(1, {"prefix": prefix, "step": 2}, buf.getvalue())
+    with pytest.raises(ValueError, match="not a torch save"):
+        rt.commit_state(2, {"prefix": prefix, "step": 2}, b"junk")
+    head = rt.commit_state(2, {"prefix": prefix, "step": 2, "cursor": {"step": 2}}, buf.getvalue())
+
+    def report(worker, ids, **h):
+        consumed = [[0, 0, len(ids) // 2], [1, 0, len(ids) - len(ids) // 2]]
+        return rt.commit_report(worker, {"prefix": prefix, "step": 2, "head": head,
+                                         "consumed": consumed, **h},
+                                np.array(ids, dtype="<i8").tobytes())
+
+    assert report(2, [5, 6, 7, 8]) is False
+    assert rt.restore == (0, None)                      # rank 1 has not reported: unconfirmed
+    assert report(1, [1, 2, 3, 4]) is False
+    assert rt.restore == (2, head) and state.job(job_id)["head"] == head
+    log = state.query("SELECT sample, step, part, worker FROM sample_log ORDER BY sample")
+    assert [(r["sample"], r["step"], r["part"], r["worker"]) for r in log] == [
+        (1, 0, 1, 1), (2, 0, 1, 1), (3, 1, 1, 1), (4, 1, 1, 1),
+        (5, 0, 0, 2), (6, 0, 0, 2), (7, 1, 0, 2), (8, 1, 0, 2)]
+    with pytest.raises(ValueError, match="3 sample ids, the header counts 4"):
+        rt.commit_report(1, {"prefix": prefix, "step": 4, "consumed": [[2, 0, 4]]},
+                         np.arange(3, dtype="<i8").tobytes())
+    rt.abandoned(1, prefix, "PeerError: rank 0 closed its connection")   # the group broke
+    assert rt.gen == 2 and rt.prefix != prefix
+    assert report(2, [9]) is True                       # the old generation is told to abandon
+    with pytest.raises(LookupError, match="rendezvous refused: worker 1"):
+        rt.check_rendezvous(1, 1, prefix)
+    assert rt.join(1) == {"kind": "wait"}
+    assert rt.join(2)["restore_head"] == head and rt.join(1)["restore_step"] == 2
+    with pytest.raises(ValueError, match=r"re-formed 1 times \(max_restarts = 1\)"):
+        rt.abandoned(2, rt.prefix, "PeerError: again")

@@ -180,7 +180,11 @@ class AllreduceJob:
             if self.vstore is None or self.members.index(worker) != 0:
                 raise ValueError(f"job {self.id}: only rank 0 sends its state, and only when the "
                                  "job has no `store` of its own")
-            state = torch.load(io.BytesIO(payload), weights_only=True)
+            try:
+                state = torch.load(io.BytesIO(payload), weights_only=True)
+            except Exception as e:  # noqa: BLE001 - whatever the unpickler says, the bytes are bad
+                raise ValueError(f"job {self.id}: rank 0's state is not a torch save "
+                                 f"({type(e).__name__}: {e})") from None
             if not isinstance(state, dict) or set(state) != {"model", "optim"}:
                 raise ValueError(f"job {self.id}: a commit holds model and optim, got "
                                  f"{sorted(state) if isinstance(state, dict) else type(state)}")

@@ -59,6 +59,7 @@ class RendezvousSpaces:
               expected: bytes = b"") -> tuple[dict, bytes]:
         with self._cond:
             space = self._space(prefix)
+            value = bytes(value)
             if action == "set":
                 space[key] = value
                 self._cond.notify_all()
@@ -119,7 +120,7 @@ class ServiceStore(dist.Store):
             reply, data = self._kv(action, "\n".join(keys),
                                    wait_s=min(GET_SLICE_S, max(0.0, deadline - time.monotonic())))
             if reply["found"]:
-                return data
+                return bytes(data)   # torch's Store wants bytes, the protocol hands a bytearray
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"rendezvous: key(s) {', '.join(keys)} did not appear within "
                                    f"{timeout_s:.0f} s (a member of the group never came)")
@@ -139,7 +140,7 @@ class ServiceStore(dist.Store):
 
     def compare_set(self, key: str, expected, desired) -> bytes:
         enc = (lambda v: v.encode() if isinstance(v, str) else bytes(v))
-        return self._kv("compare_set", key, enc(desired), expected=enc(expected).hex())[1]
+        return bytes(self._kv("compare_set", key, enc(desired), expected=enc(expected).hex())[1])
 
     def delete_key(self, key: str) -> bool:
         return bool(self._kv("delete", key)[0]["deleted"])

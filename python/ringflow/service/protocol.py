@@ -55,7 +55,8 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: socket.socket, n: int) -> bytearray:
+    """n bytes, received in place (no second copy of a large payload)."""
     buf = bytearray(n)
     view, got = memoryview(buf), 0
     while got < n:
@@ -63,7 +64,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
         if k == 0:
             raise ConnectionError(f"peer closed the connection after {got} of {n} bytes")
         got += k
-    return bytes(buf)
+    return buf
 
 
 def send_frame(sock: socket.socket, header: dict, payload: bytes | memoryview = b"") -> None:
