@@ -8,6 +8,9 @@
             order (p50 of --iters), target <= 10% slower.
   ingest    `data add` of an NPY source into the repository (--ingest-mib), against
             np.load + np.save of the same array, target >= 200 MB/s.
+  streamed  the same file streamed to a master process over the protocol (the path
+            `data add` takes to a master on another host: chunks, sha256, ingest),
+            beside the local ingest above.
 
     python bench/service.py [--iters 20] [--ingest-mib 256] [--json]
 """
@@ -127,7 +130,28 @@ def ingest(tmp: str, mib: int) -> dict:
     nbytes = os.path.getsize(src)
     return {"mb": nbytes / 1e6, "ingest_mb_s": nbytes / 1e6 / add_s,
             "baseline_mb_s": nbytes / 1e6 / base_s, "ratio": base_s / add_s,
-            "shards": len(m["shards"]), "target_mb_s": 200.0}
+            "shards": len(m["shards"]), "target_mb_s": 200.0, "src": src}
+
+
+def streamed(tmp: str, src: str, timeout: float = 120) -> dict:
+    from ringflow.service.uploads import send
+
+    master = subprocess.Popen(CLI + ["master", "--state", os.path.join(tmp, "stream-state")],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        addr = ("127.0.0.1", int(re.search(r":(\d+),", master.stdout.readline()).group(1)))
+        t0 = time.perf_counter()
+        uid, sha256 = send(lambda op, payload, **f: call(addr, op, payload, timeout=timeout, **f),
+                           src)
+        up_s = time.perf_counter() - t0
+        call(addr, "data_add", name="bench", source=src, upload=uid, sha256=sha256,
+             timeout=timeout)
+        total_s = time.perf_counter() - t0
+    finally:
+        master.kill()
+        master.wait(timeout=30)
+    mb = os.path.getsize(src) / 1e6
+    return {"mb": mb, "streamed_mb_s": mb / total_s, "upload_mb_s": mb / up_s}
 
 
 def main(argv=None) -> int:
@@ -150,9 +174,15 @@ def main(argv=None) -> int:
         print(f"NPY ingest            {ing['ingest_mb_s']:.0f} MB/s of {ing['mb']:.0f} MB into "
               f"{ing['shards']} shards (target >= 200)   baseline np.load+np.save "
               f"{ing['baseline_mb_s']:.0f} MB/s (ingest takes x{1 / ing['ratio']:.2f} its time)")
+        st = streamed(tmp, ing.pop("src"))
+        print(f"NPY streamed ingest   {st['streamed_mb_s']:.0f} MB/s (upload alone "
+              f"{st['upload_mb_s']:.0f} MB/s)   baseline: the local ingest above, "
+              f"{ing['ingest_mb_s']:.0f} MB/s (x{ing['ingest_mb_s'] / st['streamed_mb_s']:.2f} "
+              "its time)")
     print(f"# load average after: {load_average()}")
     if args.json:
-        print(json.dumps({"latency": lat, "collector": col, "ingest": ing, "load": load_average()}))
+        print(json.dumps({"latency": lat, "collector": col, "ingest": ing, "streamed": st,
+                          "load": load_average()}))
     return 0
 
 

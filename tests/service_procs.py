@@ -37,8 +37,9 @@ class Service:
 
     def __init__(self, directory: str, workers: int = 0, worker_args: tuple = (),
                  bind: str = "127.0.0.1", env: dict | None = None, prefix: list | None = None,
-                 client_prefix: list | None = None):
+                 client_prefix: list | None = None, master_args: tuple = ()):
         self.directory, self.worker_args, self.bind = directory, list(worker_args), bind
+        self.master_args = list(master_args)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.prefix = prefix or []
         self.client_prefix = client_prefix   # where client commands run (default: here)
@@ -61,7 +62,8 @@ class Service:
         log = open(os.path.join(self.directory, "master.log"), "a")
         self.master = subprocess.Popen(
             self.prefix + CLI + ["master", "--state", os.path.join(self.directory, "state"),
-                                 "--port", str(port or self.port), "--bind", self.bind],
+                                 "--port", str(port or self.port), "--bind", self.bind]
+            + self.master_args,
             stdout=subprocess.PIPE, stderr=log, text=True, env=self.env)
         deadline = time.monotonic() + timeout
         line = ""

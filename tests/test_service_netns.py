@@ -2,7 +2,8 @@
 
 The master binds its namespace's address, so it needs RINGFLOW_SERVICE_TOKEN; a client
 without it is refused.  A `ps` job and an `allreduce` job (the ringflow backend between
-the worker hosts, meeting at the master's store) both finish."""
+the worker hosts, meeting through the master's protocol) both finish; the workers cannot see
+the master's state directory, so the allreduce job's versions reach it through the protocol."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sqlite3
 import pytest
 
 import netns
+from ringflow.versions.store import Store
 from service_procs import Service, blobs, run_cli, write_job
 
 why_not = netns.available()
@@ -27,8 +29,12 @@ def test_master_and_workers_on_three_hosts(tmp_path):
         # test bridge on the same subnet could take the route
         with Service(str(tmp_path), bind=hosts.addrs[0], prefix=exec_in[0], client_prefix=exec_in[1],
                      env={"RINGFLOW_SERVICE_TOKEN": TOKEN}) as svc:
+            # the workers' mount namespace hides the master's state directory: the allreduce
+            # job's versions reach the master's store through the protocol, not a shared disk
+            hide = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                    f'mount -t tmpfs none {tmp_path}/state && exec "$@"', "sh"]
             for h in (1, 1, 2, 2):
-                svc.add_worker(prefix=exec_in[h], env={"RINGFLOW_HOST_ID": hosts.names[h]})
+                svc.add_worker(prefix=exec_in[h] + hide, env={"RINGFLOW_HOST_ID": hosts.names[h]})
             refused = run_cli("jobs", master=svc.address, check=False, prefix=exec_in[2],
                               env={"RINGFLOW_SERVICE_TOKEN": ""})
             assert refused.returncode == 1
@@ -43,6 +49,9 @@ def test_master_and_workers_on_three_hosts(tmp_path):
                 j = svc.wait_job(job_id, timeout=240)
                 assert j["state"] == "done", (j, svc.logs())
                 assert j["metrics"]["step"] == 4
+            store = Store(f"{tmp_path}/state/jobs/{ar}/versions", create=False)
+            assert sorted(c["step"] for c in store.log()) == [0, 4]
+            assert store.resolve("HEAD") == j["head"]
             db = sqlite3.connect(f"{tmp_path}/state/master.sqlite3")
             peers = dict(db.execute("SELECT id, host FROM workers").fetchall())
             used = {peers[w].rsplit("@", 1)[1] for (w,) in

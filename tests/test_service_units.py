@@ -111,7 +111,7 @@ def test_job_files_are_checked():
     for text, what in [("name = ", "not valid TOML"), ('dataset = "d"\nentry = "m:f"', "missing required key 'name'"),
                        (ok + "mode = 'gossip'", "mode = 'gossip'"), (ok + "steps = 0", "steps = 0"),
                        (ok + "colour = 1", "unknown key"), (ok + 'lr = "fast"', "lr = 'fast' must be float"),
-                       (ok + "workers = 3\nbatch_size = 8", "does not split over 3 workers")]:
+                       (ok + "max_restarts = -1", "max_restarts >= 0")]:
         with pytest.raises(ValueError, match=what):
             jobspec.parse(text)
 

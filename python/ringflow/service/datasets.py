@@ -127,7 +127,9 @@ class Repository:
         self.state = state
         self.root = os.path.join(state.directory, "datasets")
 
-    def add(self, name: str, source: str, annotate: str | None = None) -> dict:
+    def add(self, name: str, source: str, annotate: str | None = None,
+            source_name: str | None = None) -> dict:
+        """Ingests `source`; the manifest names it `source_name` (an upload's original path)."""
         _check_name(name)
         hook = _load_hook(annotate) if annotate else None
         latest = self.state.one("SELECT MAX(version) AS v FROM datasets WHERE name = ?", name)["v"]
@@ -153,7 +155,8 @@ class Repository:
         if not writer.shards:
             shutil.rmtree(tmp, ignore_errors=True)
             raise ValueError(f"{source}: no records to store ({seen} read, {rejected} rejected)")
-        manifest = {"name": name, "version": version, "source": source, "annotate": annotate,
+        manifest = {"name": name, "version": version, "source": source_name or source,
+                    "annotate": annotate,
                     "schema": writer.schema, "records": seen - rejected, "read": seen,
                     "rejected": rejected, "shards": writer.shards,
                     "bytes": sum(os.path.getsize(os.path.join(tmp, f))

@@ -7,7 +7,9 @@ Optional, with defaults: `workers` 1, `mode` "allreduce" (or "ps"), `steps` 100,
 returns to the queue when its worker holds it longer), `micro_batches`
 (ps: calculations per step, default `workers`; fixed, so the result does not
 depend on how many workers run), `store` (allreduce: the version store's
-path, default the master's DIR/jobs/ID/versions, which the workers must see).
+path, default the master's DIR/jobs/ID/versions, which the workers must see),
+`max_restarts` 10 (allreduce: how often the group may be re-formed after a
+lost worker or a master restart before the job fails).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ _KEYS = {  # key: (type(s), default; None = required)
     "workers": (int, 1), "mode": (str, "allreduce"), "steps": (int, 100),
     "batch_size": (int, 32), "seed": (int, 0), "lr": ((float, int), 0.01),
     "priority": (int, 0), "commit_every": (int, 10), "lease_s": ((float, int), 30.0),
-    "micro_batches": (int, 0), "store": (str, ""),
+    "micro_batches": (int, 0), "store": (str, ""), "max_restarts": (int, 10),
 }
 MODES = ("allreduce", "ps")
 
@@ -57,13 +59,11 @@ def check(raw: dict, where: str = "job") -> dict:
     for key in ("workers", "steps", "batch_size", "commit_every"):
         if spec[key] < 1:
             raise ValueError(f"{where}: {key} = {spec[key]} must be >= 1")
-    if spec["lr"] <= 0 or spec["lease_s"] <= 0 or spec["micro_batches"] < 0:
-        raise ValueError(f"{where}: lr and lease_s must be > 0 and micro_batches >= 0")
+    if spec["lr"] <= 0 or spec["lease_s"] <= 0 or spec["micro_batches"] < 0 \
+            or spec["max_restarts"] < 0:
+        raise ValueError(f"{where}: lr and lease_s must be > 0, micro_batches and max_restarts >= 0")
     if ":" not in spec["entry"]:
         raise ValueError(f"{where}: entry = {spec['entry']!r} must look like module:function")
-    if spec["mode"] == "allreduce" and spec["batch_size"] % spec["workers"]:
-        raise ValueError(f"{where}: batch_size {spec['batch_size']} does not split over "
-                         f"{spec['workers']} workers")
     spec["micro_batches"] = spec["micro_batches"] or spec["workers"]
     spec["lr"] = float(spec["lr"])
     spec["lease_s"] = float(spec["lease_s"])

@@ -3,7 +3,8 @@
 It serves the protocol (protocol.py) on a thread per request and runs a
 housekeeping loop: leases that ran out go back to the queue, workers
 silent for longer than WORKER_TIMEOUT_S are declared dead (their
-calculations go back to the queue; an allreduce job they were in fails),
+calculations go back to the queue; an allreduce job they were in re-forms
+its group without them, arjob.py),
 and the pool admits the next job when enough workers are free.  A job that
 cannot go on fails with a message naming why; the master keeps serving.
 """
@@ -19,23 +20,29 @@ import time
 
 from . import jobspec, pool
 from .arjob import AllreduceJob
+from .arops import AllreduceRequests
+from .kvstore import RendezvousSpaces
 from .calcqueue import CalcQueue, StaleLease
 from .datasets import Repository, load_arrays
 from .protocol import Server
 from .psjob import JobFailed, PsJob, store_dir
 from .state import State
+from .uploads import DEFAULT_LIMIT, Uploads
 
 log = logging.getLogger("ringflow.service")
 WORKER_TIMEOUT_S = 10.0    # a worker heartbeats every second; slack for a loaded host
 HOUSEKEEPING_S = 0.2
 
 
-class Master:
-    def __init__(self, directory: str, bind: str = "127.0.0.1", port: int = 0):
+class Master(AllreduceRequests):
+    def __init__(self, directory: str, bind: str = "127.0.0.1", port: int = 0,
+                 max_upload_bytes: int = DEFAULT_LIMIT):
         self.state = State(directory)
         self.repo = Repository(self.state)
+        self.uploads = Uploads(directory, max_upload_bytes)
         self.bind = bind
         self.runtimes: dict[int, PsJob | AllreduceJob] = {}
+        self.spaces = RendezvousSpaces()   # the allreduce generations' rendezvous
         self.lock = threading.RLock()
         self._stop = threading.Event()
         self._resume()
@@ -56,20 +63,19 @@ class Master:
 
     # --- restart ------------------------------------------------------------------------------
     def _resume(self) -> None:
-        """After a restart: workers get a fresh grace period, ps jobs continue from their last
-        commit, allreduce jobs (whose rendezvous store died with the old master) fail."""
+        """After a restart: workers get a fresh grace period; every running job continues from
+        its last commit (an allreduce job in a new generation of its group, arjob.py)."""
         with self.state.tx() as db:
             db.execute("UPDATE workers SET last_seen = ? WHERE alive = 1", (time.time(),))
         for job in self.state.jobs("running"):
-            if job["spec"]["mode"] == "ps":
-                self._start_runtime(job)
-                rt = self.runtimes.get(job["id"])
-                if rt is not None:
-                    log.info("job %s resumes at step %s, its last commit (%s)", job["id"], rt.step,
-                             rt.store.refs.head())
-            else:
-                self._fail(job["id"], "the master restarted during this allreduce job; its "
-                           f"commits are in {job['spec']['store'] or store_dir(self.state.directory, job['id'])}")
+            self._start_runtime(job)
+            rt = self.runtimes.get(job["id"])
+            if isinstance(rt, PsJob):
+                log.info("job %s resumes at step %s, its last commit (%s)", job["id"], rt.step,
+                         rt.store.refs.head())
+            elif rt is not None:
+                log.info("job %s resumes at step %s, its last confirmed commit (%s), in "
+                         "generation %s", job["id"], *rt.restore, rt.gen)
 
     # --- requests -----------------------------------------------------------------------------
     def handle(self, header: dict, payload: bytes, peer: str) -> tuple[dict, bytes]:
@@ -83,7 +89,21 @@ class Master:
         return {"port": self.port}, b""
 
     def op_data_add(self, h, p, peer):
-        return {"manifest": self.repo.add(h["name"], h["source"], h.get("annotate"))}, b""
+        """From a path the master reads, a generator, or an upload (uploads.py)."""
+        if h.get("upload") is None:
+            return {"manifest": self.repo.add(h["name"], h["source"], h.get("annotate"))}, b""
+        path = self.uploads.finish(str(h["upload"]), str(h.get("sha256")))
+        try:
+            m = self.repo.add(h["name"], path, h.get("annotate"), source_name=h.get("source"))
+        finally:
+            self.uploads.drop(str(h["upload"]))
+        return {"manifest": m}, b""
+
+    def op_upload_begin(self, h, p, peer):
+        return {"upload": self.uploads.begin(str(h["filename"]), int(h["size"]))}, b""
+
+    def op_upload_chunk(self, h, p, peer):
+        return {"got": self.uploads.chunk(str(h["upload"]), int(h["offset"]), p)}, b""
 
     def op_data_ls(self, h, p, peer):
         return {"datasets": self.repo.list()}, b""
@@ -161,7 +181,7 @@ class Master:
             self._free_worker(w["id"])           # the job ended: the worker is free again
             return {"kind": "idle"}, b""
         if isinstance(rt, AllreduceJob):
-            return rt.assignment(w["rank"]), b""
+            return self._guarded(rt, rt.join, w["id"]), b""
         calc = rt.lease(w["id"])
         if calc is None:
             return {"kind": "wait"}, b""
@@ -188,31 +208,35 @@ class Master:
         return {}, b""
 
     def op_report(self, h, p, peer):
-        """A worker's news about its job: `step` metrics, `done` with results, or `failed`."""
+        """A worker's news about its job: `step` metrics, `done` with results, `failed`, and for
+        an allreduce job `commit` (the samples consumed up to a commit) and `abandon` (its group
+        broke); a reply with `abandon` tells the worker its generation is over (arjob.py)."""
         w = self._worker(h)
         job_id = int(h["job"])
         job = self.state.job(job_id)
         if job is None or job["state"] != "running":
             return {}, b""
         kind = h.get("kind")
+        rt = self.runtimes.get(job_id)
+        ar = isinstance(rt, AllreduceJob)
+        # a generation is known by its prefix, a secret unique across master restarts
+        gen = h.get("prefix")
+        if ar and kind in ("failed", "step") and gen is not None and gen != rt.prefix:
+            return {"abandon": True}, b""      # news from a generation that is over
         if kind == "failed":
             self._fail(job_id, f"worker {w['id']} (rank {w['rank']}): {h.get('error')}")
         elif kind == "step":
-            fields = {"metrics": {**job["metrics"], **h.get("metrics", {})},
-                      "step": int(h.get("metrics", {}).get("step", job["step"]))}
+            fields = {"metrics": {**job["metrics"], **h.get("metrics", {})}}
+            if not ar:   # an allreduce job's step is its last confirmed commit (arjob.py)
+                fields["step"] = int(h.get("metrics", {}).get("step", job["step"]))
             if job["first_step"] is None:
                 fields["first_step"] = time.time()
             self.state.update_job(job_id, **fields)
-        elif kind == "done":
-            rt = self.runtimes.get(job_id)
-            self._free_worker(w["id"])
-            metrics = {**job["metrics"], **h.get("metrics", {})} if w["rank"] == 0 else job["metrics"]
-            self.state.update_job(job_id, metrics=metrics, **({"head": h.get("head")}
-                                                              if w["rank"] == 0 else {}))
-            if isinstance(rt, AllreduceJob) and rt.report_done(w["rank"], h.get("metrics", {})):
-                self._finish(job_id)
+        elif ar and kind in ("commit", "abandon", "done"):
+            return self._report_allreduce(rt, w, job, kind, h, p), b""
         else:
-            raise ValueError(f"report kind {kind!r} is not step, done or failed")
+            raise ValueError(f"report kind {kind!r} is not step, commit, abandon, done or failed"
+                             + ("" if ar else f" of an allreduce job (job {job_id} is {job['spec']['mode']})"))
         return {}, b""
 
     def _runtime(self, h, kind):
@@ -234,7 +258,8 @@ class Master:
                 problems = self.repo.verify(job["spec"]["dataset"])
                 if problems:
                     raise JobFailed("; ".join(problems))
-                rt = AllreduceJob(job, self.bind, store_dir(self.state.directory, job["id"]))
+                rt = AllreduceJob(job, self.state, self.spaces,
+                                  store_dir(self.state.directory, job["id"]))
         except (ValueError, LookupError, OSError, TypeError, RuntimeError) as e:
             self._fail(job["id"], f"cannot start: {e}")
             return
@@ -281,9 +306,9 @@ class Master:
         with self.state.tx() as db:
             db.execute("UPDATE workers SET alive = 0, job_id = NULL WHERE id = ?", (w["id"],))
         queue.release_worker(w["id"])
-        if isinstance(self.runtimes.get(w["job_id"]), AllreduceJob):
-            self._fail(w["job_id"], f"worker {w['id']} (rank {w['rank']}, {w['host']} pid {w['pid']}) "
-                       f"stopped heartbeating")
+        rt = self.runtimes.get(w["job_id"])
+        if isinstance(rt, AllreduceJob):
+            self._guarded(rt, rt.lost, w["id"])
 
 
 def _public(job: dict) -> dict:
@@ -300,9 +325,11 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, default=0, help="TCP port (default: any free one, printed)")
     p.add_argument("--bind", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; others need RINGFLOW_SERVICE_TOKEN)")
+    p.add_argument("--max-upload-bytes", type=int, default=DEFAULT_LIMIT,
+                   help=f"largest source file a client may stream (default {DEFAULT_LIMIT})")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s master: %(message)s")
-    master = Master(args.state, args.bind, args.port).start()
+    master = Master(args.state, args.bind, args.port, args.max_upload_bytes).start()
     print(f"ringflow master: serving {args.bind}:{master.port}, state in {os.path.abspath(args.state)}",
           flush=True)
     stop = threading.Event()

@@ -33,6 +33,10 @@ class ServiceError(RuntimeError):
     """The master refused a request or could not be reached; the message says why."""
 
 
+class Unreachable(ServiceError):
+    """The master could not be reached (or the connection broke): worth retrying."""
+
+
 def parse_address(text: str | None) -> tuple[str, int]:
     """'HOST:PORT' -> (host, port); None reads RINGFLOW_MASTER."""
     text = text or os.environ.get(MASTER_ENV, "")
@@ -51,7 +55,8 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
+def _recv_exact(sock: socket.socket, n: int) -> bytearray:
+    """n bytes, received in place (no second copy of a large payload)."""
     buf = bytearray(n)
     view, got = memoryview(buf), 0
     while got < n:
@@ -59,7 +64,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
         if k == 0:
             raise ConnectionError(f"peer closed the connection after {got} of {n} bytes")
         got += k
-    return bytes(buf)
+    return buf
 
 
 def send_frame(sock: socket.socket, header: dict, payload: bytes | memoryview = b"") -> None:
@@ -94,7 +99,9 @@ def call(address: tuple[str, int], op: str, payload: bytes = b"", *,
             s.settimeout(timeout)
             send_frame(s, header, payload)
             reply, data = recv_frame(s)
-    except (OSError, ValueError) as e:
+    except OSError as e:
+        raise Unreachable(f"master {address[0]}:{address[1]} ({op}): {e}") from None
+    except ValueError as e:   # a reply that is not a frame: retrying would not mend it
         raise ServiceError(f"master {address[0]}:{address[1]} ({op}): {e}") from None
     if not reply.get("ok"):
         raise ServiceError(reply.get("error") or f"master refused {op!r} without a reason")
@@ -107,10 +114,8 @@ def call_retrying(address, op: str, payload: bytes = b"", *, within_s: float, **
     while True:
         try:
             return call(address, op, payload, **fields)
-        except ServiceError as e:
-            unreachable = "refused" in str(e) or "closed" in str(e) or "timed out" in str(e) \
-                or "reset" in str(e)
-            if not unreachable or time.monotonic() > deadline:
+        except Unreachable:   # a refusal by the master (a missing token, say) is final
+            if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
 

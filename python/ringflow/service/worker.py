@@ -4,8 +4,8 @@ A `calc` (ps mode) is one calculation: the gradient of weight x mean loss
 of the job's model, at the parameters of its step, over the samples it
 names, sent back under its lease.  An `allreduce` assignment makes this
 worker one rank of a torch.distributed group over the ringflow backend,
-met at the master's store; it trains with ringflow.versions.training and
-reports metrics as it goes.  Data comes from the master's repository,
+met through the master's protocol; it trains one generation of the job
+(artrain.py) and asks for the next when the group breaks.  Data comes from the master's repository,
 each shard checked against its manifest hash.  The worker gives up when
 the master stays unreachable longer than --master-timeout-s.
 """
@@ -100,7 +100,7 @@ class Worker:
     def _report_failure(self, task: dict, e: BaseException) -> None:
         try:
             self.call("report", worker=self.id, job=task["job"], kind="failed",
-                      error=f"{type(e).__name__}: {e}")
+                      prefix=task.get("prefix"), error=f"{type(e).__name__}: {e}")
         except ServiceError as err:
             print(f"ringflow worker: could not report a failure: {err}", file=sys.stderr)
 
@@ -140,51 +140,27 @@ class Worker:
 
     # --- allreduce ----------------------------------------------------------------------------
     def _allreduce(self, task: dict) -> None:
+        from .artrain import Abandon, train_generation
+
         try:
-            result = _train_rank(self, task)
+            result = train_generation(self, task)
+        except Abandon as e:   # the group broke or was re-formed: say so, then ask for the next
+            print(f"ringflow worker {self.id}: job {task['job']} generation {task['gen']} "
+                  f"abandoned: {e}", file=sys.stderr, flush=True)
+            try:
+                self.call("report", worker=self.id, job=task["job"], kind="abandon",
+                          prefix=task["prefix"], error=str(e))
+            except ServiceError as err:
+                print(f"ringflow worker {self.id}: {err}", file=sys.stderr, flush=True)
+            return
         except Exception as e:  # noqa: BLE001 - reported to the master, which fails the job
             self._report_failure(task, e)
             return
         try:
-            self.call("report", worker=self.id, job=task["job"], kind="done", metrics=result,
-                      head=result.get("head"))
+            self.call("report", worker=self.id, job=task["job"], kind="done", prefix=task["prefix"],
+                      metrics=result, head=result.get("head"))
         except ServiceError as e:   # the job failed meanwhile (another rank); the master knows
             print(f"ringflow worker {self.id}: {e}", file=sys.stderr, flush=True)
-
-
-def _train_rank(worker: Worker, task: dict) -> dict:
-    from datetime import timedelta
-
-    import torch.distributed as dist
-    from torch.distributed import PrefixStore, TCPStore
-
-    import ringflow  # noqa: F401 - registers the backend
-
-    from ..versions.training import TrainConfig, train
-
-    spec, rank = task["spec"], task["rank"]
-    data = worker._data(spec["dataset"])
-    timeout = timedelta(seconds=worker.timeout_s)
-    store = TCPStore(worker.master[0], task["store_port"], task["world"], False, timeout)
-    dist.init_process_group("ringflow", store=PrefixStore(f"job{task['job']}", store), rank=rank,
-                            world_size=task["world"], timeout=timeout)
-    try:
-        job = build_job(spec, data)
-        last = [0.0]
-
-        def on_step(step, loss, rollbacks, evaluate):
-            if rank == 0 and (time.monotonic() - last[0] > 0.5 or step == 1):
-                last[0] = time.monotonic()
-                worker.call("report", worker=worker.id, job=task["job"], kind="step",
-                            metrics={"step": step, "loss": loss, "rollbacks": rollbacks})
-
-        res = train(job, TrainConfig(steps=spec["steps"], commit_every=spec["commit_every"],
-                                     store=task["store_path"], data_seed=spec["seed"]), on_step)
-    finally:
-        dist.destroy_process_group()
-    return {"step": res.steps, "loss": res.final_loss, "rollbacks": len(res.rollbacks),
-            **{f"test_{k}": v for k, v in res.test.items()}, "wall_s": res.wall_s,
-            "model_sha256": res.model_sha256, "head": res.head}
 
 
 def main(argv=None) -> int:
