@@ -3,10 +3,12 @@
 // when to merge) is python/ringflow/malt/.
 //
 // Every rank owns an Inbox: one memfd segment holding one slot ring per
-// sender of its host.  Each ring has one producer (that sender, which maps
-// the segment through an Outbox) and one consumer (the owner's trainer), so
+// sender (ring r is rank r's).  Each ring has one producer (a same-host
+// sender, which maps the segment through an Outbox, or the StreamListener
+// thread writing a remote sender's updates) and one consumer (the owner's
+// trainer), so
 // the rings need no lock: slots are published with release stores and
-// claimed with a Dekker handshake on two seq_cst atomics (ring.cc).  A push
+// claimed with a Dekker handshake on two seq_cst atomics (inbox.cc).  A push
 // never waits: it writes a free slot, or, when every slot holds an update not
 // merged yet, applies the ring's FullPolicy.  A merge never waits: it takes
 // the slots that are complete now and skips any a producer is writing.
