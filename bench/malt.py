@@ -1,6 +1,7 @@
 """MALT against synchronous training with a straggler, and MALT's merge speed.
 
     python bench/malt.py [--epochs 12] [--step-ms 20] [--slow 3] [--json]
+    python bench/malt.py --hosts 2 --rate 100mbit --modes sync,malt [--json]
 
 The GRU reference job (ringflow.jobs.gru) on 4 ranks, each on its own shard
 of the training set, every step padded to --step-ms by a sleep (the model's
@@ -18,6 +19,14 @@ evaluating is not counted); time to accuracy is the first time it reaches
 the job's reference accuracy (0.93).  Final accuracy: every replica's after
 its last epoch (for sync and postlocal they are equal or nearly).
 
+Two hosts (--hosts 2 --rate 100mbit): the same job on 2 network-namespace
+hosts x 2 ranks (tests/netns.py) with every host link shaped by tc tbf, no
+straggler unless --slow is given.  Time spent communicating, per rank: the
+time its steps took (zero_grad, forward, backward, step; not the padding
+sleep) minus as many steps of the same model trained alone, timed on that
+rank just before (the median of --ref-steps).  Reported: the mean over ranks,
+for sync (DDP's allreduce) and malt (pushes, merges) in the same run.
+
 Merge throughput: the C++ merge of 2 and 3 arriving float32 updates of
 --merge-mib MiB into a model, one core, beside torch's own mul_/add_ chain
 on one thread.  --json ends with one JSON line (sync_s, malt_s, postlocal_s,
@@ -27,11 +36,19 @@ on one thread.  --json ends with one JSON line (sync_s, malt_s, postlocal_s,
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
+import os
+import statistics
 import sys
 import time
 
 from ringflow.benchmark import harness, report
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, os.pardir, "tests"))  # netns.py: test infrastructure, not in the wheel
+import netns  # noqa: E402
 
 MODES = ("sync", "malt", "postlocal")
 
@@ -48,18 +65,20 @@ def _rank(rank, world, mode, cfg):
     dist.init_process_group("ringflow", rank=rank, world_size=world)
     job = build(seed=0, batch_size=cfg["batch"])
     model = job.model
+    x, y = job.train[0][rank::world], job.train[1][rank::world]
+    alone = _alone_step_s(job, x, y, cfg) if cfg.get("ref_steps") else 0.0
     opt = job.make_optimizer(model.parameters())
     net = model
     if mode == "sync":
         net = torch.nn.parallel.DistributedDataParallel(model)
     elif mode == "malt":
-        opt = ringflow.malt.Optimizer(opt, model, k=cfg["k"], depart_after=5.0)
+        opt = ringflow.malt.Optimizer(opt, model, k=cfg["k"], depart_after=5.0, update=cfg["update"],
+                                      delta_weight=cfg["delta_weight"])
     else:
         from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
         from torch.distributed.optim import PostLocalSGDOptimizer
 
         opt = PostLocalSGDOptimizer(opt, PeriodicModelAverager(period=cfg["period"], warmup_steps=0))
-    x, y = job.train[0][rank::world], job.train[1][rank::world]
     step_s = cfg["step_ms"] / 1000 * (cfg["slow"] if rank == world - 1 else 1)
 
     def accuracy():
@@ -67,7 +86,7 @@ def _rank(rank, world, mode, cfg):
             return (model(job.test[0]).argmax(1) == job.test[1]).float().mean().item()
 
     g = torch.Generator().manual_seed(rank)
-    curve, evaluating, steps = [], 0.0, 0
+    curve, evaluating, steps, busy = [], 0.0, 0, 0.0
     dist.barrier()
     t0 = time.monotonic()
     for epoch in range(cfg["epochs"]):
@@ -77,6 +96,7 @@ def _rank(rank, world, mode, cfg):
             job.loss_fn(net(x[idx]), y[idx]).backward()
             opt.step()
             steps += 1
+            busy += time.monotonic() - begun
             left = step_s - (time.monotonic() - begun)
             if left > 0:
                 time.sleep(left)
@@ -90,7 +110,26 @@ def _rank(rank, world, mode, cfg):
     if mode == "malt":
         opt.close()
     dist.destroy_process_group()
-    return {"curve": curve, "final": final, "wall": wall, "steps": steps}
+    return {"curve": curve, "final": final, "wall": wall, "steps": steps,
+            "comm": busy - steps * alone}
+
+
+def _alone_step_s(job, x, y, cfg) -> float:
+    """Median time of one step of a copy of the model trained alone (no
+    communication): what a rank's steps cost without their peers."""
+    import torch
+
+    model = copy.deepcopy(job.model)
+    opt = job.make_optimizer(model.parameters())
+    times = []
+    for i in range(cfg["ref_steps"]):
+        idx = torch.arange(i * cfg["batch"], (i + 1) * cfg["batch"]) % len(y)
+        begun = time.monotonic()
+        opt.zero_grad()
+        job.loss_fn(model(x[idx]), y[idx]).backward()
+        opt.step()
+        times.append(time.monotonic() - begun)
+    return statistics.median(times[len(times) // 4:])  # after the warm-up
 
 
 def time_to(curve, target):
@@ -127,16 +166,51 @@ def merge_throughput(mib: float, senders: int, reps: int) -> dict:
             "torch_gbps": moved / base / 1e9, "ratio": base / best}
 
 
+def _run_mode(a, hosts, mode, cfg, out) -> None:
+    from ringflow.jobs.gru import TARGET_ACCURACY
+
+    if hosts:
+        placement = [r * a.hosts // a.world for r in range(a.world)]
+        per_rank = hosts.run(placement, "malt:_rank", args=(mode, cfg), timeout=a.timeout, path=[HERE])
+    else:
+        per_rank = harness.run_world(_rank, a.world, (mode, cfg), timeout=a.timeout)
+    reached = time_to(per_rank[0]["curve"], TARGET_ACCURACY)
+    finals = [r["final"] for r in per_rank]
+    out[f"{mode}_s"] = reached
+    out[f"{mode}_acc"] = sum(finals) / len(finals)
+    out[f"{mode}_acc_min"] = min(finals)
+    out[f"{mode}_wall_s"] = max(r["wall"] for r in per_rank)
+    out[f"{mode}_curve"] = per_rank[0]["curve"]
+    comm = ""
+    if hosts:
+        out[f"{mode}_comm_s"] = statistics.mean(r["comm"] for r in per_rank)
+        comm = f" {out[f'{mode}_comm_s']:9.2f}"
+    print(f"{mode:>10} {reached if reached is None else round(reached, 2)!s:>12} "
+          f"{' '.join(f'{f:.3f}' for f in finals):>22} {out[f'{mode}_wall_s']:9.2f} "
+          f"{per_rank[0]['steps']:9d}{comm}", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--world", type=int, default=4)
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch", type=int, default=16, help="per rank")
     p.add_argument("--step-ms", type=float, default=20)
-    p.add_argument("--slow", type=float, default=3, help="the last rank's step time, in steps")
+    p.add_argument("--slow", type=float, default=None,
+                   help="the last rank's step time, in steps (default 3; 1 with --hosts)")
+    p.add_argument("--hosts", type=int, default=0,
+                   help="run on this many namespace hosts (ranks placed in blocks) and measure "
+                        "time spent communicating")
+    p.add_argument("--rate", default="100mbit", help="tbf rate of every host link with --hosts")
+    p.add_argument("--ref-steps", type=int, default=40,
+                   help="steps timed alone per rank for the communication figure (--hosts)")
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--k", type=int, default=None, help="MALT's send fan-out (default ceil(log2 N))")
     p.add_argument("--period", type=int, default=4, help="PostLocalSGD averaging period")
+    p.add_argument("--update", default="params", choices=("params", "delta"),
+                   help="what MALT exchanges: model snapshots (averaged) or deltas (added)")
+    p.add_argument("--delta-weight", type=float, default=None,
+                   help="weight of every delta with --update delta (default 1/world)")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--merge-mib", type=float, default=64)
     p.add_argument("--merge-reps", type=int, default=10)
@@ -146,28 +220,36 @@ def main(argv=None) -> int:
     modes = [m for m in a.modes.split(",") if m]
     if any(m not in MODES for m in modes):
         p.error(f"--modes: choose from {MODES}")
+    if a.slow is None:
+        a.slow = 1.0 if a.hosts else 3.0
+    why = netns.available() if a.hosts else ""
+    if why:
+        print(f"bench/malt.py --hosts: {why}", file=sys.stderr)
+        return 2
     from ringflow.jobs.gru import TARGET_ACCURACY
 
     cfg = dict(epochs=a.epochs, batch=a.batch, step_ms=a.step_ms, slow=a.slow,
-               eval_every=a.eval_every, k=a.k, period=a.period)
+               eval_every=a.eval_every, k=a.k, period=a.period, update=a.update,
+               delta_weight=a.delta_weight,
+               ref_steps=a.ref_steps if a.hosts else 0)
     report.print_header("MALT vs synchronous training with a straggler (bench/malt.py)",
                     report.environment() + [("world", str(a.world)), ("load", report.load_average()),
-                                        ("config", json.dumps(cfg))])
-    out: dict = {"target_acc": TARGET_ACCURACY, "world": a.world, "slow": a.slow, "epochs": a.epochs}
+                                        ("config", json.dumps(cfg)),
+                                        ("hosts", f"{a.hosts} namespace hosts, links tbf {a.rate}"
+                                         if a.hosts else "one")])
+    out: dict = {"target_acc": TARGET_ACCURACY, "world": a.world, "slow": a.slow, "epochs": a.epochs,
+                 "hosts": a.hosts, "rate": a.rate if a.hosts else None}
     print(f"{'mode':>10} {'to ' + str(TARGET_ACCURACY) + ' (s)':>12} {'final acc':>22} "
-          f"{'wall (s)':>9} {'steps r0':>9}")
-    for mode in modes:
-        per_rank = harness.run_world(_rank, a.world, (mode, cfg), timeout=a.timeout)
-        reached = time_to(per_rank[0]["curve"], TARGET_ACCURACY)
-        finals = [r["final"] for r in per_rank]
-        out[f"{mode}_s"] = reached
-        out[f"{mode}_acc"] = sum(finals) / len(finals)
-        out[f"{mode}_acc_min"] = min(finals)
-        out[f"{mode}_wall_s"] = max(r["wall"] for r in per_rank)
-        out[f"{mode}_curve"] = per_rank[0]["curve"]
-        print(f"{mode:>10} {reached if reached is None else round(reached, 2)!s:>12} "
-              f"{' '.join(f'{f:.3f}' for f in finals):>22} {out[f'{mode}_wall_s']:9.2f} "
-              f"{per_rank[0]['steps']:9d}", flush=True)
+          f"{'wall (s)':>9} {'steps r0':>9}" + (f" {'comm (s)':>9}" if a.hosts else ""))
+    with netns.Hosts(a.hosts) if a.hosts else contextlib.nullcontext() as hosts:
+        if hosts:
+            hosts.shape(a.rate)
+        for mode in modes:
+            _run_mode(a, hosts, mode, cfg, out)
+    if a.hosts and out.get("malt_comm_s") and "sync_comm_s" in out:
+        out["comm_ratio"] = out["sync_comm_s"] / out["malt_comm_s"]
+        print(f"# time spent communicating: sync {out['sync_comm_s']:.2f} s, malt "
+              f"{out['malt_comm_s']:.2f} s per rank ({out['comm_ratio']:.1f}x less for malt)")
     for m in modes:
         if m != "sync" and out.get("sync_s") and out.get(f"{m}_s"):
             out[f"{m}_speedup"] = out["sync_s"] / out[f"{m}_s"]

@@ -27,7 +27,7 @@ MAY_USE = {
     "aggregator": {"core", "kernels", "transport"},
     "algo": {"core", "kernels", "transport", "comm", "aggregator"},
     "collectives": {"core", "kernels", "transport", "comm", "aggregator", "algo"},
-    "malt": {"core", "kernels"},
+    "malt": {"core", "kernels", "transport"},
     "bind": {"core", "kernels", "transport", "comm", "aggregator", "algo", "collectives", "malt"},
 }
 
@@ -40,7 +40,7 @@ PUBLIC_LAYER = {
     "lut.h": "kernels",
     "transport.h": "transport", "tcp.h": "transport", "shm.h": "transport",
     "routed.h": "transport", "huge_pages.h": "transport", "shared_buffer.h": "transport",
-    "shm_arena.h": "transport",
+    "shm_arena.h": "transport", "sockets.h": "transport",
     "aggregator.h": "aggregator", "packet.h": "aggregator", "aggregator_client.h": "aggregator",
     "comm.h": "comm",
     "algorithms.h": "algo", "compress.h": "algo",

@@ -55,13 +55,13 @@ void bindMalt(py::module_& m) {
       .def("arrivals", &Inbox::arrivals, "Every complete update not merged yet.")
       .def("merge",
            [](Inbox& in, uintptr_t dst, const std::vector<std::tuple<int, int, uint64_t, double>>& takes,
-              double selfWeight) {
+              double selfWeight, bool average) {
              std::vector<malt::Take> ts;
              for (const auto& [sender, slot, seq, w] : takes) ts.push_back({sender, slot, seq, w});
              malt::MergeResult r;
              {
                py::gil_scoped_release nogil;
-               r = in.merge(at<float>(dst), ts, selfWeight);
+               r = in.merge(at<float>(dst), ts, selfWeight, average);
              }
              py::dict d;
              d["merged"] = r.merged;
@@ -70,9 +70,10 @@ void bindMalt(py::module_& m) {
              d["weight"] = r.weight;
              return d;
            },
-           py::arg("dst"), py::arg("takes"), py::arg("self_weight"),
+           py::arg("dst"), py::arg("takes"), py::arg("self_weight"), py::arg("average") = true,
            "dst = (self_weight*dst + sum w*x) / (self_weight + sum w*count) over the takes "
-           "(sender, slot, seq, weight) still intact; weight 0 discards one unread.")
+           "(sender, slot, seq, weight) still intact, or with average=False dst += sum w*x "
+           "(deltas); weight 0 discards one unread.")
       .def("counts", [](const Inbox& in, int sender) { return countsDict(in.counts(sender)); },
            py::arg("sender"))
       .def("close", &Inbox::close, Release());
@@ -90,6 +91,37 @@ void bindMalt(py::module_& m) {
       .def("counts", [](const Outbox& o) { return countsDict(o.counts()); })
       .def("_push_half_for_test", [](Outbox& o, uintptr_t src) { o.pushHalfForTest(at<float>(src)); },
            py::arg("src"));
+
+  py::class_<malt::StreamOutbox>(m, "MaltStreamOutbox",
+                                 "A sender's stream to a peer on another host: a bounded queue "
+                                 "drained by a background thread.")
+      .def(py::init<const std::string&, int, size_t, int, malt::FullPolicy, bool, uint64_t, double>(),
+           py::arg("addr"), py::arg("sender"), py::arg("count"), py::arg("slots"), py::arg("policy"),
+           py::arg("newest_only"), py::arg("token"), py::arg("timeout"), Release())
+      .def("push",
+           [](malt::StreamOutbox& o, uintptr_t src, uint64_t step) { return o.push(at<float>(src), step); },
+           py::arg("src"), py::arg("step"), Release(), "Queues a copy; never waits.")
+      .def("alive",
+           [](malt::StreamOutbox& o, double departAfterS) {
+             return o.alive(std::chrono::milliseconds(int64_t(departAfterS * 1000)));
+           },
+           py::arg("depart_after"),
+           "False once the stream ended or the peer closed, or while its beats have stopped "
+           "longer than depart_after.")
+      .def("counts", [](const malt::StreamOutbox& o) { return countsDict(o.counts()); })
+      .def("close",
+           [](malt::StreamOutbox& o, double flushS) {
+             o.close(std::chrono::milliseconds(int64_t(flushS * 1000)));
+           },
+           py::arg("flush") = 1.0, Release(), "Sends what is queued for at most `flush` s, then ends the stream.");
+
+  py::class_<malt::StreamListener>(m, "MaltStreamListener",
+                                   "Accepts the streams of senders on other hosts into an inbox.")
+      .def(py::init<Inbox&, const std::string&, uint64_t, const std::vector<int>&>(),
+           py::arg("inbox"), py::arg("bind"), py::arg("token"), py::arg("senders"),
+           py::keep_alive<1, 2>())
+      .def_property_readonly("port", &malt::StreamListener::port)
+      .def("close", &malt::StreamListener::close, Release());
 
   m.def("malt_weighted_sum",
         [](uintptr_t out, float a0, const std::vector<uintptr_t>& xs, const std::vector<float>& as,

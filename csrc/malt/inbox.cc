@@ -119,7 +119,35 @@ std::vector<Arrival> Inbox::arrivals() const {
   return out;
 }
 
-MergeResult Inbox::merge(float* dst, const std::vector<Take>& takes, double selfWeight) {
+bool Inbox::hold(Ring& r, int slot, uint64_t seq) {
+  const auto& h = *reinterpret_cast<SegmentHeader*>(base_);
+  const uint64_t bit = uint64_t(1) << slot;
+  r.reading.fetch_or(bit, std::memory_order_seq_cst);
+  if (r.head(h, slot).seq.load(std::memory_order_seq_cst) == seq) return true;
+  r.reading.fetch_and(~bit, std::memory_order_release);  // rewritten, or being written
+  return false;
+}
+
+bool Inbox::consume(const Arrival& a, const std::function<void(const float*)>& use) {
+  const auto& h = *reinterpret_cast<SegmentHeader*>(base_);
+  Ring& r = ring(a.sender);
+  if (a.slot < 0 || a.slot >= int(h.slots)) throw InvalidArgument("no MALT slot " + std::to_string(a.slot));
+  if (!hold(r, a.slot, a.seq)) return false;
+  struct Release {  // also when `use` throws
+    SlotHead& sh;
+    Ring& r;
+    uint64_t seq, bit;
+    ~Release() {
+      sh.taken.store(seq, std::memory_order_release);
+      r.reading.fetch_and(~bit, std::memory_order_release);
+      r.merged.fetch_add(1, std::memory_order_relaxed);
+    }
+  } release{r.head(h, a.slot), r, a.seq, uint64_t(1) << a.slot};
+  use(r.payload(h, a.slot));
+  return true;
+}
+
+MergeResult Inbox::merge(float* dst, const std::vector<Take>& takes, double selfWeight, bool average) {
   const auto& h = *reinterpret_cast<SegmentHeader*>(base_);
   if (!(selfWeight >= 0)) throw InvalidArgument("a merge's own weight must be >= 0");
   struct Held {
@@ -146,15 +174,12 @@ MergeResult Inbox::merge(float* dst, const std::vector<Take>& takes, double self
       res.skipped++;
       continue;
     }
-    SlotHead& sh = r.head(h, t.slot);
-    const uint64_t bit = uint64_t(1) << t.slot;
-    r.reading.fetch_or(bit, std::memory_order_seq_cst);
-    if (sh.seq.load(std::memory_order_seq_cst) != t.seq) {  // rewritten, or being written
-      r.reading.fetch_and(~bit, std::memory_order_release);
+    if (!hold(r, t.slot, t.seq)) {
       res.skipped++;
       continue;
     }
-    Held x{&sh, &r, bit, t.seq, r.payload(h, t.slot), t.weight};
+    SlotHead& sh = r.head(h, t.slot);
+    Held x{&sh, &r, uint64_t(1) << t.slot, t.seq, r.payload(h, t.slot), t.weight};
     if (t.weight == 0) {
       release(x);
       res.discarded++;
@@ -165,14 +190,15 @@ MergeResult Inbox::merge(float* dst, const std::vector<Take>& takes, double self
     held.push_back(x);
   }
   if (!held.empty()) {
-    const double total = selfWeight + res.weight;
+    // Averaging: normalised by the weights.  Adding: the weights as given.
+    const double total = average ? selfWeight + res.weight : 1.0;
     std::vector<const float*> xs;
     std::vector<float> as;
     for (const Held& x : held) {
       xs.push_back(x.data);
       as.push_back(float(x.weight / total));
     }
-    weightedSum(dst, float(selfWeight / total), xs.data(), as.data(), xs.size(), h.count);
+    weightedSum(dst, average ? float(selfWeight / total) : 1.0f, xs.data(), as.data(), xs.size(), h.count);
   }
   for (const Held& x : held) {
     release(x);

@@ -106,6 +106,10 @@ int Outbox::claim(uint64_t* oldSeq, bool* coalesce) {
       sh.seq.store(old, std::memory_order_release);  // the consumer has it: try another
       continue;
     }
+    // The consumer may have merged the slot since candidates() looked: then
+    // it is free now, and adding into it would merge its old update twice.
+    // (Holding kWriting with the reading bit clear, `taken` stands still.)
+    free[s] = free[s] || old <= sh.taken.load(std::memory_order_acquire);
     *oldSeq = old;
     *coalesce = !free[s] && h.policy == uint32_t(FullPolicy::Coalesce);
     if (!free[s]) (*coalesce ? ring_->coalesced : ring_->dropped).fetch_add(1, std::memory_order_relaxed);
@@ -115,7 +119,7 @@ int Outbox::claim(uint64_t* oldSeq, bool* coalesce) {
   throw Error("MALT ring has no claimable slot (consumer holds them all)");
 }
 
-uint64_t Outbox::push(const float* src, uint64_t step) {
+uint64_t Outbox::push(const float* src, uint64_t step, uint32_t updates) {
   uint64_t old;
   bool coalesce;
   const int s = claim(&old, &coalesce);
@@ -123,10 +127,10 @@ uint64_t Outbox::push(const float* src, uint64_t step) {
   float* dst = ring_->payload(*header_, s);
   if (coalesce) {
     addInto(dst, src, count_);
-    sh.count.store(sh.count.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    sh.count.store(sh.count.load(std::memory_order_relaxed) + updates, std::memory_order_relaxed);
   } else {
     std::memcpy(dst, src, count_ * sizeof(float));
-    sh.count.store(1, std::memory_order_relaxed);
+    sh.count.store(updates, std::memory_order_relaxed);
   }
   sh.step.store(step, std::memory_order_relaxed);
   const uint64_t seq = ring_->pushes.load(std::memory_order_relaxed) + 1;

@@ -11,6 +11,7 @@
 
 #include "frame.h"
 #include "mailbox.h"
+#include "ringflow/sockets.h"
 #include "ringflow/tcp.h"
 
 namespace ringflow {
@@ -29,17 +30,5 @@ struct TcpTransport::Conn {
   size_t payloadGot = 0;
   bool readDone = false;
 };
-
-namespace tcp {
-// "host:port" or "[v6]:port" -> connected, blocking socket, retried until
-// `deadline`.  Throws TimeoutError naming `what`.
-int connectWithRetry(const std::string& addr, Deadline deadline, const std::string& what);
-// Reads/writes exactly n bytes on a blocking socket before `deadline`.
-void readFull(int fd, void* buf, size_t n, Deadline deadline);
-void writeFull(int fd, const void* buf, size_t n, Deadline deadline);
-int listenOn(const std::string& host, int* port);
-void setNonBlocking(int fd);
-void setNoDelay(int fd);
-}  // namespace tcp
 
 }  // namespace ringflow

@@ -3,10 +3,12 @@
 // when to merge) is python/ringflow/malt/.
 //
 // Every rank owns an Inbox: one memfd segment holding one slot ring per
-// sender of its host.  Each ring has one producer (that sender, which maps
-// the segment through an Outbox) and one consumer (the owner's trainer), so
+// sender (ring r is rank r's).  Each ring has one producer (a same-host
+// sender, which maps the segment through an Outbox, or the StreamListener
+// thread writing a remote sender's updates) and one consumer (the owner's
+// trainer), so
 // the rings need no lock: slots are published with release stores and
-// claimed with a Dekker handshake on two seq_cst atomics (ring.cc).  A push
+// claimed with a Dekker handshake on two seq_cst atomics (inbox.cc).  A push
 // never waits: it writes a free slot, or, when every slot holds an update not
 // merged yet, applies the ring's FullPolicy.  A merge never waits: it takes
 // the slots that are complete now and skips any a producer is writing.
@@ -22,6 +24,9 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -84,9 +89,15 @@ class Inbox {
 
   std::vector<Arrival> arrivals() const;
   // dst = (selfWeight*dst + sum w*x) / (selfWeight + sum w*count) over the
-  // takes still intact; at most slots-1 of one ring are held at once, so
-  // its producer always finds a slot.  Never waits.
-  MergeResult merge(float* dst, const std::vector<Take>& takes, double selfWeight);
+  // takes still intact (average), or dst += sum w*x (not average: updates
+  // that are deltas); at most slots-1 of one ring are held at once, so its
+  // producer always finds a slot.  Never waits.
+  MergeResult merge(float* dst, const std::vector<Take>& takes, double selfWeight,
+                    bool average = true);
+  // Holds one arrival's slot (the merge's handshake), lets `use` read it,
+  // and releases it as merged.  False, without calling `use`, when the slot
+  // was rewritten since it was listed.  Never waits on the producer.
+  bool consume(const Arrival& a, const std::function<void(const float*)>& use);
   RingCounts counts(int sender) const;
   // Marks the segment closed (senders drop this rank at once) and stops the
   // heartbeat; idempotent.
@@ -94,6 +105,7 @@ class Inbox {
 
  private:
   Ring& ring(int sender) const;
+  bool hold(Ring& r, int slot, uint64_t seq);
   void beat();
 
   char* base_ = nullptr;
@@ -114,7 +126,8 @@ class Outbox {
   Outbox& operator=(const Outbox&) = delete;
 
   // Copies count floats into the ring; never waits.  Returns the push number.
-  uint64_t push(const float* src, uint64_t step);
+  // `updates`: how many updates src already sums (a coalesced one from afar).
+  uint64_t push(const float* src, uint64_t step, uint32_t updates = 1);
   // False once the owner closed (for good) or while its heartbeat has stood
   // still longer than `departAfter`.  Never waits.
   bool alive(std::chrono::milliseconds departAfter);
@@ -134,6 +147,84 @@ class Outbox {
   bool closed_ = false;
   uint64_t lastBeat_ = 0;
   std::chrono::steady_clock::time_point lastBeatSeen_{};
+};
+
+// Cross-host pushes (stream.cc): one TCP stream per (sender, remote peer).
+//
+// The sender's side is a StreamOutbox: push() copies into a private
+// bounded queue -- a one-ring Inbox of this process, so the same
+// FullPolicy applies when it is full -- and returns; a background thread
+// sends what is queued (only the newest snapshot if asked, else everything
+// in order) and never blocks the trainer.  The receiver's side
+// is a StreamListener: one thread accepts the streams of remote senders and
+// deposits each update into that sender's ring of the receiver's Inbox as
+// its single producer, so the merge reads remote and local updates alike,
+// lockless.  The listener sends a beat byte down every stream each
+// kBeatEvery and a goodbye byte on close(); a sender drops its peer when
+// the stream ends (a killed process: at once) or its beats stop (an
+// unreachable host: after departAfter).
+class StreamOutbox {
+ public:
+  // Connects to a StreamListener at addr ("host:port") as ring `sender`,
+  // retrying until timeoutSec.  Throws TimeoutError if it cannot.
+  // newestOnly (DropOldest only): send just the newest queued update and
+  // discard the older ones unsent, as a merge of snapshots would.
+  StreamOutbox(const std::string& addr, int sender, size_t count, int slots, FullPolicy policy,
+               bool newestOnly, uint64_t token, double timeoutSec);
+  ~StreamOutbox();
+  StreamOutbox(const StreamOutbox&) = delete;
+  StreamOutbox& operator=(const StreamOutbox&) = delete;
+
+  // Queues count floats for sending; never waits.  Returns the push number.
+  uint64_t push(const float* src, uint64_t step);
+  bool alive(std::chrono::milliseconds departAfter);
+  // pushes/dropped/coalesced of the queue; merged: updates sent whole.
+  RingCounts counts() const;
+  // Sends what is queued for at most flushFor, then closes the stream.
+  void close(std::chrono::milliseconds flushFor);
+
+ private:
+  bool stopping() const;
+  void sendLoop();
+  bool sendOne();
+  bool pump(const char* data, size_t n);  // writes n bytes, reading beats meanwhile
+  void readBeats();
+
+  size_t count_;
+  bool newestOnly_;
+  std::unique_ptr<Inbox> queue_;
+  std::unique_ptr<Outbox> into_;
+  int fd_ = -1, wake_ = -1;
+  std::atomic<bool> dead_{false}, closedByPeer_{false}, flushing_{false};
+  std::atomic<int64_t> lastBeatNs_{0}, flushUntilNs_{0};
+  std::atomic<uint64_t> sent_{0};
+  std::thread thread_;
+};
+
+class StreamListener {
+ public:
+  // Listens on bindHost for the streams of the ranks in `senders` into
+  // `inbox` (which must outlive it).  Streams with another token, count or
+  // sender are refused.
+  StreamListener(Inbox& inbox, const std::string& bindHost, uint64_t token,
+                 const std::vector<int>& senders);
+  ~StreamListener();
+  StreamListener(const StreamListener&) = delete;
+  StreamListener& operator=(const StreamListener&) = delete;
+  int port() const { return port_; }
+  // Says goodbye on every stream and stops; idempotent.
+  void close();
+
+ private:
+  struct Conn;
+  void loop();
+
+  Inbox& inbox_;
+  uint64_t token_;
+  std::vector<int> senders_;
+  int listenFd_ = -1, wake_ = -1, port_ = 0;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
 };
 
 // out = a0*out + sum_j a[j]*x[j][...] over n floats (the merge's kernel).

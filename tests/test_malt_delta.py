@@ -1,0 +1,102 @@
+"""ringflow.malt.Optimizer(update="delta"): replicas add each other's
+weighted deltas, so they converge to the global least-squares optimum (an
+independent reference) and, once no delta is in flight, agree exactly
+without any averaging of models;
+a plain Python model of the rule (every replica = start + w * all deltas)
+checks the merge's arithmetic in one process."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from ringflow import _C
+from test_malt_optimizer import _linear, _optimum, _shard
+from worlds import init_torch, run_world
+
+
+def test_adding_deltas_is_start_plus_the_weighted_sum():
+    n, w = 257, 0.25
+    inbox = _C.MaltInbox(3, n, 2, _C.MaltFullPolicy.coalesce)
+    outs = [_C.MaltOutbox(inbox.pid, inbox.fd, inbox.bytes, s, n) for s in (1, 2)]
+    rng = np.random.default_rng(3)
+    deltas = [[torch.from_numpy(rng.standard_normal(n).astype(np.float32)) for _ in range(3)]
+              for _ in outs]
+    for o, ds in zip(outs, deltas):
+        for i, d in enumerate(ds):  # 3 pushes into 2 slots: the ring coalesces
+            o.push(d.data_ptr(), i)
+    x = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
+    want = x.double().numpy() + w * sum(d.double().numpy() for ds in deltas for d in ds)
+    while inbox.arrivals():
+        takes = [(a.sender, a.slot, a.seq, w) for a in inbox.arrivals()]
+        inbox.merge(x.data_ptr(), takes, 0.0, False)
+    np.testing.assert_allclose(x.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def _train_then_settle(rank, size, steps, weight):
+    """Trains `steps` steps (lr decayed to 0, as _train does), then, once
+    every rank has, keeps exchanging without training until the deltas in
+    flight have landed everywhere."""
+    import ringflow.malt
+
+    dist = init_torch(rank, size)
+    model = _linear(0)
+    opt = ringflow.malt.Optimizer(torch.optim.SGD(model.parameters(), lr=0.05), model,
+                                  update="delta", delta_weight=weight)
+    x, y = _shard(rank)
+    dist.barrier()  # a rank training alone at the start would pull the sum its way
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = 0.05 * (1 - step / steps)
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x).squeeze(1), y).backward()
+        opt.step()
+        # Sleep-bound steps keep the ranks at one pace even on a busy
+        # machine: the sum weighs each shard by how many steps it took.
+        time.sleep(0.015)
+    opt.zero_grad()  # no gradients: the steps below only merge
+    for _ in range(2):
+        dist.barrier()
+        for _ in range(20):
+            opt.step()
+            time.sleep(0.01)
+    stats = opt.stats()
+    w = model.weight.detach().reshape(-1).tolist()
+    dist.barrier()
+    opt.close()
+    dist.destroy_process_group()
+    return w, stats
+
+
+def test_replicas_converge_and_agree():
+    out = run_world(4, _train_then_settle, 250, 0.5, timeout=180)
+    best = _optimum(range(4))
+    ws = [torch.tensor(w) for w, _ in out]
+    for rank, (w, (_, stats)) in enumerate(zip(ws, out)):
+        own = _optimum([rank])
+        assert torch.dist(w, best) < 0.25 * torch.dist(own, best), (rank, w, best, stats)
+        assert all(v > 0 for v in stats["merged_from"].values()), stats
+    # Same start (seed 0), the same deltas applied everywhere at the same
+    # weight: once none is in flight the replicas agree up to float sums.
+    spread = max(torch.dist(a, b).item() for a in ws for b in ws)
+    assert spread < 1e-4, [w.tolist() for w in ws]
+
+
+def _bad_update(rank, size):
+    import ringflow.malt
+    init_torch(rank, size)
+    model = _linear(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for kw, msg in [({"update": "grads"}, "update must be"),
+                    ({"update": "delta", "replay_seed": 1}, "replay_seed repeats"),
+                    ({"update": "delta", "delta_weight": 0}, "delta_weight must be positive")]:
+        with pytest.raises(ValueError, match=msg):
+            ringflow.malt.Optimizer(opt, model, **kw)
+    return True
+
+
+def test_bad_update_arguments_are_named():
+    assert run_world(2, _bad_update, timeout=120) == [True, True]
