@@ -64,7 +64,7 @@ def tuned_against_untuned(rank, size, sizes, iters, cache):
     from ringflow import _C
     from ringflow.rendezvous import Communicator
     from ringflow.tune.pattern import BUCKETS, Pattern
-    from ringflow.tune.tuner import model_of, tune_or_load, untuned_pattern
+    from ringflow.tune.tuner import apply, model_of, tune_or_load, untuned_pattern
 
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size,
                           is_master=rank == 0, timeout=timedelta(seconds=300))
@@ -77,14 +77,23 @@ def tuned_against_untuned(rank, size, sizes, iters, cache):
     untuned = Pattern(untuned.order, untuned.groups, 256 << 10, ((0, rules[0][1]),) + rules[1:])
     for b in sizes:  # untimed: the first traffic after init pays the links' warm-up
         back_to_back(comm, b, 1)
-    out["untuned_s"] = {str(b): back_to_back(comm, b, iters) for b in sizes}
     entry, hit = tune_or_load(owner, cache, retune=True)
     out["tune_s"] = entry["tune_s"]
     out["entry"] = entry
     out["tuned_algorithm"] = {str(b): _C.allreduce_algorithm(comm, b) for b in sizes}
-    out["tuned_s"] = {str(b): back_to_back(comm, b, iters) for b in sizes}
-    model = model_of(entry)
     chosen = entry["pattern"]
+    # Untuned and tuned take turns, three rounds, each size timed for at least
+    # 4 MiB of traffic (40 calls at most, so that the sum stays exact): the medians, so that a noisy moment cannot pick a side.
+    rounds = {"untuned_s": {}, "tuned_s": {}}
+    for _ in range(3):
+        for key, pattern in (("untuned_s", None), ("tuned_s", chosen)):
+            apply(comm, None if pattern is None else Pattern.from_json(pattern))
+            for b in sizes:
+                rounds[key].setdefault(str(b), []).append(
+                    back_to_back(comm, b, min(40, iters * max(1, (4 << 20) // b))))
+    for key, runs in rounds.items():
+        out[key] = {b: sorted(t)[len(t) // 2] for b, t in runs.items()}
+    model = model_of(entry)
     out["predicted_s"] = {str(b): model.predict(Pattern.from_json(chosen) if chosen else untuned, b)
                           for b in sizes if b in BUCKETS}
     out["untuned_predicted_s"] = {str(b): model.predict(untuned, b) for b in sizes if b in BUCKETS}

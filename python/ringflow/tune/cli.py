@@ -37,7 +37,7 @@ def describe(key: str, entry: dict) -> str:
     lines = [f"topology {key}: {entry['world']} ranks, hosts {', '.join(entry['hosts'])}"]
     p = entry.get("pattern")
     if p is None:
-        lines.append("  schedule: untuned auto (it measured fastest)")
+        lines.append("  schedule: untuned auto (no candidate beat it, or the best runs only the arena, as auto does)")
     else:
         lines.append(f"  ring order {p['order']}, groups {p['groups']}, piece {p['piece_bytes']} B, "
                      f"algorithms {[tuple(r) for r in p['algorithms']]}")

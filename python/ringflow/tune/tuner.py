@@ -180,6 +180,12 @@ def tune(owner, starts: int = 8, seed: int = 0, confirm: int = 3, confirm_bytes:
                 "untuned_predicted_s": model.predict(untuned, confirm_bytes)}
     plan = share(comm, plan)
     chosen, measured, untuned_s = _confirm(comm, plan["candidates"], confirm_bytes, iters, margin)
+    if chosen is not None and shm and all(a == "shm" for _, a in chosen["algorithms"]):
+        # Only the arena: what untuned auto runs on one host already (order,
+        # groups and pieces do not enter it), so no schedule, and no noise
+        # of the confirmation left behind as a "tuned" choice.
+        chosen = None
+        apply(comm, None)
     if chosen is not None:
         confirmed, summary["doubling_confirmed"] = _confirm_doubling(
             comm, Pattern.from_json(chosen), confirm_bytes)
