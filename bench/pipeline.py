@@ -17,7 +17,10 @@ after a barrier and its time is the slowest rank's.
 Reported per scenario: sequential_s and pipelined_s (sums over blocks),
 speedup = sequential_s / pipelined_s, comm_s and compute_s (measured in the
 sequential schedule, where they never overlap; mean over ranks) and
-overlap_efficiency = (sequential_s - pipelined_s) / min(comm_s, compute_s).
+overlap_efficiency = (sequential_s - pipelined_s) / min(comm_s, compute_s),
+and ceiling_speedup = sequential_s / cpu_bound_s, where cpu_bound_s is the
+CPU time every thread of every rank spent in the sequential schedule over
+the host's CPUs: no schedule of the same work finishes sooner on this host.
 --timeline PATH writes each rank's Chrome trace of the whole run
 (PATH.rankN.json).  Needs only torch and the installed ringflow.
 """
@@ -99,14 +102,15 @@ def rank_main(rank: int, size: int, cfg: dict) -> dict:
     members = _members(cfg, torch)
     rows = cfg["rows"] or _calibrate(members, cfg, 64, dist, torch, g)
     out = {"rows": rows, "sequential": [], "pipelined": [], "comm": [], "compute": [], "waiting": [],
-           "compute_pipelined": [], "call_ms": {"sequential": [], "pipelined": []}}
+           "compute_pipelined": [], "call_ms": {"sequential": [], "pipelined": []},
+           "cpu_sequential": []}
     for block in range(cfg["blocks"]):
         for overlap in (False, True):
             pipe = Pipeline(members, overlap=overlap)
             batches = [[_batch(rows, cfg, g, torch) for _ in members] for _ in range(cfg["rounds"])]
             dist.barrier()
             ringflow.reset_stats()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for b in batches:
                 pipe.round(b)
             pipe.finish()
@@ -119,6 +123,8 @@ def rank_main(rank: int, size: int, cfg: dict) -> dict:
             if ops and cfg["backend"] == "ringflow":
                 out["call_ms"][schedule].append(ops["total_ms"] / ops["count"])
             if not overlap:
+                # Every thread of the rank, ringflow's own included.
+                out["cpu_sequential"].append(time.process_time() - c0)
                 out["comm"].append(pipe.times.comm)
                 out["compute"].append(pipe.times.compute)
             else:
@@ -145,7 +151,13 @@ def summarise(per_rank: list[dict]) -> dict:
     seq = sum(max(r["sequential"][b] for r in per_rank) for b in range(blocks))
     pipe = sum(max(r["pipelined"][b] for r in per_rank) for b in range(blocks))
     comm, compute = mean("comm"), mean("compute")
-    return {"sequential_s": seq, "pipelined_s": pipe, "speedup": seq / pipe, "comm_s": comm,
+    # The CPU seconds the ranks spent in the sequential schedule, over the
+    # host's CPUs, bound any schedule of the same work from below: where the
+    # ranks keep every CPU busy already, overlap has nothing left to use.
+    cpus = len(os.sched_getaffinity(0))
+    cpu_bound = sum(sum(r["cpu_sequential"][b] for r in per_rank) for b in range(blocks)) / cpus
+    return {"cpu_bound_s": cpu_bound, "ceiling_speedup": seq / cpu_bound if cpu_bound else None,
+            "sequential_s": seq, "pipelined_s": pipe, "speedup": seq / pipe, "comm_s": comm,
             "compute_s": compute, "overlap_efficiency": overlap_efficiency(seq, pipe, comm, compute),
             "waiting_pipelined_s": mean("waiting"), "compute_pipelined_s": mean("compute_pipelined"),
             "allreduce_ms_sequential": calls("sequential"), "allreduce_ms_pipelined": calls("pipelined"),
@@ -212,9 +224,11 @@ def main(argv=None) -> int:
     print(f"# 4 ranks, {a.models} models of ~{params / 1e6:.2f}M float32 parameters "
           f"({params * 4 / 2**20:.1f} MiB of gradients each), {a.blocks} blocks x {a.rounds} rounds per schedule")
     print("# comm s, compute s: measured in the sequential schedule (mean over ranks); pipe compute s: the")
-    print("# same computation in the pipelined schedule; call ms: the core's mean time per allreduce, seq/pipe")
+    print("# same computation in the pipelined schedule; call ms: the core's mean time per allreduce, seq/pipe;")
+    print("# cpu-bound: the most any schedule of this work can gain here, seq s / (CPU seconds the ranks")
+    print("# spent in the sequential schedule / this host's CPUs)")
     print(f"{'scenario':>22} {'rows':>5} {'seq s':>7} {'pipe s':>7} {'speedup':>7} {'comm s':>7} "
-          f"{'compute s':>9} {'efficiency':>10} {'pipe compute s':>14} {'call ms':>13}", flush=True)
+          f"{'compute s':>9} {'efficiency':>10} {'pipe compute s':>14} {'call ms':>13} {'cpu-bound':>9}", flush=True)
     here = os.path.dirname(os.path.abspath(__file__))
     rows = []
     for name, per_rank in _scenarios(a, cfg, here):
@@ -223,8 +237,8 @@ def main(argv=None) -> int:
         rows.append(s)
         print(f"{name:>22} {s['rows']:5d} {s['sequential_s']:7.2f} {s['pipelined_s']:7.2f} "
               f"{s['speedup']:7.2f} {s['comm_s']:7.2f} {s['compute_s']:9.2f} {s['overlap_efficiency']:10.2f} "
-              f"{s['compute_pipelined_s']:14.2f} {_pair(s['allreduce_ms_sequential'], s['allreduce_ms_pipelined']):>13}",
-              flush=True)
+              f"{s['compute_pipelined_s']:14.2f} {_pair(s['allreduce_ms_sequential'], s['allreduce_ms_pipelined']):>13} "
+              f"{s['ceiling_speedup']:8.2f}x", flush=True)
     if not rows:
         return 1
     print("# targets: overlap_efficiency >= 0.8, speedup >= 1.6: "
