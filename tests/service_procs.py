@@ -121,6 +121,16 @@ class Service:
             time.sleep(0.2)
         return self._ended(j, timeout)
 
+    def wait_step(self, job_id, step: int, timeout: float = 120) -> dict:
+        """Polls in process until the job reaches `step` (or ends); its status."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            j = self.job(job_id)
+            if j["step"] >= step or j["state"] in ("done", "failed"):
+                return j
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id} did not reach step {step} in {timeout} s\n" + self.logs())
+
     def _ended(self, j: dict, timeout: float) -> dict:
         job_id = j["id"]
         if j["state"] not in ("done", "failed"):

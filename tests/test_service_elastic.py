@@ -13,7 +13,6 @@ import collections
 import os
 import re
 import signal
-import time
 
 import numpy as np
 import torch
@@ -31,16 +30,6 @@ def _job_file(tmp_path, name="elastic", **extra):
         "name": name, "dataset": "blobs", "entry": "ringflow.jobs.mlp:build", "workers": 4,
         "mode": "allreduce", "steps": STEPS, "batch_size": BATCH, "seed": 5, "lr": LR,
         "commit_every": 2, **extra})
-
-
-def _wait_step(svc: Service, job_id: int, step: int, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        j = svc.job(job_id)
-        if j["step"] >= step or j["state"] in ("done", "failed"):
-            return j
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not reach step {step} in {timeout} s\n" + svc.logs())
 
 
 def _reference(npz: str, samples: list, steps: int) -> dict:
@@ -85,7 +74,7 @@ def test_a_worker_killed_mid_epoch_the_survivors_reform_and_finish(tmp_path):
     with Service(str(tmp_path), workers=4, worker_args=("--inject-delay-ms", "200")) as svc:
         svc.cli("data", "add", "blobs", npz)
         job_id = svc.submit(_job_file(tmp_path), via_cli=False)
-        before = _wait_step(svc, job_id, 2)
+        before = svc.wait_step(job_id, 2)
         assert before["state"] == "running", (before, svc.logs())
         victim = svc.workers[2]
         victim.send_signal(signal.SIGKILL)
@@ -114,7 +103,7 @@ def test_the_master_killed_mid_job_resumes_from_its_last_confirmed_commit(tmp_pa
         queued = svc.submit(_job_file(tmp_path, name="behind", steps=4), via_cli=False)
         for _ in range(4):   # workers after the submissions: the kill lands mid-job
             svc.add_worker()
-        before = _wait_step(svc, first, 4)
+        before = svc.wait_step(first, 4)
         assert before["state"] == "running", (before, svc.logs())
         svc.kill_master()
         svc.start_master(port=svc.port)

@@ -6,7 +6,6 @@ one process training the logged batches in order."""
 from __future__ import annotations
 
 import signal
-import time
 
 from service_procs import Service, blobs, exactly_once, reference_ps, samples_of, write_job
 
@@ -22,16 +21,6 @@ def _job_file(tmp_path, **extra):
         "commit_every": 3, "lease_s": 6.0, **extra})
 
 
-def _wait_step(svc: Service, job_id: int, step: int, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        j = svc.job(job_id)
-        if j["step"] >= step or j["state"] in ("done", "failed"):
-            return j
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not reach step {step} in {timeout} s\n" + svc.logs())
-
-
 def _check(svc: Service, npz: str, j: dict, steps: int = STEPS) -> None:
     assert j["state"] == "done", (j, svc.logs())
     samples = samples_of(svc, j["id"])
@@ -45,7 +34,7 @@ def test_a_worker_killed_mid_epoch(tmp_path):
     with Service(str(tmp_path), workers=4, worker_args=("--inject-delay-ms", "150")) as svc:
         svc.cli("data", "add", "blobs", npz)
         job_id = svc.submit(_job_file(tmp_path))
-        _wait_step(svc, job_id, 2)
+        svc.wait_step(job_id, 2)
         victim = svc.workers[1]
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
@@ -62,7 +51,7 @@ def test_the_master_killed_mid_job_resumes_from_its_last_commit(tmp_path):
         queued = svc.submit(_job_file(tmp_path, name="behind", steps=4))
         for _ in range(4):   # workers after the submissions: the kill lands mid-job
             svc.add_worker()
-        before = _wait_step(svc, first, 4)
+        before = svc.wait_step(first, 4)
         assert before["state"] == "running"
         svc.kill_master()
         svc.start_master(port=svc.port)
