@@ -10,7 +10,7 @@ from __future__ import annotations
 import multiprocessing as mp
 
 from ringflow.benchmark import harness
-from ringflow.benchmark.harness import free_port  # noqa: F401 - for tests that need a port
+from ringflow.addresses import free_port  # noqa: F401 - for tests that need a port
 
 _ctx = None
 

@@ -114,6 +114,13 @@ def _ipv4_of(ifname: str) -> str:
     return socket.inet_ntoa(packed[20:24])
 
 
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now (the kernel's pick)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def boot_id() -> str | None:
     """This kernel's boot id, or None where it cannot be read."""
     try:

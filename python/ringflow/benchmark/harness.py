@@ -13,9 +13,10 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
-import socket
 import time
 import traceback
+
+from ..addresses import free_port
 
 # The child's channel to the parent, set in each rank before fn runs.
 _messages = None
@@ -25,12 +26,6 @@ _rank = None
 class WorldError(RuntimeError):
     """A world failed: a rank raised, died, or hung.  The message names it;
     `.results` holds what the ranks that finished returned."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def report_progress(step: int, total: int, label: str) -> None:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
 from datetime import timedelta
 
+from ..addresses import free_port
 from . import cache, export
 
 
@@ -93,9 +93,7 @@ def _spawn(args, argv) -> int:
     """Local ranks, each `ringflow tune` under a torchrun-like environment."""
     if args.ranks < 1:
         raise ValueError(f"--ranks must be at least 1, got {args.ranks}")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     procs = []
     for rank in range(args.ranks):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(args.ranks), "LOCAL_RANK": str(rank),
