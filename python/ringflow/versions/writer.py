@@ -1,6 +1,6 @@
 """Background commits: the training loop pays only for a snapshot of the state.
 
-Two kinds of snapshot (`BackgroundCommitter(snapshot=...)`):
+Three kinds of snapshot (`BackgroundCommitter(snapshot=...)`):
   copy  (the default) `submit` copies every tensor, so the loop may go on
         changing its parameters at once, and hands the copy to a writer
         thread that hashes, writes, syncs and moves HEAD (hashing and file
