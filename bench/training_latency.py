@@ -9,7 +9,11 @@ backend, in the same processes: `--iters` blocking float32 allreduces of
 with the same computation between them; then `--loops` loops of
 back-to-back allreduces, whose per-loop medians show whether the steady
 state is one mode or several.  Backends take turns in blocks of 50 calls,
-so a change in the host's load hits both.  A call's time is measured on each rank;
+so a change in the host's load hits all of them.  The third backend,
+"floor", does nothing: its figures are torch's own dispatch to a Python
+process group on this host, the least any Python backend can cost (ringflow
+must not link libtorch, so a C++ backend is not an option).  A call's time
+is measured on each rank;
 the reported samples are the slowest rank's per call.  Needs only torch and
 the installed ringflow.
 """
@@ -27,6 +31,34 @@ from datetime import timedelta
 from ringflow.benchmark import harness, measure
 
 BLOCK = 50  # calls per turn of one backend
+FLOOR = "floor"  # the backend that does nothing: torch's own dispatch, the least any Python backend costs
+
+
+def _floor_group(store, rank, size, timeout):
+    """A process group whose calls return a finished Work at once: timed
+    like the others, it is the cost of torch's dispatch to a Python backend
+    on this host, below which no Python backend's call can go."""
+    import torch.distributed as dist
+
+    class Done(dist.Work):
+        def wait(self, timeout=None):
+            return True
+
+    class Floor(dist.ProcessGroup):
+        def __init__(self):
+            super().__init__(rank, size)
+            self._done = Done()
+
+        def getBackendName(self):  # noqa: N802 - torch's spelling
+            return FLOOR
+
+        def allreduce(self, tensors, opts=None):
+            return self._done
+
+        def barrier(self, opts=None):
+            return self._done
+
+    return Floor()
 
 
 def _timed(call, iters: int, compute_us: float) -> list[tuple[float, float]]:
@@ -95,8 +127,9 @@ def _rank(rank: int, world: int, cfg: dict) -> dict:
     import ringflow  # noqa: F401 - registers the backend
 
     torch.set_num_threads(1)
+    dist.Backend.register_backend(FLOOR, _floor_group, devices=["cpu"])
     dist.init_process_group("ringflow", rank=rank, world_size=world, timeout=timedelta(seconds=60))
-    groups = {"ringflow": None, "gloo": dist.new_group(backend="gloo")}
+    groups = {"ringflow": None, "gloo": dist.new_group(backend="gloo"), FLOOR: dist.new_group(backend=FLOOR)}
     x = torch.ones(cfg["bytes"] // 4)
     calls = {name: {"allreduce": lambda g=group: dist.all_reduce(x, group=g),
                     "barrier": lambda g=group: dist.barrier(group=g)} for name, group in groups.items()}
@@ -188,9 +221,11 @@ def main(argv=None) -> int:
     for r in rows:
         for what in ("allreduce", "barrier"):
             core = r.get(f"{what}_core_mean_us")
-            print(f"{r['backend']:>9} {what:>9} {r[f'{what}_p50_us']:7.1f} {r[f'{what}_p90_us']:7.1f} "
-                  f"{r[f'{what}_skew_p50_us']:7.1f} {r[f'{what}_after_last_p50_us']:7.1f} "
-                  f"{r[f'{what}_after_last_p90_us']:7.1f} " + (f"{core:7.1f}" if core else f"{'-':>7}"))
+            # The floor's ranks never meet, so skew and "after" mean nothing there.
+            meet = "".join(f" {r[f'{what}_{k}_us']:7.1f}" if r["backend"] != FLOOR else f" {'-':>7}"
+                           for k in ("skew_p50", "after_last_p50", "after_last_p90"))
+            print(f"{r['backend']:>9} {what:>9} {r[f'{what}_p50_us']:7.1f} {r[f'{what}_p90_us']:7.1f}"
+                  f"{meet} " + (f"{core:7.1f}" if core else f"{'-':>7}"))
         print(f"{r['backend']:>9} back-to-back allreduce loop medians: "
               + " ".join(f"{v:.1f}" for v in r["loop_medians_us"]))
     ours = next(r for r in rows if r["backend"] == "ringflow")
@@ -198,6 +233,12 @@ def main(argv=None) -> int:
           f"p90 {gloo['allreduce_p90_us'] / ours['allreduce_p90_us']:.1f}x, "
           f"barrier p50 {gloo['barrier_p50_us'] / ours['barrier_p50_us']:.1f}x faster; "
           f"ringflow loop medians spread {ours['loop_spread']:.2f}x")
+    floor = next(r for r in rows if r["backend"] == FLOOR)
+    print(f"# floor: torch's dispatch to a Python process group that does nothing, same processes: "
+          f"allreduce p50 {floor['allreduce_p50_us']:.1f} p90 {floor['allreduce_p90_us']:.1f}, "
+          f"barrier p50 {floor['barrier_p50_us']:.1f} us; ringflow above it: allreduce p50 "
+          f"+{ours['allreduce_p50_us'] - floor['allreduce_p50_us']:.1f}, "
+          f"barrier p50 +{ours['barrier_p50_us'] - floor['barrier_p50_us']:.1f} us")
     for rank, prof in enumerate(profiles):
         for mode, segments in prof.items():
             print(f"# profile rank {rank}, {mode} (median us): "

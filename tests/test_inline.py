@@ -110,3 +110,37 @@ def queued_during_inline(rank, size):
 def test_a_call_queued_while_an_inline_one_runs_is_run_after_it():
     for a, b in run_world(2, queued_during_inline, timeout=60):
         assert (a, b) == (3.0, 30.0)
+
+
+def blocking_works_shared(rank, size):
+    import torch
+
+    dist = init_torch(rank, size)
+    group = dist.distributed_c10d._get_default_group()
+    opts = dist.AllreduceOptions()
+    opts.asyncOp = False
+    a, b = torch.full((16,), rank + 1.0), torch.full((16,), 10.0 * (rank + 1))
+    wa = group.allreduce([a], opts)
+    wb = group.allreduce([b], opts)
+    shared = wa is wb and wa.is_completed() and wa.wait()
+    # Asynchronous calls keep Works of their own, and a blocking call
+    # between them changes neither their results nor their tensors.
+    c, d = torch.full((1 << 18,), rank + 1.0), torch.full((16,), rank + 2.0)
+    wc = dist.all_reduce(c, async_op=True)
+    dist.all_reduce(d)
+    wd = dist.all_reduce(d, async_op=True)
+    own = wc is not wd and wc is not wa
+    wc.wait()
+    wd.wait()
+    dist.barrier()
+    return shared, own, a[0].item(), b[0].item(), c[0].item(), d[0].item(), wc.result()[0] is c
+
+
+def test_blocking_calls_run_inline_share_one_finished_work():
+    """A blocking call the core finished before returning gets the group's
+    one finished Work (a Work per call is a measurable share of a small
+    call's latency); asynchronous calls keep their own."""
+    results = run_world(2, blocking_works_shared, timeout=60)
+    for shared, own, a, b, c, d, same_tensor in results:
+        assert shared and own and same_tensor
+        assert (a, b, c, d) == (3.0, 30.0, 3.0, 10.0)

@@ -26,6 +26,8 @@ void bindComm(py::module_& m) {
       .def("wait", &Work::wait, py::arg("timeout") = -1.0, Release(),
            "Block until done (or `timeout` seconds, returning False); raise the call's error.")
       .def("is_completed", &Work::completed)
+      .def_property_readonly("succeeded", &Work::succeeded,
+                             "Done without an error (what a blocking call run inline leaves).")
       .def_property_readonly("error", &Work::errorMessage)
       .def_property_readonly("what", &Work::what)
       .def_property_readonly("seconds", &Work::seconds)

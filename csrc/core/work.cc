@@ -39,6 +39,11 @@ bool Work::completed() {
   return done_;
 }
 
+bool Work::succeeded() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return done_ && !error_;
+}
+
 std::string Work::errorMessage() {
   std::lock_guard<std::mutex> lock(mu_);
   if (!error_) return "";

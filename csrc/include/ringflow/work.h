@@ -24,6 +24,8 @@ class Work {
   // Rethrows the call's error.
   bool wait(double timeoutSec = -1);
   bool completed();
+  // Done without an error: a caller may drop the Work without waiting on it.
+  bool succeeded();
   // The error's message, or "" while running or after success.
   std::string errorMessage();
   std::string what();
