@@ -163,8 +163,9 @@ def floor_rows(workers, sizes, paths, iters, packet_elems):
         for path in paths:
             os.environ["RINGFLOW_AGG_UDP"] = path
             try:
+                slots = int(os.environ.get("RINGFLOW_AGG_SLOTS", _C.DEFAULT_SLOTS))
                 f = _testing.udp_floor(workers, nbytes // 4, packet_elems or _C.DEFAULT_PACKET_ELEMS,
-                                       _C.DEFAULT_SLOTS, iters)
+                                       slots, iters)
             finally:
                 del os.environ["RINGFLOW_AGG_UDP"]
             rows.append({"workers": workers, "bytes": nbytes, "udp": path,
