@@ -123,3 +123,16 @@ def test_only_datagrams_that_fit_the_link_mtu_are_segmented(monkeypatch, k):
     # The aggregator's bound: the smallest MTU of this host's interfaces.
     assert stats["gso_max_segment"] <= 1500 - 28, stats
     assert stats["gso_bytes"] <= stats["gso_datagrams"] * stats["gso_max_segment"], stats
+
+
+def test_the_floor_moves_every_datagram_and_names_bad_arguments(monkeypatch):
+    """bench/aggregate.py's floor (_testing.udp_floor): every timed call
+    completes (a lost datagram would raise), and its CPU is counted."""
+    from ringflow import _testing
+
+    monkeypatch.setenv("RINGFLOW_AGG_UDP", "offload")
+    f = _testing.udp_floor(2, 100_003, 1000, 8, 3)
+    assert len(f["seconds"]) == 3 and all(s > 0 for s in f["seconds"])
+    assert f["relay_cpu"] > 0 and f["worker_cpu"] > 0
+    with pytest.raises(ringflow.InvalidArgument, match="udp floor"):
+        _testing.udp_floor(0, 1000, 1000, 8, 1)
