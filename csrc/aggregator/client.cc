@@ -29,6 +29,10 @@ constexpr int kAbortCheckMs = 50;  // how soon a peer's failure stops our wait
 constexpr int kRejectedRun = 3;
 constexpr double kRejectedSpanMs = 500;
 constexpr int kGoodbyeCopies = 3;  // UDP may lose one; nothing answers a goodbye
+// From this size on, results go into the tensor with non-temporal stores:
+// nothing reads it again within the call, and it outgrows the caches anyway,
+// so reading each line before writing it (a plain store's) is wasted.
+constexpr size_t kStreamElements = size_t(1) << 20;  // 4 MiB of float32
 
 double msBetween(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
@@ -260,6 +264,13 @@ struct Client::Call {
     return &lane;
   }
 
+  void dequantizeInto(float* dst, const int32_t* q, size_t m, int exponent) {
+    if (n >= kStreamElements)
+      kernels::dequantizeFixedStreaming(dst, q, m, exponent, cl.config_.workers);
+    else
+      kernels::dequantizeFixed(dst, q, m, exponent, cl.config_.workers);
+  }
+
   // Dequantises an unkeyed result into its chunk, checking its checksum in
   // the same pass; false when the checksum fails.
   bool dequantizeChecked(const PacketHeader& h, const char* d) {
@@ -268,9 +279,7 @@ struct Client::Call {
     auto* q = reinterpret_cast<const int32_t*>(d + sizeof h);
     float* dst = data + h.offset;
     Checksum c = headerChecksum(h);
-    foldPieces(q, h.count, c, [&](size_t i, size_t m) {
-      kernels::dequantizeFixed(dst + i, q + i, m, h.exponent, cl.config_.workers);
-    });
+    foldPieces(q, h.count, c, [&](size_t i, size_t m) { dequantizeInto(dst + i, q + i, m, h.exponent); });
     return c.finish() == h.mac;
   }
 
@@ -321,8 +330,7 @@ struct Client::Call {
         throw Error("aggregate: aggregator " + cl.config_.aggregators[a].text + " returned " +
                     std::to_string(h.count) + " elements for a chunk of " + std::to_string(cnt));
       else if (!fused)  // a fused check has dequantised it already
-        kernels::dequantizeFixed(dst, reinterpret_cast<const int32_t*>(d + sizeof h), cnt,
-                                 h.exponent, cl.config_.workers);
+        dequantizeInto(dst, reinterpret_cast<const int32_t*>(d + sizeof h), cnt, h.exponent);
       next += stride();
     }
     if (next >= chunks) {
