@@ -21,10 +21,19 @@ offload = batches plus GSO/GRO, batch = recvmmsg/sendmmsg only, single =
 one datagram per system call), side by side; dg/send and dg/recv are the
 datagrams each worker moved per system call.  --packet-elems sets
 RINGFLOW_AGG_PACKET_ELEMS (e.g. 352: 1472-byte datagrams, an Ethernet MTU).
+The floor (unshaped runs; --floor no skips it) moves the very same datagrams
+(sizes, count, window, socket buffers, udp path) between n worker threads
+and one relay thread of this process over loopback with no computation at
+all (ringflow._testing.udp_floor): the host's cost of the kernel copies
+alone.  Its table gives its p50, its CPU per call, the elements/s its CPU
+would allow with every CPU busy (`cpu bound`: elements / (CPU per call /
+CPUs)), the same bound for the aggregate call, and `agg/floor`, the
+aggregate p50's fraction of the floor's rate.
 
     python bench/aggregate.py [--workers 2,4] [--sizes 1M,16M,64M] [--iters 10]
                               [--udp offload,batch,single] [--packet-elems K]
-                              [--shaped auto|yes|no] [--rate 1gbit] [--json]
+                              [--shaped auto|yes|no] [--rate 1gbit] [--floor yes|no]
+                              [--json]
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import argparse
 import json
 import os
 import secrets
+import statistics
 import subprocess
 import sys
 
@@ -143,6 +153,59 @@ def rows_for(workers, sizes, aggregates, ring, shaped):
     return rows
 
 
+def floor_rows(workers, sizes, paths, iters, packet_elems):
+    """The kernel-copy floor of each (size, udp path), measured here (the
+    workers and the aggregator have exited)."""
+    from ringflow import _C, _testing
+
+    rows = []
+    for nbytes in sizes:
+        for path in paths:
+            os.environ["RINGFLOW_AGG_UDP"] = path
+            try:
+                slots = int(os.environ.get("RINGFLOW_AGG_SLOTS", _C.DEFAULT_SLOTS))
+                f = _testing.udp_floor(workers, nbytes // 4, packet_elems or _C.DEFAULT_PACKET_ELEMS,
+                                       slots, iters)
+            finally:
+                del os.environ["RINGFLOW_AGG_UDP"]
+            rows.append({"workers": workers, "bytes": nbytes, "udp": path,
+                         "floor_p50_us": statistics.median(f["seconds"]) * 1e6,
+                         "floor_relay_cpu_us": f["relay_cpu"] * 1e6,
+                         "floor_worker_cpu_us": f["worker_cpu"] * 1e6})
+    return rows
+
+
+def add_floors(rows, floors):
+    """Each unshaped aggregate row gets its floor's figures, and the
+    aggregate p50's fraction of the floor's rate."""
+    for r in rows:
+        for f in floors:
+            if not r["shaped"] and all(r[k] == f[k] for k in ("workers", "bytes", "udp")):
+                r.update({k: v for k, v in f.items() if k.startswith("floor_")})
+                r["of_floor"] = f["floor_p50_us"] / r["aggregate_p50_us"]
+
+
+def print_floors(rows):
+    cpus = os.cpu_count() or 1
+    print("# floor: the same datagrams, no computation (_testing.udp_floor: a relay thread and "
+          "n worker threads here, over loopback); cpu in ms per call; cpu bound: elem/s with "
+          f"all {cpus} CPUs busy")
+    print(f"#{'workers':>7} {'size (B)':>10} {'udp':>7} {'floor (us)':>10} {'elem/s':>9} "
+          f"{'relay cpu':>9} {'wkr cpu':>7} {'cpu bound':>9} {'agg (us)':>9} {'agg elem/s':>10} "
+          f"{'agg cpu':>7} {'agg bound':>9} {'agg/floor':>9}")
+    for r in rows:
+        if "floor_p50_us" not in r:
+            continue
+        n, elems = r["workers"], r["bytes"] / 4
+        floor_cpu = r["floor_relay_cpu_us"] + n * r["floor_worker_cpu_us"]
+        agg_cpu = r["aggregator_cpu_us"] + n * r["worker_cpu_us"]
+        print(f"{n:>8} {r['bytes']:>10} {r['udp']:>7} {r['floor_p50_us']:>10.0f} "
+              f"{elems / r['floor_p50_us'] * 1e6:>9.2e} {r['floor_relay_cpu_us'] / 1e3:>9.1f} "
+              f"{r['floor_worker_cpu_us'] / 1e3:>7.1f} {elems / (floor_cpu / cpus) * 1e6:>9.2e} "
+              f"{r['aggregate_p50_us']:>9.0f} {r['elements_per_s']:>10.2e} {agg_cpu / 1e3:>7.1f} "
+              f"{elems / (agg_cpu / cpus) * 1e6:>9.2e} {r['of_floor']:>9.2f}")
+
+
 def print_rows(rows):
     """The table; the CPU columns are per call in ms (medians): the
     aggregator's, one worker's (rank 0's process), the ring's worker, and
@@ -177,6 +240,8 @@ def main(argv=None) -> int:
     p.add_argument("--udp", default="offload",
                    help="RINGFLOW_AGG_UDP values to run side by side (default offload)")
     p.add_argument("--packet-elems", type=int, help="RINGFLOW_AGG_PACKET_ELEMS (default: the core's)")
+    p.add_argument("--floor", choices=["yes", "no"], default="yes",
+                   help="also measure the kernel-copy floor of the unshaped runs (default yes)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     paths = args.udp.split(",")
@@ -199,7 +264,11 @@ def main(argv=None) -> int:
     for n in counts:
         print(f"[unshaped] {n} workers ...", file=sys.stderr)
         a, r, c = run_pair(n, sizes, args.iters, local, "127.0.0.1", {}, {"RINGFLOW_SHM": "0"}, paths)
-        rows += rows_for(n, sizes, a, r, False)
+        unshaped = rows_for(n, sizes, a, r, False)
+        if args.floor == "yes":
+            print(f"[floor] {n} workers ...", file=sys.stderr)
+            add_floors(unshaped, floor_rows(n, sizes, paths, args.iters, args.packet_elems))
+        rows += unshaped
         counters += [("unshaped", n, path, one) for path, one in zip(paths, c)]
     if not why:
         for n in counts:
@@ -216,6 +285,7 @@ def main(argv=None) -> int:
                 rows += rows_for(n, sizes, a, r, True)
                 counters += [(f"shaped {args.rate}", n, path, one) for path, one in zip(paths, c)]
     print_rows(rows)
+    print_floors(rows)
     for what, n, path, c in counters:
         print(f"# aggregator ({what}, {n} workers, udp {path}: gso={c['gso']} gro={c['gro']}): "
               f"results={c['results']} duplicates={c['duplicates']} "
@@ -223,6 +293,7 @@ def main(argv=None) -> int:
               f"bad_mac={c['bad_mac']} datagrams/send call="
               f"{c['packets_sent'] / max(1, c['send_calls']):.1f} datagrams/receive call="
               f"{c['packets_received'] / max(1, c['recv_calls']):.1f}")
+    print(f"# load at the end: {load_average()}")
     if args.json:
         print(json.dumps(rows))
     return 0

@@ -123,3 +123,33 @@ def test_only_datagrams_that_fit_the_link_mtu_are_segmented(monkeypatch, k):
     # The aggregator's bound: the smallest MTU of this host's interfaces.
     assert stats["gso_max_segment"] <= 1500 - 28, stats
     assert stats["gso_bytes"] <= stats["gso_datagrams"] * stats["gso_max_segment"], stats
+
+
+def test_the_floor_moves_every_datagram_and_names_bad_arguments(monkeypatch):
+    """bench/aggregate.py's floor (_testing.udp_floor): every timed call
+    completes (a lost datagram would raise), and its CPU is counted."""
+    from ringflow import _testing
+
+    monkeypatch.setenv("RINGFLOW_AGG_UDP", "offload")
+    f = _testing.udp_floor(2, 100_003, 1000, 8, 3)
+    assert len(f["seconds"]) == 3 and all(s > 0 for s in f["seconds"])
+    assert f["relay_cpu"] > 0 and f["worker_cpu"] > 0
+    with pytest.raises(ringflow.InvalidArgument, match="udp floor"):
+        _testing.udp_floor(0, 1000, 1000, 8, 1)
+
+
+def test_a_large_tensor_takes_its_result_with_streaming_stores_bit_exactly(monkeypatch):
+    """From 2^20 elements on, workers write results with non-temporal stores
+    (client.cc, kernels::dequantizeFixedStreaming); 1001-value chunks start
+    off the 32-byte boundary, so heads, vector bodies and tails all run, and
+    lost, duplicated and reordered packets write some chunks twice."""
+    k, n, seed = 1001, (1 << 20) + 12_345, 13
+    monkeypatch.setenv("RINGFLOW_AGG_UDP", "offload")
+    with ringflow.Aggregator(workers=2, faults=FAULTS) as agg:
+        env = env_for(agg, RINGFLOW_AGG_PACKET_ELEMS=str(k), RINGFLOW_AGG_SLOTS="16",
+                      RINGFLOW_AGG_FAULTS=FAULTS)
+        results = run_world(2, sums, [n], seed, env=env, timeout=180)
+    want = aggregated_sum([worker_input(r, n, seed) for r in range(2)], k)
+    for r in range(2):
+        assert_bits_equal(results[r][0][0], want, f"rank {r}")
+    assert sum(res[1]["retransmits"] for res in results) > 0

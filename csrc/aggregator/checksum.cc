@@ -19,8 +19,12 @@ typedef uint32_t __attribute__((may_alias, aligned(1))) Word32;
 struct Lanes {
   u64x4 a, b;
   uint64_t blocks = 0;
+  // Whole-vector copies: filled lane by lane, the vectors stayed on the
+  // stack in the loops, a store and reload per block on the fold's
+  // dependency chain (about 5x slower).
   RINGFLOW_INLINE explicit Lanes(const Checksum& c) {
-    for (int l = 0; l < 4; ++l) a[l] = c.a[l], b[l] = c.b[l];
+    std::memcpy(&a, c.a, sizeof a);
+    std::memcpy(&b, c.b, sizeof b);
   }
   RINGFLOW_INLINE void fold(const void* block) {
     u64x4 w;
@@ -30,7 +34,8 @@ struct Lanes {
     ++blocks;
   }
   RINGFLOW_INLINE void into(Checksum& c) const {
-    for (int l = 0; l < 4; ++l) c.a[l] = a[l], c.b[l] = b[l];
+    std::memcpy(c.a, &a, sizeof a);
+    std::memcpy(c.b, &b, sizeof b);
     c.words += 4 * blocks;
     c.bytes += 32 * blocks;
   }
@@ -80,10 +85,15 @@ void Checksum::update(const void* data, size_t n) {
 
 uint64_t Checksum::finish() const {
   constexpr uint64_t k1 = 0x9e3779b97f4a7c15ull, k2 = 0xbf58476d1ce4e5b9ull;
+  // The shift before each multiply carries high bits down: a multiply alone
+  // moves differences only upwards, so a flip of a word's top bit (a's top
+  // bit, and b's too when an odd number of words follow in its lane) used to
+  // cancel out, and 1.6% of single-bit errors went unseen.
+  auto mix = [](uint64_t x) { return (x ^ (x >> 32)) * k1; };
   uint64_t h = 0;
   for (int l = 0; l < 4; ++l) {
-    h = (h ^ a[l]) * k1;
-    h = (h ^ b[l]) * k1;
+    h = mix(h ^ a[l]);
+    h = mix(h ^ b[l]);
   }
   h ^= bytes;
   h ^= h >> 33;

@@ -25,6 +25,21 @@ struct Checksum {
   bool aligned() const { return (words & 3) == 0 && bytes % 8 == 0; }
 };
 
+// Runs work(first, count) over the n int32 at `words` a piece at a time and
+// folds each piece into `c` right after it, while the piece is still in L1:
+// work may write the piece (a payload being built, then summed) or read it
+// (a payload being used, whose sum is checked afterwards).  The same sum as
+// one update over all n.
+constexpr size_t kChecksumPiece = 1024;  // int32 values: 4 KiB
+template <class Work>
+void foldPieces(const int32_t* words, size_t n, Checksum& c, Work work) {
+  for (size_t i = 0; i < n; i += kChecksumPiece) {
+    size_t m = n - i < kChecksumPiece ? n - i : kChecksumPiece;
+    work(i, m);
+    c.update(words + i, m * sizeof(int32_t));
+  }
+}
+
 // The checksum's state after header h with its mac taken as 0: where every
 // packet's checksum starts, the payload's bytes to follow.
 Checksum headerChecksum(const PacketHeader& h);

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <limits>
 
+#include "checksum.h"
 #include "ringflow/quantize.h"
 #include "ringflow/types.h"
 
@@ -28,6 +29,10 @@ constexpr int kAbortCheckMs = 50;  // how soon a peer's failure stops our wait
 constexpr int kRejectedRun = 3;
 constexpr double kRejectedSpanMs = 500;
 constexpr int kGoodbyeCopies = 3;  // UDP may lose one; nothing answers a goodbye
+// From this size on, results go into the tensor with non-temporal stores:
+// nothing reads it again within the call, and it outgrows the caches anyway,
+// so reading each line before writing it (a plain store's) is wasted.
+constexpr size_t kStreamElements = size_t(1) << 20;  // 4 MiB of float32
 
 double msBetween(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
@@ -171,13 +176,23 @@ struct Client::Call {
       h.nextExponent = exponentOf(chunk);
     } else {
       h.exponent = exponent;
-      if (exponent != kNonFiniteExponent) {
-        h.count = uint32_t(countOf(chunk));
-        kernels::quantizeFixed(payload, data + h.offset, h.count, exponent, cl.config_.workers);
-      }
+      if (exponent != kNonFiniteExponent) h.count = uint32_t(countOf(chunk));
       h.nextExponent = exponentOf(chunk + stride());
     }
-    cl.auth_.sign(h, payload, payloadBytes(h.count));
+    const float* x = data + h.offset;
+    auto quantize = [&](size_t i, size_t m) {
+      kernels::quantizeFixed(payload + i, x + i, m, exponent, cl.config_.workers);
+    };
+    if (cl.auth_.keyed()) {
+      if (h.count) quantize(0, h.count);
+      cl.auth_.sign(h, payload, payloadBytes(h.count));
+    } else {
+      // The checksum reads each piece of the payload as it is quantised.
+      h.flags = uint16_t(h.flags & ~kFlagKeyed);
+      Checksum c = headerChecksum(h);
+      foldPieces(payload, h.count, c, quantize);
+      h.mac = c.finish();
+    }
     std::memcpy(buf.data(), &h, sizeof h);
     lane.round = h.round;
     lane.bytes = sizeof h + payloadBytes(h.count);
@@ -240,6 +255,34 @@ struct Client::Call {
     }
   }
 
+  // The lane whose current round `h` answers, or null (not any more, not yet).
+  Lane* laneAwaiting(size_t a, const PacketHeader& h) {
+    if (slotIndex(h) >= slots) return nullptr;
+    Lane& lane = lanes[a * slots + slotIndex(h)];
+    if (!lane.active || h.round != lane.round || h.offset != offsetOf(lane.chunk) || h.call != call)
+      return nullptr;
+    return &lane;
+  }
+
+  void dequantizeInto(float* dst, const int32_t* q, size_t m, int exponent) {
+    if (n >= kStreamElements)
+      kernels::dequantizeFixedStreaming(dst, q, m, exponent, cl.config_.workers);
+    else
+      kernels::dequantizeFixed(dst, q, m, exponent, cl.config_.workers);
+  }
+
+  // Dequantises an unkeyed result into its chunk, checking its checksum in
+  // the same pass; false when the checksum fails.
+  bool dequantizeChecked(const PacketHeader& h, const char* d) {
+    if (h.flags & kFlagKeyed) return false;
+    // The receive buffer holds the payload 64 bytes in: int32-aligned.
+    auto* q = reinterpret_cast<const int32_t*>(d + sizeof h);
+    float* dst = data + h.offset;
+    Checksum c = headerChecksum(h);
+    foldPieces(q, h.count, c, [&](size_t i, size_t m) { dequantizeInto(dst + i, q + i, m, h.exponent); });
+    return c.finish() == h.mac;
+  }
+
   void onDatagram(size_t a, const char* d, size_t len) {
     clientTraffic().packetsReceived++;
     clientTraffic().bytesReceived += len;
@@ -255,8 +298,16 @@ struct Client::Call {
     }
     bool isError = h.type == uint8_t(PacketType::Error);
     size_t pbytes = isError ? 0 : payloadBytes(h.count);
-    if ((!isError && h.type != uint8_t(PacketType::Result)) || len != sizeof h + pbytes ||
-        !cl.auth_.verify(h, d + sizeof h, pbytes))
+    if ((!isError && h.type != uint8_t(PacketType::Result)) || len != sizeof h + pbytes)
+      return void(clientTraffic().stale++);
+    Lane* lane = isError ? nullptr : laneAwaiting(a, h);
+    // An unkeyed result that a lane awaits is checked in the pass that
+    // dequantises it into the tensor: a forged or corrupt one writes its
+    // chunk there, but the lane keeps waiting, and the genuine result (a
+    // retransmission's answer) overwrites it before the call returns.
+    const bool fused = lane && !lane->exponentOnly && !cl.auth_.keyed() &&
+                       h.exponent != kNonFiniteExponent && h.count == countOf(lane->chunk);
+    if (fused ? !dequantizeChecked(h, d) : !cl.auth_.verify(h, d + sizeof h, pbytes))
       return void(clientTraffic().stale++);
     rejections[a].count = 0;  // it knows our key
     if (isError) {
@@ -267,35 +318,30 @@ struct Client::Call {
       if (code == ErrorCode::Inconsistent) throw MismatchError(why);
       throw PeerError(why);  // the aggregator is the call's other party
     }
-    size_t l = a * slots + slotIndex(h);
-    if (slotIndex(h) >= slots || !lanes[l].active) return void(clientTraffic().stale++);
-    Lane& lane = lanes[l];
-    if (h.round != lane.round || h.offset != offsetOf(lane.chunk) || h.call != call)
-      return void(clientTraffic().stale++);
-    sampleRtt(lane);
-    size_t next = lane.chunk;
-    if (!lane.exponentOnly) {
+    if (!lane) return void(clientTraffic().stale++);
+    sampleRtt(*lane);
+    size_t next = lane->chunk;
+    if (!lane->exponentOnly) {
       float* dst = data + h.offset;
-      size_t cnt = countOf(lane.chunk);
+      size_t cnt = countOf(lane->chunk);
       if (h.exponent == kNonFiniteExponent)
         std::fill(dst, dst + cnt, std::numeric_limits<float>::quiet_NaN());
       else if (h.count != cnt)
         throw Error("aggregate: aggregator " + cl.config_.aggregators[a].text + " returned " +
                     std::to_string(h.count) + " elements for a chunk of " + std::to_string(cnt));
-      else
-        kernels::dequantizeFixed(dst, reinterpret_cast<const int32_t*>(d + sizeof h), cnt,
-                                 h.exponent, cl.config_.workers);
+      else if (!fused)  // a fused check has dequantised it already
+        dequantizeInto(dst, reinterpret_cast<const int32_t*>(d + sizeof h), cnt, h.exponent);
       next += stride();
     }
     if (next >= chunks) {
-      lane.active = false;
+      lane->active = false;
       --active;
       return;
     }
     if (h.nextExponent == kNoExponent)  // every worker sends the same chunks, so never
       throw MismatchError("aggregate: no exponent agreed for the chunk at element " +
                           std::to_string(offsetOf(next)) + " (workers disagree on the tensor?)");
-    sendNext(l, next, h.nextExponent);
+    sendNext(size_t(lane - lanes.data()), next, h.nextExponent);
   }
 
   void receiveAll(std::vector<pollfd>& fds) {

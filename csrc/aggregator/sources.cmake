@@ -5,6 +5,7 @@ set(RINGFLOW_AGGREGATOR_SOURCES
   csrc/aggregator/siphash.cc
   csrc/aggregator/udp.cc
   csrc/aggregator/udp_batch.cc
+  csrc/aggregator/udp_floor.cc
   csrc/aggregator/faults.cc
   csrc/aggregator/job_table.cc
   csrc/aggregator/service.cc

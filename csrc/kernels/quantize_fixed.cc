@@ -112,6 +112,12 @@ void dequantizeFixed(float* x, const int32_t* q, size_t n, int exponent, int wor
   for (size_t i = 0; i < n; ++i) x[i] = float(double(q[i]) * inverse);
 }
 
+void dequantizeFixedStreaming(float* x, const int32_t* q, size_t n, int exponent, int workers) {
+  if (!useAvx2()) return dequantizeFixed(x, q, n, exponent, workers);
+  checkWorkers(workers);
+  avx2::dequantizeFixedStreaming(x, q, n, fixedInverse(exponent, workers));
+}
+
 void quantizeFixedBlocks(int32_t* q, const float* x, size_t n, size_t block, const int32_t* exps,
                          int workers) {
   checkBlock(block);

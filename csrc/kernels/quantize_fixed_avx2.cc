@@ -38,16 +38,36 @@ void quantizeFixed(int32_t* q, const float* x, size_t n, double scale, double li
   }
 }
 
+namespace {
+
+// Eight int32 to floats, for either store.
+inline __m256 dequantize8(const int32_t* q, __m256d r) {
+  __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+  __m128 a = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(v)), r));
+  __m128 b = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1)), r));
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(a), b, 1);
+}
+
+}  // namespace
+
 void dequantizeFixed(float* x, const int32_t* q, size_t n, double inverse) {
   const __m256d r = _mm256_set1_pd(inverse);
   size_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + i));
-    __m128 a = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_castsi256_si128(v)), r));
-    __m128 b = _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm256_extracti128_si256(v, 1)), r));
-    _mm256_storeu_ps(x + i, _mm256_insertf128_ps(_mm256_castps128_ps256(a), b, 1));
-  }
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, dequantize8(q + i, r));
   for (; i < n; ++i) x[i] = float(double(q[i]) * inverse);
+}
+
+void dequantizeFixedStreaming(float* x, const int32_t* q, size_t n, double inverse) {
+  const __m256d r = _mm256_set1_pd(inverse);
+  size_t i = 0;
+  // Plain stores up to the first 32-byte boundary (floats are 4-aligned).
+  for (; i < n && (reinterpret_cast<uintptr_t>(x + i) & 31); ++i)
+    x[i] = float(double(q[i]) * inverse);
+  for (; i + 8 <= n; i += 8) _mm256_stream_ps(x + i, dequantize8(q + i, r));
+  for (; i < n; ++i) x[i] = float(double(q[i]) * inverse);
+  // Non-temporal stores are weakly ordered: complete them before whatever
+  // publishes the result to another thread.
+  _mm_sfence();
 }
 
 }  // namespace ringflow::kernels::avx2

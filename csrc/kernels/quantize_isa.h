@@ -10,4 +10,5 @@ namespace ringflow::kernels::avx2 {
 void quantizeFixed(int32_t* q, const float* x, size_t n, double scale, double limit);
 // x[i] = float(double(q[i]) * inverse).
 void dequantizeFixed(float* x, const int32_t* q, size_t n, double inverse);
+void dequantizeFixedStreaming(float* x, const int32_t* q, size_t n, double inverse);
 }  // namespace ringflow::kernels::avx2

@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "ringflow/packet.h"
 
@@ -85,5 +86,24 @@ class Aggregator {
   std::atomic<bool> stopping_{false};
   std::thread thread_;
 };
+
+// The kernel's share of an aggregate allreduce, measured alone: the same
+// datagrams (sizes, count, window, socket buffers and RINGFLOW_AGG_UDP path)
+// between `workers` sender threads and one relay thread over loopback, with
+// no quantising, adding or checksums.  Each worker keeps `slots` datagrams
+// of 64 + 4 * packetElems bytes in flight; the relay sends one datagram
+// back to every worker once all of them sent a chunk, as the aggregator
+// does with a sum.  What the host needs just to move the bytes bounds what
+// any aggregate call can reach on it (bench/aggregate.py's "floor" row).
+struct UdpFloor {
+  std::vector<double> seconds;  // wall time of each timed call
+  double relayCpu = 0;          // CPU seconds per call: the relay thread
+  double workerCpu = 0;         // and one worker thread (the mean over workers)
+};
+
+// `calls` timed calls after one warm-up; throws Error when a datagram is
+// lost (no retransmission here: loopback with these buffers loses none).
+UdpFloor measureUdpFloor(int workers, size_t elements, uint32_t packetElems, uint32_t slots,
+                         int calls);
 
 }  // namespace ringflow::agg

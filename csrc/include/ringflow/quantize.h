@@ -37,6 +37,10 @@ void quantizeFixed(int32_t* q, const float* x, size_t n, int exponent, int worke
 // x[i] = float(q[i] * (1 / scale)), 1 / scale rounded to double once: the
 // inverse of quantizeFixed, for a summed span too.
 void dequantizeFixed(float* x, const int32_t* q, size_t n, int exponent, int workers);
+// The same bits, written with non-temporal stores where the CPU has AVX2:
+// for a destination nothing reads again soon (the chunks of a large
+// allreduce), whose lines then need not be read before they are written.
+void dequantizeFixedStreaming(float* x, const int32_t* q, size_t n, int exponent, int workers);
 
 // Per-block forms: block b of `block` elements uses exps[b].
 void quantizeFixedBlocks(int32_t* q, const float* x, size_t n, size_t block, const int32_t* exps,
