@@ -420,7 +420,8 @@ struct Client::Call {
           std::to_string(r.count) + " rejection notices in " +
           std::to_string(int(msBetween(r.since, now))) + " ms and no result; this worker " +
           (cl.auth_.keyed() ? "has a token" : "has no token") +
-          ", and the aggregator needs the one it was started with)");
+          ", and the aggregator needs the one it was started with; without tokens, check that "
+          "the aggregator and the workers run the same ringflow version)");
     }
   }
 
