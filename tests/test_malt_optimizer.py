@@ -76,7 +76,7 @@ def _optimum(ranks):
 
 def test_replicas_converge_to_the_global_optimum():
     # 3 s of training or more: longer than the ranks' start-up skew on a loaded host.
-    out = [(torch.tensor(w), g, s) for w, g, s in run_world(4, _train, 500, 0.05, None, None, None,
+    out = [(torch.tensor(w), g, s) for w, g, s in run_world(4, _train, 500, 0.05, None, {"update": "params"}, None,
                                                             None, 0.006, timeout=180)]
     best = _optimum(range(4))
     for rank, (w, _, stats) in enumerate(out):
@@ -90,7 +90,8 @@ def test_replicas_converge_to_the_global_optimum():
 
 def _simulate(steps, lr, size=4):
     """The replay schedule in plain Python: a local SGD step, then every
-    replica averages its model with those of its in-neighbours."""
+    replica averages its model with those of its in-neighbours.  (Before
+    close()'s merge of the final models.)"""
     from ringflow.malt import send_targets
 
     ws = [_linear(7).weight.detach().reshape(-1).double().clone() for _ in range(size)]
@@ -105,10 +106,11 @@ def _simulate(steps, lr, size=4):
 
 
 def test_replay_repeats_and_matches_the_simulation():
-    kw = {"replay_seed": 7, "timeout": 60}
+    kw = {"replay_seed": 7, "timeout": 60, "update": "params"}
     first = run_world(4, _train, 25, 0.05, None, kw, 7, timeout=180)
     second = run_world(4, _train, 25, 0.05, None, kw, 7, timeout=180)
-    want = _simulate(25, 0.05)
+    # close() (in _train) averages every replica's final model.
+    want = [sum(_simulate(25, 0.05)) / 4] * 4
     for r in range(4):
         assert first[r][0] == second[r][0], f"rank {r}: replay differs"
         np.testing.assert_allclose(first[r][0], want[r].numpy(), rtol=1e-4, atol=1e-5)
@@ -142,7 +144,8 @@ def _bad_arguments(rank, size):
     model = _linear(0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for kw, msg in [({"every": 0}, "every must be"), ({"staleness_horizon": 0}, "horizon must be positive"),
-                    ({"depart_after": 0}, "depart_after must be positive")]:
+                    ({"depart_after": 0}, "depart_after must be positive"),
+                    ({"settle": -1}, "settle must be >= 0")]:
         with pytest.raises(ValueError, match=msg):
             ringflow.malt.Optimizer(opt, model, **kw)
     with pytest.raises(ValueError, match="float32 CPU"):
