@@ -216,6 +216,8 @@ def main(argv=None) -> int:
                         "ringflow.malt.Optimizer's")
     p.add_argument("--delta-weight", type=float, default=None,
                    help="weight of every delta with --update delta (default: the Optimizer's)")
+    p.add_argument("--staleness-horizon", type=float, default=None,
+                   help="MALT's staleness horizon in steps (default: the Optimizer's)")
     p.add_argument("--every", type=int, default=None,
                    help="MALT's exchange period in steps (default: the Optimizer's)")
     p.add_argument("--modes", default=",".join(MODES))
@@ -238,7 +240,8 @@ def main(argv=None) -> int:
     cfg = dict(epochs=a.epochs, batch=a.batch, step_ms=a.step_ms, slow=a.slow,
                eval_every=a.eval_every, period=a.period,
                malt={key: v for key, v in (("k", a.k), ("update", a.update), ("every", a.every),
-                                           ("delta_weight", a.delta_weight)) if v is not None},
+                                           ("delta_weight", a.delta_weight),
+                                           ("staleness_horizon", a.staleness_horizon)) if v is not None},
                ref_steps=a.ref_steps if a.hosts else 0)
     report.print_header("MALT vs synchronous training with a straggler (bench/malt.py)",
                     report.environment() + [("world", str(a.world)), ("load", report.load_average()),

@@ -63,7 +63,9 @@ def _train(rank, size, steps, lr=0.05, die_at=None, malt_kwargs=None, seed=None,
         last = now
         time.sleep(pause)  # room for the peers' pushes to interleave
     stats = opt.stats()
-    opt.close()
+    begun = time.monotonic()
+    opt.close()  # waits at most `settle` (1 s) for the live peers' final models
+    stats["close_s"] = time.monotonic() - begun
     dist.destroy_process_group()
     # A list: a tensor would cross the result queue as a file descriptor of a process that exits.
     return model.weight.detach().reshape(-1).tolist(), max(gaps), stats
@@ -123,10 +125,13 @@ def test_a_sigkilled_rank_stalls_nobody():
         _, worst_gap, stats = out[rank]
         assert worst_gap < 2.0, f"rank {rank} stalled {worst_gap:.2f} s"
         assert 2 in stats["departed"], stats
+        assert stats["close_s"] < 3.0, stats  # settle (1 s), never the dead rank
 
 
 def _stop_early(rank, size):
-    return _train(rank, size, None, stop_at=40 * (rank + 1), malt_kwargs={"depart_after": 0.5})
+    # A short settle: rank 3 must still be training when the others have closed.
+    return _train(rank, size, None, stop_at=40 * (rank + 1), pause=0.01,
+                  malt_kwargs={"depart_after": 0.5, "settle": 0.1})
 
 
 def test_ranks_that_stop_early_are_departed_peers():
@@ -135,6 +140,8 @@ def test_ranks_that_stop_early_are_departed_peers():
     assert out[3][2]["departed"] == [0, 1, 2]
     # Once the rest departed, rank 3 pushes to nobody.
     assert max(g for _, g, _ in out) < 2.0
+    # Closing waits for the peers still training at most `settle`.
+    assert max(s["close_s"] for _, _, s in out) < 2.0, [s["close_s"] for _, _, s in out]
 
 
 def _bad_arguments(rank, size):

@@ -55,7 +55,7 @@ def _replay(update, **kw):
 
 
 def test_grads_replay_repeats_and_matches_the_simulation():
-    first, second = _replay("grads", every=3), _replay("grads", every=3)
+    first, second = _replay("grads", every=3, k=2), _replay("grads", every=3, k=2)
     trained = _simulate("grads", STEPS, LR, every=3)
     # The graph is not complete (k = 2 of 3 peers): the replicas differ
     # until close() (in _train) averages every replica's final model.
