@@ -257,10 +257,14 @@ def main(argv=None) -> int:
             hosts.shape(a.rate)
         for mode in modes:
             _run_mode(a, hosts, mode, cfg, out)
-    if a.hosts and out.get("malt_comm_s") and "sync_comm_s" in out:
-        out["comm_ratio"] = out["sync_comm_s"] / out["malt_comm_s"]
+    if a.hosts and "malt_comm_s" in out and "sync_comm_s" in out:
         print(f"# time spent communicating: sync {out['sync_comm_s']:.2f} s, malt "
-              f"{out['malt_comm_s']:.2f} s per rank ({out['comm_ratio']:.1f}x less for malt)")
+              f"{out['malt_comm_s']:.2f} s per rank", end="")
+        if out["malt_comm_s"] > 0:
+            out["comm_ratio"] = out["sync_comm_s"] / out["malt_comm_s"]
+            print(f" ({out['comm_ratio']:.1f}x less for malt)")
+        else:  # steps no slower than the alone reference: no ratio to give
+            print(" (malt's within the alone reference's noise: no ratio)")
     for m in modes:
         if m != "sync" and out.get("sync_s") and out.get(f"{m}_s"):
             out[f"{m}_speedup"] = out["sync_s"] / out[f"{m}_s"]

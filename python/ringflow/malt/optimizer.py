@@ -6,30 +6,33 @@ its own and averages asynchronously with its peers (MALT, mechanism 6).
     ... the loop unchanged: opt.zero_grad(); loss.backward(); opt.step()
 
 What a replica exchanges (update=):
-  "grads" (default)  every step it pushes its gradient to its k targets
+  "delta" (default)  every `every` steps (default 1) it pushes its
+      progress since the last exchange, weighted by delta_weight (default
+      0.5), to every peer, and adds every delta that has arrived
+      (_exchange_delta): every replica = start + delta_weight * (the sum
+      of all replicas' progress), up to the deltas in flight, so the
+      replicas stay one model.
+  "grads"   every step it pushes its gradient to its k targets
       (default: every peer) and, before the wrapped optimizer steps,
       replaces its own gradient with the staleness-weighted mean of its own
       and every gradient that has arrived (about the batch of all replicas,
       as synchronous training steps on, without waiting for any); every
-      `every` steps (default 1) it also averages parameters as "params"
-      does (gradients alone let the replicas drift apart).
-  "delta"   every `every` steps it pushes its progress since the last
-      exchange, weighted by delta_weight (default 0.5), to every peer, and
-      adds every delta that has arrived (_exchange_delta): every replica =
-      start + delta_weight * (the sum of all replicas' progress), up to the
-      deltas in flight, so the replicas stay one model.
+      `every` steps it also averages parameters as "params" does
+      (gradients alone let the replicas drift apart).
   "params"  every `every` steps it pushes its parameters to its k targets
       in the Halton graph (default k = ceil(log2 N)), then averages in
       whatever snapshots have arrived (newest per sender, weighted by
       staleness).
 close() ends with a merge of the replicas' final models (see close()).
+Why delta is the default, and what each mode measured (a 3x straggler,
+2 hosts over 100 Mbit/s): bench/RESULTS.md, "MALT, third round".
 
 Nothing ever waits on a peer, except close() (at most `settle` seconds,
 for the final models of the peers still live: see close()) and replay mode
-(replay_seed given, any update), which seeds every rank's RNG with replay_seed + rank and
-merges, at each exchange, exactly the updates its live in-neighbours
-pushed at that step (waiting for them at most `timeout`): runs repeat bit
-for bit.
+(replay_seed given, any update), which seeds every rank's RNG with
+replay_seed + rank and merges, at each exchange, exactly the updates its
+live in-neighbours pushed at that step (waiting for them at most
+`timeout`): runs repeat bit for bit.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class Optimizer(torch.optim.Optimizer):
                  max_staleness: int | None = None, staleness_horizon: float = 50.0,
                  slots: int = 4, depart_after: float = 1.0,
                  replay_seed: int | None = None, timeout: float = 300.0,
-                 update: str = "grads", delta_weight: float | None = None,
+                 update: str = "delta", delta_weight: float | None = None,
                  settle: float = 1.0):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
