@@ -63,7 +63,9 @@ def _train(rank, size, steps, lr=0.05, die_at=None, malt_kwargs=None, seed=None,
         last = now
         time.sleep(pause)  # room for the peers' pushes to interleave
     stats = opt.stats()
-    opt.close()
+    begun = time.monotonic()
+    opt.close()  # waits at most `settle` (1 s) for the live peers' final models
+    stats["close_s"] = time.monotonic() - begun
     dist.destroy_process_group()
     # A list: a tensor would cross the result queue as a file descriptor of a process that exits.
     return model.weight.detach().reshape(-1).tolist(), max(gaps), stats
@@ -76,7 +78,7 @@ def _optimum(ranks):
 
 def test_replicas_converge_to_the_global_optimum():
     # 3 s of training or more: longer than the ranks' start-up skew on a loaded host.
-    out = [(torch.tensor(w), g, s) for w, g, s in run_world(4, _train, 500, 0.05, None, None, None,
+    out = [(torch.tensor(w), g, s) for w, g, s in run_world(4, _train, 500, 0.05, None, {"update": "params"}, None,
                                                             None, 0.006, timeout=180)]
     best = _optimum(range(4))
     for rank, (w, _, stats) in enumerate(out):
@@ -90,7 +92,8 @@ def test_replicas_converge_to_the_global_optimum():
 
 def _simulate(steps, lr, size=4):
     """The replay schedule in plain Python: a local SGD step, then every
-    replica averages its model with those of its in-neighbours."""
+    replica averages its model with those of its in-neighbours.  (Before
+    close()'s merge of the final models.)"""
     from ringflow.malt import send_targets
 
     ws = [_linear(7).weight.detach().reshape(-1).double().clone() for _ in range(size)]
@@ -105,10 +108,11 @@ def _simulate(steps, lr, size=4):
 
 
 def test_replay_repeats_and_matches_the_simulation():
-    kw = {"replay_seed": 7, "timeout": 60}
+    kw = {"replay_seed": 7, "timeout": 60, "update": "params"}
     first = run_world(4, _train, 25, 0.05, None, kw, 7, timeout=180)
     second = run_world(4, _train, 25, 0.05, None, kw, 7, timeout=180)
-    want = _simulate(25, 0.05)
+    # close() (in _train) averages every replica's final model.
+    want = [sum(_simulate(25, 0.05)) / 4] * 4
     for r in range(4):
         assert first[r][0] == second[r][0], f"rank {r}: replay differs"
         np.testing.assert_allclose(first[r][0], want[r].numpy(), rtol=1e-4, atol=1e-5)
@@ -121,10 +125,13 @@ def test_a_sigkilled_rank_stalls_nobody():
         _, worst_gap, stats = out[rank]
         assert worst_gap < 2.0, f"rank {rank} stalled {worst_gap:.2f} s"
         assert 2 in stats["departed"], stats
+        assert stats["close_s"] < 3.0, stats  # settle (1 s), never the dead rank
 
 
 def _stop_early(rank, size):
-    return _train(rank, size, None, stop_at=40 * (rank + 1), malt_kwargs={"depart_after": 0.5})
+    # A short settle: rank 3 must still be training when the others have closed.
+    return _train(rank, size, None, stop_at=40 * (rank + 1), pause=0.01,
+                  malt_kwargs={"depart_after": 0.5, "settle": 0.1})
 
 
 def test_ranks_that_stop_early_are_departed_peers():
@@ -133,6 +140,8 @@ def test_ranks_that_stop_early_are_departed_peers():
     assert out[3][2]["departed"] == [0, 1, 2]
     # Once the rest departed, rank 3 pushes to nobody.
     assert max(g for _, g, _ in out) < 2.0
+    # Closing waits for the peers still training at most `settle`.
+    assert max(s["close_s"] for _, _, s in out) < 2.0, [s["close_s"] for _, _, s in out]
 
 
 def _bad_arguments(rank, size):
@@ -142,7 +151,8 @@ def _bad_arguments(rank, size):
     model = _linear(0)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for kw, msg in [({"every": 0}, "every must be"), ({"staleness_horizon": 0}, "horizon must be positive"),
-                    ({"depart_after": 0}, "depart_after must be positive")]:
+                    ({"depart_after": 0}, "depart_after must be positive"),
+                    ({"settle": -1}, "settle must be >= 0")]:
         with pytest.raises(ValueError, match=msg):
             ringflow.malt.Optimizer(opt, model, **kw)
     with pytest.raises(ValueError, match="float32 CPU"):

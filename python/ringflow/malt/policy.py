@@ -12,11 +12,17 @@ Model snapshots ("params"): only the newest update of each sender counts
 (an older one is superseded, so it is discarded unread).  Gradients:
 every unmerged update counts.  In replay mode exactly the updates pushed at
 `replay_step` are taken, whatever else has arrived.
+
+A replica's final model (pushed by Optimizer.close(), its step marked with
+the FINAL bit) is left for the closing merge (finals()), never taken by a
+training merge.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+FINAL = 1 << 62  # or-ed into the step of a final model
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,9 @@ class Staleness:
 
 def choose(arrivals, my_step: int, staleness: Staleness, newest_only: bool,
            replay_step: int | None = None) -> list[tuple[int, int, int, float]]:
-    """(sender, slot, seq, weight) for every arrival; weight 0 discards it."""
+    """(sender, slot, seq, weight) for every arrival but the finals; weight 0
+    discards it."""
+    arrivals = [a for a in arrivals if not a.step & FINAL]
     newest: dict[int, int] = {}
     if newest_only:
         for a in arrivals:
@@ -57,3 +65,12 @@ def choose(arrivals, my_step: int, staleness: Staleness, newest_only: bool,
         if w is not None:
             takes.append((a.sender, a.slot, a.seq, w))
     return takes
+
+
+def finals(arrivals) -> list[tuple[int, int, int, float]]:
+    """The newest final model of every sender, each at weight 1, in sender order."""
+    newest = {}
+    for a in arrivals:
+        if a.step & FINAL and a.seq > newest.get(a.sender, (0, 0))[0]:
+            newest[a.sender] = (a.seq, a.slot)
+    return [(s, slot, seq, 1.0) for s, (seq, slot) in sorted(newest.items())]
