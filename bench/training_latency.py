@@ -85,7 +85,10 @@ def _profile(dist, x, cfg: dict) -> dict:
     from ringflow import backend
 
     stamps: list[float] = []
+    # A blocking call the core finished inline returns the group's shared
+    # _Finished Work; any other returns a Work: both waits are stamped.
     real_allreduce, real_wait = backend.ProcessGroup.allreduce, backend.Work.wait
+    real_finished_wait = backend._Finished.wait
 
     def stamped(real):
         def call(self, *a, **k):
@@ -97,6 +100,7 @@ def _profile(dist, x, cfg: dict) -> dict:
         return call
 
     backend.ProcessGroup.allreduce, backend.Work.wait = stamped(real_allreduce), stamped(real_wait)
+    backend._Finished.wait = stamped(real_finished_wait)
     try:
         out = {}
         for mode, compute in (("after computation", cfg["compute_us"]), ("back to back", 0)):
@@ -116,6 +120,7 @@ def _profile(dist, x, cfg: dict) -> dict:
         return out
     finally:
         backend.ProcessGroup.allreduce, backend.Work.wait = real_allreduce, real_wait
+        backend._Finished.wait = real_finished_wait
 
 
 def _rank(rank: int, world: int, cfg: dict) -> dict:
