@@ -18,8 +18,10 @@ Rank 0 measures held-out accuracy every --eval-every steps (time spent
 evaluating is not counted); time to accuracy is the first time it reaches
 the job's reference accuracy (0.93).  Final accuracy: every replica's after
 its last epoch (for sync and postlocal they are equal or nearly; for malt
-after Optimizer.close(), whose closing merge averages the final models of
-the replicas that finish within its `settle` bound), and their mean.
+after Optimizer.close(), whose closing merge takes in the updates of the
+replicas that finish within its `settle` bound, --settle: 60 s by default,
+so that every replica's final model includes every replica's epochs, as
+DDP's does), and their mean.
 
 Two hosts (--hosts 2 --rate 100mbit): the same job on 2 network-namespace
 hosts x 2 ranks (tests/netns.py) with every host link shaped by tc tbf, no
@@ -222,6 +224,9 @@ def main(argv=None) -> int:
                    help="MALT's exchange period in steps (default: the Optimizer's)")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--merge-mib", type=float, default=64)
+    p.add_argument("--settle", type=float, default=60.0,
+                   help="Optimizer(settle=): how long close() follows the replicas still training "
+                        "(default 60 s: the final models include every replica's epochs, as DDP's do)")
     p.add_argument("--merge-reps", type=int, default=10)
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--json", action="store_true")
@@ -241,7 +246,8 @@ def main(argv=None) -> int:
                eval_every=a.eval_every, period=a.period,
                malt={key: v for key, v in (("k", a.k), ("update", a.update), ("every", a.every),
                                            ("delta_weight", a.delta_weight),
-                                           ("staleness_horizon", a.staleness_horizon)) if v is not None},
+                                           ("staleness_horizon", a.staleness_horizon),
+                                           ("settle", a.settle)) if v is not None},
                ref_steps=a.ref_steps if a.hosts else 0)
     report.print_header("MALT vs synchronous training with a straggler (bench/malt.py)",
                     report.environment() + [("world", str(a.world)), ("load", report.load_average()),

@@ -99,3 +99,43 @@ def _bad_update(rank, size):
 
 def test_bad_update_arguments_are_named():
     assert run_world(2, _bad_update, timeout=120) == [True, True]
+
+
+def _stop_early_then_close(rank, size, settle):
+    """Rank 0 trains 5 steps and closes at once; rank 1 trains 30 slower
+    steps, then closes: rank 0's close() follows rank 1's deltas for up to
+    `settle` seconds."""
+    import ringflow.malt
+
+    dist = init_torch(rank, size)
+    model = _linear(0)
+    opt = ringflow.malt.Optimizer(torch.optim.SGD(model.parameters(), lr=0.05), model,
+                                  update="delta", settle=settle)
+    x, y = _shard(rank)
+    dist.barrier()
+    for _ in range(5 if rank == 0 else 30):
+        opt.zero_grad()
+        torch.nn.functional.mse_loss(model(x).squeeze(1), y).backward()
+        opt.step()
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    opt.close()
+    closed_s = time.monotonic() - t0
+    w = model.weight.detach().reshape(-1).tolist()
+    dist.destroy_process_group()
+    return w, closed_s
+
+
+@pytest.mark.parametrize("settle", [0.0, 20.0])
+def test_close_follows_the_replicas_still_training_within_settle(settle):
+    """With a settle long enough, the replica that stopped first ends on the
+    same model as the one that trained on (every delta of both, added at the
+    same weight); with settle 0 it keeps only what had arrived."""
+    (w0, closed0), (w1, _) = run_world(2, _stop_early_then_close, settle, timeout=120)
+    gap = torch.dist(torch.tensor(w0), torch.tensor(w1)).item()
+    if settle:
+        assert gap < 1e-4, (gap, closed0)
+        assert closed0 < settle  # it left once the other had, not at the bound
+    else:
+        assert gap > 1e-3, gap
+        assert closed0 < 0.5, closed0

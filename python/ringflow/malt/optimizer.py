@@ -50,6 +50,9 @@ from .peers import Peers
 from .policy import FINAL, Staleness, choose, finals
 
 UPDATES = ("delta", "params", "grads")
+# close() in delta mode: this long without a delta from any peer, the peers
+# still live are closing too (one still training pushes every `every` steps).
+_DRAIN_QUIET_S = 0.5
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -157,8 +160,10 @@ class Optimizer(torch.optim.Optimizer):
         """Leaves the group.  First the closing merge: with "params" and
         "grads" this replica's model becomes the mean of its own and the
         final models of the peers that close within `settle` seconds of it
-        (or closed before it); with "delta", whatever deltas arrived are
-        added.  Then what the cross-host streams still queue is sent (for at
+        (or closed before it); with "delta", the deltas of the peers still
+        training are added as they arrive until those peers have left, for
+        at most `settle` seconds (a large settle makes every replica end on
+        every replica's whole epochs, as DDP's do).  Then what the cross-host streams still queue is sent (for at
         most a second) and peers drop this rank at once.  Idempotent."""
         if not self._settled and self._closer.alive:
             self._settled = True
@@ -235,8 +240,24 @@ class Optimizer(torch.optim.Optimizer):
         just the graph's targets, and are waited for at most `settle` s (in
         replay: every live peer's, for at most `timeout`)."""
         if self.update == "delta":
-            if not self.replay:  # a replay merged every delta at its own step
-                self._merge(self.peers, self._flat, self.steps, False, 0.0, False)
+            if self.replay:  # a replay merged every delta at its own step
+                return
+            # The peers still training keep sending their progress: add it
+            # as it comes until they have all left, for at most `settle`.
+            # (A replica that stopped early would otherwise keep only the
+            # part of a straggler's epochs done before it stopped.)
+            # Peers that are closing too send nothing: a pause of
+            # _DRAIN_QUIET_S with no delta from anyone ends the wait early.
+            start = last = time.monotonic()
+            while True:
+                if any(not a.step & FINAL for a in self.peers.inbox.arrivals()):
+                    last = time.monotonic()
+                    self._merge(self.peers, self._flat, self.steps, False, 0.0, False)
+                now = time.monotonic()
+                if (len(self.peers.live()) <= 1 or now - start > self.settle
+                        or now - last > _DRAIN_QUIET_S):
+                    break
+                time.sleep(0.002)
             return
         peers = self._avg_peers
         for r in peers.live():
