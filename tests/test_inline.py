@@ -3,6 +3,7 @@ communicator is idle, and are queued behind earlier calls otherwise: the
 order, the results and the watchdog's records are the same either way."""
 
 import time
+import weakref
 
 import numpy as np
 
@@ -122,7 +123,13 @@ def blocking_works_shared(rank, size):
     a, b = torch.full((16,), rank + 1.0), torch.full((16,), 10.0 * (rank + 1))
     wa = group.allreduce([a], opts)
     wb = group.allreduce([b], opts)
-    shared = wa is wb and wa.is_completed() and wa.wait()
+    shared = wa is wb and wa.is_completed() and wa.wait() and wb.result()[0] is b
+    # The shared Work never keeps a caller's tensor alive.
+    e = torch.ones(16)
+    dist.all_reduce(e)
+    gone = weakref.ref(e)
+    del e
+    shared = shared and gone() is None
     # Asynchronous calls keep Works of their own, and a blocking call
     # between them changes neither their results nor their tensors.
     c, d = torch.full((1 << 18,), rank + 1.0), torch.full((16,), rank + 2.0)

@@ -149,11 +149,12 @@ class _Finished(dist.Work):
     once and drops it, so one instance per group serves every such call:
     building a Work per call (torch's C++ Work, its Python object, a lock) is
     a measurable share of a 4 KiB allreduce after computation, when every
-    path it touches is cold."""
+    path it touches is cold.  It holds its last call's tensor weakly: the
+    caller's memory (a shared buffer, say) is freed when the caller drops it."""
 
     def __init__(self):
         super().__init__()
-        self._result = []
+        self._tensor = _NO_TENSOR
 
     def wait(self, timeout: timedelta | None = None) -> bool:
         return True
@@ -168,15 +169,20 @@ class _Finished(dist.Work):
         return None
 
     def result(self):
-        return self._result
+        t = self._tensor()
+        return [] if t is None else [t]
 
     def get_future(self) -> torch.futures.Future:
         fut = torch.futures.Future()
-        fut.set_result(self._result)
+        fut.set_result(self.result())
         return fut
 
     def synchronize(self) -> None:
         pass
+
+
+def _NO_TENSOR():
+    return None
 
 
 def _unwrap(fut):
@@ -237,13 +243,13 @@ class ProcessGroup(dist.ProcessGroup):
 
         return Work(self, core_works, result, done, (tuple(staged), keep))
 
-    def _done_work(self, core, result):
+    def _done_work(self, core, tensors):
         """The shared finished Work when the core already ran the call (and
         no timeline records it); otherwise a Work that waits on it."""
         if core.succeeded and _timeline.ACTIVE is None:
-            self._finished._result = result
+            self._finished._tensor = weakref.ref(tensors[0]) if tensors else _NO_TENSOR
             return self._finished
-        return Work(self, (core,), result)
+        return Work(self, (core,), tensors)
 
     # -- collectives -----------------------------------------------------------
     def _coalesced(self, single, outputs, inputs, opts):
