@@ -4,8 +4,10 @@ aggregators, and the packet layout the tests check against."""
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,54 @@ LAYOUT = struct.Struct("<IBBHIIIIHHIQQhhIQ")
 FIELDS = ("magic", "version", "type", "flags", "job", "slot", "round", "call", "sender",
           "workers", "count", "offset", "total", "exponent", "next_exponent", "reserved", "mac")
 MAGIC, VERSION = 0x47414652, 1
+
+class UdpRelay:
+    """Stands between workers and an aggregator (RINGFLOW_AGGREGATOR names
+    `address`): one socket towards the aggregator per worker, so the
+    aggregator still tells the workers apart.  What goes up is forwarded as
+    it is; what comes back goes through back(), which a test overrides to
+    tamper with it or add to it."""
+
+    def __init__(self, aggregator_port: int):
+        self.aggregator = (HOST, aggregator_port)
+        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.front.bind((HOST, 0))
+        self.address = f"{HOST}:{self.front.getsockname()[1]}"
+        self.upstream: dict = {}   # worker address -> its socket towards the aggregator
+        self.worker_of: dict = {}  # that socket -> the worker address
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def back(self, data: bytes, worker) -> list[bytes]:
+        """The datagrams sent to `worker` for `data` from the aggregator."""
+        return [data]
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join(10)
+        for s in (self.front, *self.upstream.values()):
+            s.close()
+
+    def _run(self):
+        while not self._done.is_set():
+            ready, _, _ = select.select([self.front, *self.upstream.values()], [], [], 0.05)
+            for s in ready:
+                data, source = s.recvfrom(1 << 17)
+                if s is self.front:
+                    if source not in self.upstream:
+                        up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                        up.connect(self.aggregator)
+                        self.upstream[source], self.worker_of[up] = up, source
+                    self.upstream[source].send(data)
+                else:
+                    worker = self.worker_of[s]
+                    for out in self.back(data, worker):
+                        self.front.sendto(out, worker)
+
 
 # ErrorCode of packet.h, and a phrase of each one's text.
 WRONG_WORKERS, SLOT_OUT_OF_RANGE, TOO_MANY_JOBS, TOO_MANY_ELEMENTS, INCONSISTENT = 1, 2, 3, 4, 5

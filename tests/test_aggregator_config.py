@@ -7,15 +7,12 @@ flags that change that."""
 
 from __future__ import annotations
 
-import select
-import socket
-import struct
-import threading
 import time
 
 import pytest
 
 import ringflow
+from aggregator_harness import LAYOUT, NO_WORKER, REJECTED, UdpRelay
 from test_failures import _error_of
 from worlds import init_torch, run_world
 
@@ -131,54 +128,23 @@ def test_a_full_aggregator_names_the_flags_on_every_rank():
             assert phrase in message, f"rank {rank}: {phrase!r} not in {message}"
 
 
-class ForgingRelay(threading.Thread):
-    """Relays UDP between workers and an aggregator (RINGFLOW_AGGREGATOR
-    names the relay) and, after every result it relays, sends the worker
-    three forged Rejected notices echoing that result's header -- as an
-    attacker on the path could."""
-
-    LAYOUT = struct.Struct("<IBBHIIIIHHIQQhhIQ")  # PacketHeader, as in test_aggregator_service
-    REJECTED, NO_WORKER = 5, 0xFFFF
+class ForgingRelay(UdpRelay):
+    """After every result it relays, sends the worker three forged Rejected
+    notices echoing that result's header -- as an attacker on the path
+    could."""
 
     def __init__(self, aggregator_port):
-        super().__init__(daemon=True)
-        self.aggregator = ("127.0.0.1", aggregator_port)
-        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.front.bind(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.front.getsockname()[1]}"
-        self.upstream: dict = {}  # worker address -> its socket towards the aggregator
-        self.worker_of: dict = {}
+        super().__init__(aggregator_port)
         self.forged = 0
-        self.done = threading.Event()
 
     def notice(self, packet: bytes) -> bytes:
-        f = list(self.LAYOUT.unpack(packet[:self.LAYOUT.size]))
-        f[2], f[3], f[8], f[10], f[16] = self.REJECTED, 0, self.NO_WORKER, 0, 0
-        return self.LAYOUT.pack(*f)
+        f = list(LAYOUT.unpack(packet[:LAYOUT.size]))
+        f[2], f[3], f[8], f[10], f[16] = REJECTED, 0, NO_WORKER, 0, 0
+        return LAYOUT.pack(*f)
 
-    def run(self):
-        while not self.done.is_set():
-            ready, _, _ = select.select([self.front, *self.upstream.values()], [], [], 0.1)
-            for s in ready:
-                data, source = s.recvfrom(1 << 17)
-                if s is self.front:
-                    if source not in self.upstream:
-                        up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                        up.connect(self.aggregator)
-                        self.upstream[source], self.worker_of[up] = up, source
-                    self.upstream[source].send(data)
-                    continue
-                worker = self.worker_of[s]
-                self.front.sendto(data, worker)
-                for _ in range(3):
-                    self.front.sendto(self.notice(data), worker)
-                    self.forged += 1
-
-    def close(self):
-        self.done.set()
-        self.join(10)
-        for s in (self.front, *self.upstream.values()):
-            s.close()
+    def back(self, data: bytes, worker) -> list[bytes]:
+        self.forged += 3
+        return [data] + [self.notice(data)] * 3
 
 
 def sums_of_several_calls(rank, size):
@@ -196,13 +162,9 @@ def sums_of_several_calls(rank, size):
 
 def test_forged_rejection_notices_change_no_result():
     with ringflow.Aggregator(workers=2, packet_elems=1000) as agg:
-        relay = ForgingRelay(agg.port)
-        relay.start()
-        try:
+        with ForgingRelay(agg.port) as relay:
             results = run_world(2, sums_of_several_calls, env=aggregate_env(relay.address),
                                 timeout=120)
-        finally:
-            relay.close()
         stats = agg.stats()
     assert results == [[True, True, True]] * 2, results
     assert relay.forged > 0 and stats["bad_mac"] == 0, (relay.forged, stats)

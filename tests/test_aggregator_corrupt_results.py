@@ -10,78 +10,42 @@ keyed MAC (checked before use) and without it."""
 
 from __future__ import annotations
 
-import select
-import socket
 import struct
-import threading
 
 import pytest
 
 import ringflow
 from aggregate_reference import aggregated_sum, worker_input
+from aggregator_harness import HEADER, RESULT, UdpRelay
 from test_aggregate import assert_bits_equal, env_for, sums
 from worlds import run_world
 
-HEADER = 64
-RESULT = 2
 SIZES = [1, 1000, 25_000, 120_000]
 K = 1000
 
 
-class CorruptingRelay:
-    """Forwards datagrams both ways (one upstream socket per worker, so the
-    aggregator tells the workers apart); the first copy of each data result
-    bound for a worker leaves with one payload bit flipped."""
+class CorruptingRelay(UdpRelay):
+    """The first copy of each data result bound for a worker leaves with one
+    payload bit flipped."""
 
     def __init__(self, aggregator_port: int):
-        self.upstream = ("127.0.0.1", aggregator_port)
-        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.front.bind(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.front.getsockname()[1]}"
-        self.up: dict = {}    # worker address -> its upstream socket
-        self.back: dict = {}  # upstream socket -> worker address
+        super().__init__(aggregator_port)
         self.seen: set = set()
         self.corrupted = 0
-        self.stopping = False
-        self.thread = threading.Thread(target=self.run, daemon=True)
 
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopping = True
-        self.thread.join(timeout=10)
-        for s in [self.front, *self.up.values()]:
-            s.close()
-
-    def run(self):
-        while not self.stopping:
-            ready, _, _ = select.select([self.front, *self.up.values()], [], [], 0.05)
-            for s in ready:
-                data, addr = s.recvfrom(65536)
-                if s is self.front:
-                    if addr not in self.up:
-                        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                        u.connect(self.upstream)
-                        self.up[addr], self.back[u] = u, addr
-                    self.up[addr].send(data)
-                else:
-                    self.front.sendto(self.tampered(data, self.back[s]), self.back[s])
-
-    def tampered(self, data: bytes, worker) -> bytes:
+    def back(self, data: bytes, worker) -> list[bytes]:
         if len(data) <= HEADER or data[5] != RESULT:
-            return data
+            return [data]
         slot, rnd, call = struct.unpack_from("<III", data, 12)
         key = (worker, slot, rnd, call)
         if key in self.seen:
-            return data
+            return [data]
         self.seen.add(key)
         self.corrupted += 1
         b = bytearray(data)
         at = HEADER + (rnd * 7919 + slot) % (len(b) - HEADER)
         b[at] ^= 1 << (rnd % 8)
-        return bytes(b)
+        return [bytes(b)]
 
 
 @pytest.mark.parametrize("token", ["", "corrupt-results-token"])
