@@ -154,7 +154,7 @@ class _Finished(dist.Work):
 
     def __init__(self):
         super().__init__()
-        self._tensor = _NO_TENSOR
+        self._tensor: weakref.ref | None = None
 
     def wait(self, timeout: timedelta | None = None) -> bool:
         return True
@@ -169,7 +169,7 @@ class _Finished(dist.Work):
         return None
 
     def result(self):
-        t = self._tensor()
+        t = self._tensor() if self._tensor is not None else None
         return [] if t is None else [t]
 
     def get_future(self) -> torch.futures.Future:
@@ -179,10 +179,6 @@ class _Finished(dist.Work):
 
     def synchronize(self) -> None:
         pass
-
-
-def _NO_TENSOR():
-    return None
 
 
 def _unwrap(fut):
@@ -247,7 +243,7 @@ class ProcessGroup(dist.ProcessGroup):
         """The shared finished Work when the core already ran the call (and
         no timeline records it); otherwise a Work that waits on it."""
         if core.succeeded and _timeline.ACTIVE is None:
-            self._finished._tensor = weakref.ref(tensors[0]) if tensors else _NO_TENSOR
+            self._finished._tensor = weakref.ref(tensors[0]) if tensors else None
             return self._finished
         return Work(self, (core,), tensors)
 

@@ -163,8 +163,9 @@ class Optimizer(torch.optim.Optimizer):
         (or closed before it); with "delta", the deltas of the peers still
         training are added as they arrive until those peers have left, for
         at most `settle` seconds (a large settle makes every replica end on
-        every replica's whole epochs, as DDP's do).  Then what the cross-host streams still queue is sent (for at
-        most a second) and peers drop this rank at once.  Idempotent."""
+        every replica's whole epochs, as DDP's do).  Then what the
+        cross-host streams still queue is sent (for at most a second) and
+        peers drop this rank at once.  Idempotent."""
         if not self._settled and self._closer.alive:
             self._settled = True
             self._settle()
@@ -236,29 +237,33 @@ class Optimizer(torch.optim.Optimizer):
             at += n
 
     def _settle(self) -> None:
-        """The closing merge (close()): finals go to every live peer, not
-        just the graph's targets, and are waited for at most `settle` s (in
-        replay: every live peer's, for at most `timeout`)."""
-        if self.update == "delta":
-            if self.replay:  # a replay merged every delta at its own step
+        """The closing merge (close())."""
+        if self.update != "delta":
+            self._merge_finals()
+        elif not self.replay:  # a replay merged every delta at its own step
+            self._drain_deltas()
+
+    def _drain_deltas(self) -> None:
+        """The peers still training keep sending their progress: adds it as
+        it comes until they have all left, for at most `settle` (a replica
+        that stopped early would otherwise keep only the part of a
+        straggler's epochs done before it stopped).  Peers that are closing
+        too send nothing: a pause of _DRAIN_QUIET_S with no delta from anyone
+        ends the wait early."""
+        start = last = time.monotonic()
+        while True:
+            if any(not a.step & FINAL for a in self.peers.inbox.arrivals()):
+                last = time.monotonic()
+                self._merge(self.peers, self._flat, self.steps, False, 0.0, False)
+            now = time.monotonic()
+            if len(self.peers.live()) <= 1 or now - start > self.settle or now - last > _DRAIN_QUIET_S:
                 return
-            # The peers still training keep sending their progress: add it
-            # as it comes until they have all left, for at most `settle`.
-            # (A replica that stopped early would otherwise keep only the
-            # part of a straggler's epochs done before it stopped.)
-            # Peers that are closing too send nothing: a pause of
-            # _DRAIN_QUIET_S with no delta from anyone ends the wait early.
-            start = last = time.monotonic()
-            while True:
-                if any(not a.step & FINAL for a in self.peers.inbox.arrivals()):
-                    last = time.monotonic()
-                    self._merge(self.peers, self._flat, self.steps, False, 0.0, False)
-                now = time.monotonic()
-                if (len(self.peers.live()) <= 1 or now - start > self.settle
-                        or now - last > _DRAIN_QUIET_S):
-                    break
-                time.sleep(0.002)
-            return
+            time.sleep(0.002)
+
+    def _merge_finals(self) -> None:
+        """Final models go to every live peer, not just the graph's targets,
+        and are waited for at most `settle` s (in replay: every live peer's,
+        for at most `timeout`); this model becomes their mean with its own."""
         peers = self._avg_peers
         for r in peers.live():
             if r != self.rank:
