@@ -17,8 +17,6 @@
 namespace ringflow::agg {
 namespace {
 
-constexpr int kSocketBuffer = 16 << 20;
-constexpr size_t kRecvBatch = 8;  // 8 x 64 KiB stays in L2 for the checks and adds that follow
 constexpr double kMinRtoMs = 20, kMaxRtoMs = 1000;
 constexpr int kAbortCheckMs = 50;  // how soon a peer's failure stops our wait
 // Rejected notices are unauthenticated, so one alone proves nothing: a call
@@ -60,7 +58,7 @@ Client::Client(ClientConfig config)
     throw InvalidArgument("aggregate: 1..64 workers per job, got " +
                           std::to_string(config_.workers));
   for (auto& e : config_.aggregators) {
-    int fd = openUdp(e.addr.ss_family, kSocketBuffer);
+    int fd = openUdp(e.addr.ss_family, kWorkerSocketBuffer);
     // Connected: only that aggregator's datagrams reach us, and a dead one
     // shows up as ECONNREFUSED instead of silence.
     if (connect(fd, reinterpret_cast<const sockaddr*>(&e.addr), e.len) != 0) {
@@ -75,7 +73,7 @@ Client::Client(ClientConfig config)
     nextRound_.emplace_back(config_.slots, 0u);
   }
   packets_.resize(fds_.size() * config_.slots);
-  recv_ = std::make_unique<RecvBatch>(kRecvBatch, 65536, path, &clientTraffic().calls);
+  recv_ = std::make_unique<RecvBatch>(kRecvBatch, kRecvBytes, path, &clientTraffic().calls);
 }
 
 Client::~Client() {

@@ -17,10 +17,6 @@
 namespace ringflow::agg {
 namespace {
 
-constexpr size_t kBatch = 8;  // datagrams per recvmmsg: 8 x 64 KiB stays in L2
-constexpr size_t kRecvBuffer = 65536;       // > kMaxDatagram: truncation shows
-constexpr int kSocketBuffer = 32 << 20;     // room for every worker's window
-
 void checkConfig(const AggregatorConfig& c) {
   auto bad = [](const std::string& what) { throw InvalidArgument("aggregator: " + what); };
   if (c.workers < 0 || c.workers > 64)
@@ -44,7 +40,7 @@ Aggregator::Aggregator(AggregatorConfig config) : config_(std::move(config)) {
                           " (beyond loopback) needs a job token (RINGFLOW_AGG_TOKEN), so that "
                           "only the job's workers can add to its sums");
   UdpPath path = udpPathSetting();
-  fd_ = openUdp(at.addr.ss_family, kSocketBuffer);
+  fd_ = openUdp(at.addr.ss_family, kServiceSocketBuffer);
   try {
     port_ = bindUdp(fd_, at);
     mode_ = std::make_unique<UdpMode>(setupUdpPath(fd_, path));
@@ -88,7 +84,7 @@ AggregatorStats Aggregator::stats() const {
 }
 
 void Aggregator::run() {
-  RecvBatch in(kBatch, kRecvBuffer, mode_->path, calls_.get());
+  RecvBatch in(kRecvBatch, kRecvBytes, mode_->path, calls_.get());
   SendBatch out(*mode_, calls_.get());
   std::vector<Reply> replies;
   FaultInjector faults(parseFaults(config_.faults), uint64_t(getpid()) * 0x9e3779b97f4a7c15ull);

@@ -30,6 +30,13 @@ bool isLoopback(const sockaddr_storage& a);
 bool sameAddress(const sockaddr_storage& a, const sockaddr_storage& b);
 std::string addressText(const sockaddr_storage& a);
 
+// The sockets' sizes, shared by the client, the service and the floor
+// measurement that mimics them (udp_floor.cc).
+constexpr int kWorkerSocketBuffer = 16 << 20;
+constexpr int kServiceSocketBuffer = 32 << 20;  // room for every worker's window
+constexpr size_t kRecvBatch = 8;                // per recvmmsg: 8 x 64 KiB stays in L2
+constexpr size_t kRecvBytes = 65536;            // > kMaxDatagram: truncation shows
+
 // A UDP socket of `family`, close-on-exec, with send and receive buffers
 // raised towards `bufferBytes` (past rmem_max where we may: as root).
 int openUdp(int family, int bufferBytes);

@@ -26,9 +26,6 @@
 namespace ringflow::agg {
 namespace {
 
-// The socket buffers and receive batches of client.cc and service.cc.
-constexpr int kWorkerBuffer = 16 << 20, kRelayBuffer = 32 << 20;
-constexpr size_t kRecvBatch = 8, kRecvBytes = 65536;
 constexpr int kLostMs = 2000;  // loopback delivers within this, or lost it
 
 // What the first bytes of every datagram say (the rest is never read).
@@ -140,12 +137,12 @@ UdpFloor measureUdpFloor(int workers, size_t elements, uint32_t packetElems, uin
     ~Closer() { for (int fd : fds) close(fd); }
   } closer{fds};
   Endpoint at = parseEndpoint("127.0.0.1:0");
-  fds.push_back(openUdp(AF_INET, kRelayBuffer));
+  fds.push_back(openUdp(AF_INET, kServiceSocketBuffer));
   reinterpret_cast<sockaddr_in&>(at.addr).sin_port = htons(uint16_t(bindUdp(fds[0], at)));
   UdpMode relayMode = setupUdpPath(fds[0], path);
   std::vector<std::unique_ptr<FloorWorker>> sides;
   for (int w = 0; w < workers; ++w) {
-    int fd = openUdp(AF_INET, kWorkerBuffer);
+    int fd = openUdp(AF_INET, kWorkerSocketBuffer);
     fds.push_back(fd);
     if (connect(fd, reinterpret_cast<const sockaddr*>(&at.addr), at.len) != 0)
       throw Error(std::string("udp floor: connect: ") + std::strerror(errno));
