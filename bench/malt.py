@@ -14,11 +14,15 @@ Three ways to train, each in its own world of processes, same epochs:
   postlocal  torch's PostLocalSGDOptimizer(Adam) with a PeriodicModelAverager
              (--period steps) over the ringflow backend
 
+--seed sets the order every rank draws its batches in: DDP's result is
+deterministic for one seed, so compare modes over several.
+
 Rank 0 measures held-out accuracy every --eval-every steps (time spent
 evaluating is not counted); time to accuracy is the first time it reaches
 the job's reference accuracy (0.93).  Final accuracy: every replica's after
 its last epoch (for sync and postlocal they are equal or nearly; for malt
-after Optimizer.close(), whose closing merge takes in the updates of the
+after Optimizer.close(), which makes each model its tail average over its
+last --tail-average steps and whose closing merge takes in the updates of the
 replicas that finish within its `settle` bound, --settle: 60 s by default,
 so that every replica's final model includes every replica's epochs, as
 DDP's does), and their mean.
@@ -89,7 +93,7 @@ def _rank(rank, world, mode, cfg):
         with torch.no_grad():
             return (model(job.test[0]).argmax(1) == job.test[1]).float().mean().item()
 
-    g = torch.Generator().manual_seed(rank)
+    g = torch.Generator().manual_seed(rank + world * cfg["seed"])
     curve, evaluating, steps, busy = [], 0.0, 0, 0.0
     dist.barrier()
     t0 = time.monotonic()
@@ -209,6 +213,8 @@ def main(argv=None) -> int:
     p.add_argument("--ref-steps", type=int, default=40,
                    help="steps timed alone per rank for the communication figure (--hosts)")
     p.add_argument("--eval-every", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0,
+                   help="the order of every rank's batches (rank r draws with seed r + world x seed)")
     p.add_argument("--k", type=int, default=None,
                    help="MALT's send fan-out (default: the Optimizer's: N-1 for deltas, else ceil(log2 N))")
     p.add_argument("--period", type=int, default=4, help="PostLocalSGD averaging period")
@@ -222,6 +228,8 @@ def main(argv=None) -> int:
                    help="MALT's staleness horizon in steps (default: the Optimizer's)")
     p.add_argument("--every", type=int, default=None,
                    help="MALT's exchange period in steps (default: the Optimizer's)")
+    p.add_argument("--tail-average", type=float, default=None,
+                   help="steps close() averages MALT's final model over (0: off; default: the Optimizer's)")
     p.add_argument("--modes", default=",".join(MODES))
     p.add_argument("--merge-mib", type=float, default=64)
     p.add_argument("--settle", type=float, default=60.0,
@@ -243,11 +251,12 @@ def main(argv=None) -> int:
     from ringflow.jobs.gru import TARGET_ACCURACY
 
     cfg = dict(epochs=a.epochs, batch=a.batch, step_ms=a.step_ms, slow=a.slow,
-               eval_every=a.eval_every, period=a.period,
+               eval_every=a.eval_every, period=a.period, seed=a.seed,
                malt={key: v for key, v in (("k", a.k), ("update", a.update), ("every", a.every),
                                            ("delta_weight", a.delta_weight),
                                            ("staleness_horizon", a.staleness_horizon),
-                                           ("settle", a.settle)) if v is not None},
+                                           ("settle", a.settle),
+                                           ("tail_average", a.tail_average)) if v is not None},
                ref_steps=a.ref_steps if a.hosts else 0)
     report.print_header("MALT vs synchronous training with a straggler (bench/malt.py)",
                     report.environment() + [("world", str(a.world)), ("load", report.load_average()),
@@ -255,6 +264,7 @@ def main(argv=None) -> int:
                                         ("hosts", f"{a.hosts} namespace hosts, links tbf {a.rate}"
                                          if a.hosts else "one")])
     out: dict = {"target_acc": TARGET_ACCURACY, "world": a.world, "slow": a.slow, "epochs": a.epochs,
+                 "seed": a.seed,
                  "hosts": a.hosts, "rate": a.rate if a.hosts else None}
     print(f"{'mode':>10} {'to ' + str(TARGET_ACCURACY) + ' (s)':>12} {'final acc':>22} "
           f"{'wall (s)':>9} {'steps r0':>9}" + (f" {'comm (s)':>9}" if a.hosts else ""))

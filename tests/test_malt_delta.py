@@ -101,16 +101,17 @@ def test_bad_update_arguments_are_named():
     assert run_world(2, _bad_update, timeout=120) == [True, True]
 
 
-def _stop_early_then_close(rank, size, settle):
+def _stop_early_then_close(rank, size, settle, tail=0, every=1):
     """Rank 0 trains 5 steps and closes at once; rank 1 trains 30 slower
     steps, then closes: rank 0's close() follows rank 1's deltas for up to
-    `settle` seconds."""
+    `settle` seconds.  Returns the model after and before close()."""
     import ringflow.malt
 
     dist = init_torch(rank, size)
     model = _linear(0)
     opt = ringflow.malt.Optimizer(torch.optim.SGD(model.parameters(), lr=0.05), model,
-                                  update="delta", settle=settle)
+                                  update="delta", settle=settle, tail_average=tail,
+                                  every=every)
     x, y = _shard(rank)
     dist.barrier()
     for _ in range(5 if rank == 0 else 30):
@@ -118,12 +119,13 @@ def _stop_early_then_close(rank, size, settle):
         torch.nn.functional.mse_loss(model(x).squeeze(1), y).backward()
         opt.step()
         time.sleep(0.02)
+    before = model.weight.detach().reshape(-1).tolist()
     t0 = time.monotonic()
     opt.close()
     closed_s = time.monotonic() - t0
     w = model.weight.detach().reshape(-1).tolist()
     dist.destroy_process_group()
-    return w, closed_s
+    return w, closed_s, before
 
 
 @pytest.mark.parametrize("settle", [0.0, 20.0])
@@ -131,7 +133,7 @@ def test_close_follows_the_replicas_still_training_within_settle(settle):
     """With a settle long enough, the replica that stopped first ends on the
     same model as the one that trained on (every delta of both, added at the
     same weight); with settle 0 it keeps only what had arrived."""
-    (w0, closed0), (w1, _) = run_world(2, _stop_early_then_close, settle, timeout=120)
+    (w0, closed0, _), (w1, _, _) = run_world(2, _stop_early_then_close, settle, timeout=120)
     gap = torch.dist(torch.tensor(w0), torch.tensor(w1)).item()
     if settle:
         assert gap < 1e-4, (gap, closed0)
@@ -139,3 +141,24 @@ def test_close_follows_the_replicas_still_training_within_settle(settle):
     else:
         assert gap > 1e-3, gap
         assert closed0 < 0.5, closed0
+
+
+def test_close_pushes_the_progress_since_the_last_exchange():
+    """Exchanging every 4 steps, rank 0 stops 1 step and rank 1 2 steps
+    after an exchange: close() sends those steps too, so both end on one
+    model (a step kept back would count on its own replica alone)."""
+    (w0, _, _), (w1, _, _) = run_world(2, _stop_early_then_close, 20.0, 0, 4, timeout=120)
+    gap = torch.dist(torch.tensor(w0), torch.tensor(w1)).item()
+    assert gap < 1e-4, gap
+
+
+def test_the_tail_average_follows_the_replicas_still_training():
+    """A replica that stopped first counts every delta it adds while it
+    waits as a step of its tail average: it ends on the average the last
+    one ends on, although the two took different steps (and far from the
+    last one's final model, which the average replaces)."""
+    (w0, _, _), (w1, _, last1) = run_world(2, _stop_early_then_close, 20.0, 10, timeout=120)
+    w0, w1, last1 = torch.tensor(w0), torch.tensor(w1), torch.tensor(last1)
+    moved = torch.dist(w1, last1).item()
+    assert moved > 1e-3, moved
+    assert torch.dist(w0, w1).item() < 0.1 * moved, (torch.dist(w0, w1).item(), moved)

@@ -92,27 +92,40 @@ def test_replicas_converge_to_the_global_optimum():
 
 def _simulate(steps, lr, size=4):
     """The replay schedule in plain Python: a local SGD step, then every
-    replica averages its model with those of its in-neighbours.  (Before
-    close()'s merge of the final models.)"""
+    replica averages its model with those of its in-neighbours.  Returns
+    every replica's model after each step (before close())."""
     from ringflow.malt import send_targets
 
     ws = [_linear(7).weight.detach().reshape(-1).double().clone() for _ in range(size)]
     data = [(x.double(), y.double()) for x, y in (_shard(r) for r in range(size))]
     ins = {r: [s for s in range(size) if r in send_targets(s, list(range(size)))] for r in range(size)}
+    path = []
     for t in range(steps):
         for r in range(size):
             x, y = data[r]
             ws[r] = ws[r] - lr * (1 - t / steps) * 2 * x.T @ (x @ ws[r] - y) / len(y)
         ws = [(ws[r] + sum(ws[s] for s in ins[r])) / (1 + len(ins[r])) for r in range(size)]
-    return ws
+        path.append(list(ws))
+    return path
+
+
+def tail_average(path, rank, steps=20):
+    """close()'s tail average in plain Python: the weights beta^(n-1-t) of
+    an exponential average over the models after each step, normalised
+    (the optimizer's zero start divided by 1 - beta^n is the same)."""
+    beta = 1 - 1 / steps
+    n = len(path)
+    weights = [(1 - beta) * beta ** (n - 1 - t) for t in range(n)]
+    return sum(w * models[rank] for w, models in zip(weights, path)) / sum(weights)
 
 
 def test_replay_repeats_and_matches_the_simulation():
     kw = {"replay_seed": 7, "timeout": 60, "update": "params"}
     first = run_world(4, _train, 25, 0.05, None, kw, 7, timeout=180)
     second = run_world(4, _train, 25, 0.05, None, kw, 7, timeout=180)
-    # close() (in _train) averages every replica's final model.
-    want = [sum(_simulate(25, 0.05)) / 4] * 4
+    # close() (in _train) averages every replica's tail average.
+    path = _simulate(25, 0.05)
+    want = [sum(tail_average(path, r) for r in range(4)) / 4] * 4
     for r in range(4):
         assert first[r][0] == second[r][0], f"rank {r}: replay differs"
         np.testing.assert_allclose(first[r][0], want[r].numpy(), rtol=1e-4, atol=1e-5)

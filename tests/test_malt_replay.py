@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from test_malt_optimizer import _linear, _optimum, _shard, _train
+from test_malt_optimizer import _linear, _optimum, _shard, _train, tail_average
 from worlds import run_world
 
 STEPS, LR = 24, 0.05
@@ -23,7 +23,8 @@ def _grad(w, data):
 
 
 def _simulate(update, steps, lr, every=1, weight=0.5, size=4):
-    """Replay's schedule in plain Python, float64 (before close()).
+    """Replay's schedule in plain Python, float64: every replica's model
+    after each step (before close()).
     grads:  every replica steps on the mean of its gradient and its
             in-neighbours' (Halton graph, default k), and every `every`
             steps averages its model with theirs.
@@ -34,6 +35,7 @@ def _simulate(update, steps, lr, every=1, weight=0.5, size=4):
     ranks = list(range(size))
     start = _linear(7).weight.detach().reshape(-1).double()
     ws = [start.clone() for _ in ranks]
+    path = []
     data = [(x.double(), y.double()) for x, y in (_shard(r) for r in ranks)]
     ins = {r: [s for s in ranks if r in send_targets(s, ranks)] for r in ranks}
     for t in range(steps):
@@ -46,7 +48,8 @@ def _simulate(update, steps, lr, every=1, weight=0.5, size=4):
         else:
             total = sum(-rate * weight * g for g in gs)
             ws = [w + total for w in ws]
-    return ws
+        path.append(list(ws))
+    return path
 
 
 def _replay(update, **kw):
@@ -56,11 +59,11 @@ def _replay(update, **kw):
 
 def test_grads_replay_repeats_and_matches_the_simulation():
     first, second = _replay("grads", every=3, k=2), _replay("grads", every=3, k=2)
-    trained = _simulate("grads", STEPS, LR, every=3)
+    path = _simulate("grads", STEPS, LR, every=3)
     # The graph is not complete (k = 2 of 3 peers): the replicas differ
-    # until close() (in _train) averages every replica's final model.
-    assert len({tuple(np.round(w.numpy(), 6)) for w in trained}) > 1
-    want = sum(trained) / 4
+    # until close() (in _train) averages every replica's tail average.
+    assert len({tuple(np.round(w.numpy(), 6)) for w in path[-1]}) > 1
+    want = sum(tail_average(path, r) for r in range(4)) / 4
     for r in range(4):
         assert first[r] == second[r], f"rank {r}: replay differs"
         np.testing.assert_allclose(first[r], want.numpy(), rtol=1e-4, atol=1e-5)
@@ -68,10 +71,10 @@ def test_grads_replay_repeats_and_matches_the_simulation():
 
 def test_delta_replay_repeats_and_matches_the_simulation():
     first, second = _replay("delta", delta_weight=0.5), _replay("delta", delta_weight=0.5)
-    want = _simulate("delta", STEPS, LR, weight=0.5)
+    path = _simulate("delta", STEPS, LR, weight=0.5)
     for r in range(4):
         assert first[r] == second[r], f"rank {r}: replay differs"
-        np.testing.assert_allclose(first[r], want[r].numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(first[r], tail_average(path, r).numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_grads_train_every_replica_towards_the_global_optimum():

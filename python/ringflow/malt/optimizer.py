@@ -23,7 +23,9 @@ What a replica exchanges (update=):
       in the Halton graph (default k = ceil(log2 N)), then averages in
       whatever snapshots have arrived (newest per sender, weighted by
       staleness).
-close() ends with a merge of the replicas' final models (see close()).
+close() first makes each replica's model the average of its last
+`tail_average` steps (20; tail.py), then merges the replicas' final models
+(see close()).
 Why delta is the default, and what each mode measured (a 3x straggler,
 2 hosts over 100 Mbit/s): bench/RESULTS.md, "MALT, third round".
 
@@ -48,6 +50,7 @@ from .. import _C
 from .graph import send_targets
 from .peers import Peers
 from .policy import FINAL, Staleness, choose, finals
+from .tail import TailAverage
 
 UPDATES = ("delta", "params", "grads")
 # close() in delta mode: this long without a delta from any peer, the peers
@@ -62,7 +65,7 @@ class Optimizer(torch.optim.Optimizer):
                  slots: int = 4, depart_after: float = 1.0,
                  replay_seed: int | None = None, timeout: float = 300.0,
                  update: str = "delta", delta_weight: float | None = None,
-                 settle: float = 1.0):
+                 settle: float = 1.0, tail_average: float = 20):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
         if update not in UPDATES:
@@ -119,6 +122,7 @@ class Optimizer(torch.optim.Optimizer):
         # Delta mode: the model as of the last exchange, and this replica's delta since.
         self._base = self._flat.clone() if update == "delta" else None
         self._delta = torch.empty_like(self._flat) if update == "delta" else None
+        self.tail = TailAverage(self._flat, tail_average)
         self.steps = 0
         self.merges = {"merged": 0, "discarded": 0, "skipped": 0}
         everyone = [self.peers] + ([self._avg_peers] if self._avg_peers is not self.peers else [])
@@ -154,16 +158,19 @@ class Optimizer(torch.optim.Optimizer):
                 self._exchange_delta(self._flat)
             else:
                 self._exchange(self._avg_peers, self._flat)
+        self.tail.track(self._flat)
         return loss
 
     def close(self) -> None:
         """Leaves the group.  First the closing merge: with "params" and
-        "grads" this replica's model becomes the mean of its own and the
-        final models of the peers that close within `settle` seconds of it
-        (or closed before it); with "delta", the deltas of the peers still
+        "grads" this replica's model becomes its tail average (tail.py),
+        then the mean of that and the final models of the peers that close
+        within `settle` seconds of it (or closed before it); with "delta",
+        its progress since its last exchange is pushed, and the deltas of the peers still
         training are added as they arrive until those peers have left, for
         at most `settle` seconds (a large settle makes every replica end on
-        every replica's whole epochs, as DDP's do).  Then what the
+        every replica's whole epochs, as DDP's do), each sum a step of the
+        tail average, which the model then becomes.  Then what the
         cross-host streams still queue is sent (for at most a second) and
         peers drop this rank at once.  Idempotent."""
         if not self._settled and self._closer.alive:
@@ -239,9 +246,15 @@ class Optimizer(torch.optim.Optimizer):
     def _settle(self) -> None:
         """The closing merge (close())."""
         if self.update != "delta":
+            self.tail.apply(self._flat)
             self._merge_finals()
-        elif not self.replay:  # a replay merged every delta at its own step
+            return
+        if self.steps % self.every:  # progress not yet pushed
+            self._exchange_delta(self._flat)
+            self.tail.track(self._flat)
+        if not self.replay:  # a replay merged every delta at its own step
             self._drain_deltas()
+        self.tail.apply(self._flat)
 
     def _drain_deltas(self) -> None:
         """The peers still training keep sending their progress: adds it as
@@ -252,11 +265,14 @@ class Optimizer(torch.optim.Optimizer):
         ends the wait early."""
         start = last = time.monotonic()
         while True:
-            if any(not a.step & FINAL for a in self.peers.inbox.arrivals()):
-                last = time.monotonic()
-                self._merge(self.peers, self._flat, self.steps, False, 0.0, False)
             now = time.monotonic()
-            if len(self.peers.live()) <= 1 or now - start > self.settle or now - last > _DRAIN_QUIET_S:
+            # Decided before the merge: a peer's last push lands before it is seen to leave.
+            done = len(self.peers.live()) <= 1 or now - start > self.settle or now - last > _DRAIN_QUIET_S
+            if any(not a.step & FINAL for a in self.peers.inbox.arrivals()):
+                last = now
+                self._merge(self.peers, self._flat, self.steps, False, 0.0, False)
+                self.tail.track(self._flat)
+            if done:
                 return
             time.sleep(0.002)
 
