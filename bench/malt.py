@@ -14,8 +14,11 @@ Three ways to train, each in its own world of processes, same epochs:
   postlocal  torch's PostLocalSGDOptimizer(Adam) with a PeriodicModelAverager
              (--period steps) over the ringflow backend
 
---seed sets the order every rank draws its batches in: DDP's result is
-deterministic for one seed, so compare modes over several.
+--seeds sets the orders every rank draws its batches in, one run of every
+mode per seed: DDP's result is deterministic for one seed, and its final
+accuracy moves by more than a point from one order to the next, so compare
+modes over several (the JSON's top-level figures are the first seed's; with
+several it adds *_acc_by_seed, *_s_by_seed and *_acc_over_seeds).
 
 Rank 0 measures held-out accuracy every --eval-every steps (time spent
 evaluating is not counted); time to accuracy is the first time it reaches
@@ -174,6 +177,21 @@ def merge_throughput(mib: float, senders: int, reps: int) -> dict:
             "torch_gbps": moved / base / 1e9, "ratio": base / best}
 
 
+def _summarise_seeds(seeds, by_seed, out) -> None:
+    """Per mode: final accuracy per seed and its mean over the seeds."""
+    print(f"# over seeds {','.join(map(str, seeds))}: final accuracy (mean of the replicas) per seed, "
+          "and the mean over seeds")
+    for mode, runs in by_seed.items():
+        out[f"{mode}_acc_by_seed"] = [acc for acc, _ in runs]
+        out[f"{mode}_s_by_seed"] = [t for _, t in runs]
+        out[f"{mode}_acc_over_seeds"] = statistics.mean(out[f"{mode}_acc_by_seed"])
+    for mode in by_seed:
+        mean, vs = out[f"{mode}_acc_over_seeds"], ""
+        if mode != "sync" and "sync" in by_seed:
+            vs = f" ({100 * (mean - out['sync_acc_over_seeds']):+.1f} pp vs sync)"
+        print(f"# {mode:>10}: {' '.join(f'{x:.3f}' for x in out[f'{mode}_acc_by_seed'])}  mean {mean:.4f}{vs}")
+
+
 def _run_mode(a, hosts, mode, cfg, out) -> None:
     from ringflow.jobs.gru import TARGET_ACCURACY
 
@@ -213,8 +231,9 @@ def main(argv=None) -> int:
     p.add_argument("--ref-steps", type=int, default=40,
                    help="steps timed alone per rank for the communication figure (--hosts)")
     p.add_argument("--eval-every", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0,
-                   help="the order of every rank's batches (rank r draws with seed r + world x seed)")
+    p.add_argument("--seeds", default="0",
+                   help="comma-separated seeds of the order of every rank's batches (rank r draws "
+                        "with seed r + world x seed); every mode runs once per seed")
     p.add_argument("--k", type=int, default=None,
                    help="MALT's send fan-out (default: the Optimizer's: N-1 for deltas, else ceil(log2 N))")
     p.add_argument("--period", type=int, default=4, help="PostLocalSGD averaging period")
@@ -240,6 +259,12 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     modes = [m for m in a.modes.split(",") if m]
+    try:
+        seeds = [int(x) for x in a.seeds.split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--seeds: comma-separated integers, got {a.seeds!r}")
+    if not seeds:
+        p.error("--seeds: give at least one seed")
     if any(m not in MODES for m in modes):
         p.error(f"--modes: choose from {MODES}")
     if a.slow is None:
@@ -251,7 +276,7 @@ def main(argv=None) -> int:
     from ringflow.jobs.gru import TARGET_ACCURACY
 
     cfg = dict(epochs=a.epochs, batch=a.batch, step_ms=a.step_ms, slow=a.slow,
-               eval_every=a.eval_every, period=a.period, seed=a.seed,
+               eval_every=a.eval_every, period=a.period, seeds=seeds,
                malt={key: v for key, v in (("k", a.k), ("update", a.update), ("every", a.every),
                                            ("delta_weight", a.delta_weight),
                                            ("staleness_horizon", a.staleness_horizon),
@@ -264,15 +289,23 @@ def main(argv=None) -> int:
                                         ("hosts", f"{a.hosts} namespace hosts, links tbf {a.rate}"
                                          if a.hosts else "one")])
     out: dict = {"target_acc": TARGET_ACCURACY, "world": a.world, "slow": a.slow, "epochs": a.epochs,
-                 "seed": a.seed,
+                 "seeds": seeds,
                  "hosts": a.hosts, "rate": a.rate if a.hosts else None}
     print(f"{'mode':>10} {'to ' + str(TARGET_ACCURACY) + ' (s)':>12} {'final acc':>22} "
           f"{'wall (s)':>9} {'steps r0':>9}" + (f" {'comm (s)':>9}" if a.hosts else ""))
     with netns.Hosts(a.hosts) if a.hosts else contextlib.nullcontext() as hosts:
         if hosts:
             hosts.shape(a.rate)
-        for mode in modes:
-            _run_mode(a, hosts, mode, cfg, out)
+        by_seed = {m: [] for m in modes}
+        for i, seed in enumerate(seeds):
+            if len(seeds) > 1:
+                print(f"# seed {seed}", flush=True)
+            dst = out if i == 0 else {}
+            for mode in modes:
+                _run_mode(a, hosts, mode, {**cfg, "seed": seed}, dst)
+                by_seed[mode].append((dst[f"{mode}_acc"], dst[f"{mode}_s"]))
+    if len(seeds) > 1:
+        _summarise_seeds(seeds, by_seed, out)
     if a.hosts and "malt_comm_s" in out and "sync_comm_s" in out:
         print(f"# time spent communicating: sync {out['sync_comm_s']:.2f} s, malt "
               f"{out['malt_comm_s']:.2f} s per rank", end="")
