@@ -189,6 +189,10 @@ def _summarise_seeds(seeds, by_seed, out) -> None:
         mean, vs = out[f"{mode}_acc_over_seeds"], ""
         if mode != "sync" and "sync" in by_seed:
             vs = f" ({100 * (mean - out['sync_acc_over_seeds']):+.1f} pp vs sync)"
+            out[f"{mode}_speedup_by_seed"] = [s / m if s and m else None for s, m in
+                                              zip(out["sync_s_by_seed"], out[f"{mode}_s_by_seed"])]
+            vs += "; time to accuracy vs sync: " + " ".join(
+                "-" if x is None else f"{x:.2f}x" for x in out[f"{mode}_speedup_by_seed"])
         print(f"# {mode:>10}: {' '.join(f'{x:.3f}' for x in out[f'{mode}_acc_by_seed'])}  mean {mean:.4f}{vs}")
 
 
@@ -317,7 +321,8 @@ def main(argv=None) -> int:
     for m in modes:
         if m != "sync" and out.get("sync_s") and out.get(f"{m}_s"):
             out[f"{m}_speedup"] = out["sync_s"] / out[f"{m}_s"]
-            print(f"# {m}: {out[f'{m}_speedup']:.2f}x sync's time to accuracy; accuracy "
+            print(f"# {m}{f' (seed {seeds[0]})' if len(seeds) > 1 else ''}: "
+                  f"{out[f'{m}_speedup']:.2f}x sync's time to accuracy; accuracy "
                   f"{100 * (out[f'{m}_acc'] - out['sync_acc']):+.1f} pp vs sync")
     merges = [merge_throughput(a.merge_mib, s, a.merge_reps) for s in (2, 3)]
     for m in merges:

@@ -39,6 +39,7 @@ def test_several_seeds_give_each_mode_its_accuracies_and_their_mean(capsys):
     bench._summarise_seeds([0, 1], by_seed, out)
     assert out["malt_acc_by_seed"] == [0.97, 0.98] and out["malt_s_by_seed"] == [5.0, None]
     assert out["sync_acc_over_seeds"] == statistics.mean([0.981, 0.967])
+    assert out["malt_speedup_by_seed"] == [14.6 / 5.0, None]
     printed = capsys.readouterr().out
     # Compared with sync's mean even when sync ran after it.
-    assert f"{100 * (0.975 - 0.974):+.1f} pp vs sync" in printed, printed
+    assert f"{100 * (0.975 - 0.974):+.1f} pp vs sync; time to accuracy vs sync: 2.92x -" in printed, printed
