@@ -188,7 +188,7 @@ def _summarise_seeds(seeds, by_seed, out) -> None:
     for mode in by_seed:
         mean, vs = out[f"{mode}_acc_over_seeds"], ""
         if mode != "sync" and "sync" in by_seed:
-            vs = f" ({100 * (mean - out['sync_acc_over_seeds']):+.1f} pp vs sync)"
+            vs = f", {100 * (mean - out['sync_acc_over_seeds']):+.1f} pp vs sync"
             out[f"{mode}_speedup_by_seed"] = [s / m if s and m else None for s, m in
                                               zip(out["sync_s_by_seed"], out[f"{mode}_s_by_seed"])]
             vs += "; time to accuracy vs sync: " + " ".join(
