@@ -179,6 +179,8 @@ def summarise(per_rank: list[dict]) -> list[dict]:
             after = [max(e for _, e in call) - max(s for s, _ in call) for call in calls]
             row[f"{what}_p50_us"] = statistics.median(slowest) * 1e6
             row[f"{what}_p90_us"] = measure.percentile(slowest, 90) * 1e6
+            if backend == FLOOR:  # its ranks never meet: no skew, nothing after the last arrival
+                continue
             row[f"{what}_skew_p50_us"] = statistics.median(skew) * 1e6
             row[f"{what}_after_last_p50_us"] = statistics.median(after) * 1e6
             row[f"{what}_after_last_p90_us"] = measure.percentile(after, 90) * 1e6
@@ -226,8 +228,7 @@ def main(argv=None) -> int:
     for r in rows:
         for what in ("allreduce", "barrier"):
             core = r.get(f"{what}_core_mean_us")
-            # The floor's ranks never meet, so skew and "after" mean nothing there.
-            meet = "".join(f" {r[f'{what}_{k}_us']:7.1f}" if r["backend"] != FLOOR else f" {'-':>7}"
+            meet = "".join(f" {r[f'{what}_{k}_us']:7.1f}" if f"{what}_{k}_us" in r else f" {'-':>7}"
                            for k in ("skew_p50", "after_last_p50", "after_last_p90"))
             print(f"{r['backend']:>9} {what:>9} {r[f'{what}_p50_us']:7.1f} {r[f'{what}_p90_us']:7.1f}"
                   f"{meet} " + (f"{core:7.1f}" if core else f"{'-':>7}"))
