@@ -165,7 +165,8 @@ def _bad_arguments(rank, size):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     for kw, msg in [({"every": 0}, "every must be"), ({"staleness_horizon": 0}, "horizon must be positive"),
                     ({"depart_after": 0}, "depart_after must be positive"),
-                    ({"settle": -1}, "settle must be >= 0")]:
+                    ({"settle": -1}, "settle must be >= 0"),
+                    ({"tail_average": 0.5}, "tail_average must be 0 \\(off\\) or at least 1 step")]:
         with pytest.raises(ValueError, match=msg):
             ringflow.malt.Optimizer(opt, model, **kw)
     with pytest.raises(ValueError, match="float32 CPU"):

@@ -34,7 +34,9 @@ for the final models of the peers still live: see close()) and replay mode
 (replay_seed given, any update), which seeds every rank's RNG with
 replay_seed + rank and merges, at each exchange, exactly the updates its
 live in-neighbours pushed at that step (waiting for them at most
-`timeout`): runs repeat bit for bit.
+`timeout`): runs repeat bit for bit.  In replay a silent peer departs
+only after `timeout`, not `depart_after`: a peer stalled by a loaded host
+and taken for gone would change what is merged.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class Optimizer(torch.optim.Optimizer):
             torch.manual_seed(replay_seed + self.rank)
         self._params = params
         self._flat = _flatten_in_place(params)
+        self.tail = TailAverage(self._flat, tail_average)  # checks its argument before any peer exists
         # Every replica starts from rank 0's model, as DDP's do: deltas never
         # close a gap between starts, and averaging would spend steps on it.
         dist.broadcast(self._flat, 0)
@@ -108,7 +111,8 @@ class Optimizer(torch.optim.Optimizer):
 
         def peers(policy, newest_only):
             return Peers(store, self.rank, self.size, n, slots=slots, policy=policy,
-                         depart_after=depart_after, timeout=self.timeout,
+                         depart_after=depart_after if not self.replay else max(depart_after, self.timeout),
+                         timeout=self.timeout,
                          newest_only=newest_only and not self.replay)
 
         # Snapshots supersede each other (drop the oldest); deltas and
@@ -122,7 +126,6 @@ class Optimizer(torch.optim.Optimizer):
         # Delta mode: the model as of the last exchange, and this replica's delta since.
         self._base = self._flat.clone() if update == "delta" else None
         self._delta = torch.empty_like(self._flat) if update == "delta" else None
-        self.tail = TailAverage(self._flat, tail_average)
         self.steps = 0
         self.merges = {"merged": 0, "discarded": 0, "skipped": 0}
         everyone = [self.peers] + ([self._avg_peers] if self._avg_peers is not self.peers else [])
