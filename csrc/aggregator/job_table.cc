@@ -68,17 +68,26 @@ bool NoticeLimiter::allow(const sockaddr_storage& to, socklen_t toLen,
   const auto second = std::chrono::seconds(1);
   if (now - all_.since >= second) all_.since = now, all_.sent = 0;
   if (all_.sent >= kInAll) return false;
-  Window& w = table_[addressHash(to, toLen) % table_.size()];
-  if (!w.used || !sameAddress(w.addr, to)) {
-    if (w.used && now - w.since < second) return false;  // another address's second
-    w = Window{};
-    std::memcpy(&w.addr, &to, toLen);
-    w.since = now, w.used = true;
-  } else if (now - w.since >= second) {
-    w.since = now, w.sent = 0;
+  // The address's own window if it holds one, else the first free one.
+  const size_t home = addressHash(to, toLen);
+  Window* own = nullptr;
+  Window* free = nullptr;
+  for (size_t i = 0; i < kProbes && !own; ++i) {
+    Window& w = table_[(home + i) % table_.size()];
+    if (w.used && sameAddress(w.addr, to)) own = &w;
+    else if (!free && (!w.used || now - w.since >= second)) free = &w;
   }
-  if (w.sent >= kPerAddress) return false;
-  ++w.sent, ++all_.sent;
+  if (!own) {
+    if (!free) return false;  // every neighbour is another address's second
+    *free = Window{};
+    std::memcpy(&free->addr, &to, toLen);
+    free->since = now, free->used = true;
+    own = free;
+  } else if (now - own->since >= second) {
+    own->since = now, own->sent = 0;
+  }
+  if (own->sent >= kPerAddress) return false;
+  ++own->sent, ++all_.sent;
   return true;
 }
 

@@ -21,12 +21,14 @@ using SteadyClock = std::chrono::steady_clock;
 // Rejected notices (packet.h) go to whatever address a packet claims to
 // come from, so they are rationed: at most kPerAddress a second to one
 // address and kInAll a second in all.  Addresses share a fixed table of
-// windows; one whose entry another address holds gets no notice until
-// that address's second is over, so no address ever gets more than its
-// share, and the table never grows.
+// windows; an address may take any of kProbes neighbouring entries, and
+// one whose entries other addresses all hold gets no notice until one of
+// their seconds is over.  So no address ever gets more than its share,
+// the table never grows, and it takes kProbes addresses noticed within
+// one second, not one unlucky hash, to silence an address.
 class NoticeLimiter {
  public:
-  static constexpr int kPerAddress = 4, kInAll = 256;
+  static constexpr int kPerAddress = 4, kInAll = 256, kProbes = 4;
   bool allow(const sockaddr_storage& to, socklen_t toLen, SteadyClock::time_point now);
 
  private:
