@@ -1,5 +1,6 @@
 """Hierarchical ring aggregation on one host, with the layout given by
-RINGFLOW_GROUPS: results equal gloo's for every dtype, op and length."""
+RINGFLOW_GROUPS: results equal gloo's for every dtype, op and length (at 4 Mi
+the ops of collective_cases.ops_at)."""
 
 import pytest
 

@@ -2,7 +2,7 @@
 
 The collective matrix with each allreduce algorithm forced (RINGFLOW_ALGO=
 ring|shm|auto), 1-4 ranks on one host: allreduce over every dtype and op at
-lengths 0, 1, odd and 4 Mi; the other collectives in a reduced matrix (they
+lengths 0, 1, odd and 1001, and at 4 Mi (collective_cases.ops_at); the other collectives in a reduced matrix (they
 run the ring/chain algorithms over shared-memory links whatever the setting).
 Then placement (which transport and algorithm a world gets), determinism,
 failures with the shm allreduce forced, a sender blocked on a dead peer's
