@@ -86,6 +86,30 @@ def test_torch_import_registers_backend_without_importing_ringflow():
     assert off.stdout.strip() == "False"
 
 
+def test_importing_ringflow_registers_the_backend_without_importing_torch_first():
+    """`import ringflow` leaves torch's import (seconds) to whoever needs
+    torch, and the backend is registered either way: by torch's entry point
+    when torch is imported later, by ringflow itself when the hook is off or
+    torch is already imported."""
+    code = ("import sys, ringflow; before = 'torch' in sys.modules; "
+            "import torch.distributed as dist; "
+            "print(before, 'ringflow' in dist.Backend.backend_list, "
+            "ringflow.hooks.__name__, ringflow.backend.__name__)")
+    hooks_backend = "ringflow.hooks ringflow.backend"
+    out = _run("-c", code)
+    deferred = "False" if _entry_point_installed() else "True"
+    assert out.returncode == 0 and out.stdout.split() == [deferred, "True", *hooks_backend.split()], \
+        out.stdout + out.stderr
+    off = _run("-c", code, env={"TORCH_DEVICE_BACKEND_AUTOLOAD": "0"})
+    assert off.returncode == 0 and off.stdout.split() == ["True", "True", *hooks_backend.split()], \
+        off.stdout + off.stderr
+    after = _run("-c", "import torch, ringflow, sys; print(sys.modules['ringflow.backend'].__name__)",
+                 env={"TORCH_DEVICE_BACKEND_AUTOLOAD": "0"})
+    assert after.returncode == 0 and after.stdout.strip() == "ringflow.backend", after.stderr
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        __import__("ringflow").nope
+
+
 def test_quick_start_example_trains_under_torchrun():
     example = os.path.join(os.path.dirname(__file__), "..", "examples", "ddp_torchrun.py")
     out = _run("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", example,

@@ -1,10 +1,16 @@
 """ringflow: collective communication for distributed deep learning.
 
 Importing ringflow registers the "ringflow" backend with torch.distributed
-when torch is installed.
+when torch is installed: at once if torch is imported already, else when it
+is (torch's import calls ringflow_autoload), so that ringflow's commands
+that need no torch start without importing it.
 """
 
 from __future__ import annotations
+
+import importlib
+import os
+import sys
 
 from . import _C
 from .errors import Error, InvalidArgument, MismatchError, PeerError, TimeoutError, error_of
@@ -65,7 +71,24 @@ def reset_stats() -> None:
     _C.reset_stats()
 
 
+def _torch_registers_us_on_import() -> bool:
+    """Whether `import torch` will register the backend itself: torch calls
+    the `torch.backends` entry points (ringflow_autoload) unless
+    TORCH_DEVICE_BACKEND_AUTOLOAD says otherwise."""
+    if os.environ.get("TORCH_DEVICE_BACKEND_AUTOLOAD", "1") != "1":
+        return False
+    from importlib.metadata import entry_points
+
+    return any(e.name == "ringflow" for e in entry_points(group="torch.backends"))
+
+
 def _register_torch_backend() -> None:
+    # Importing torch takes seconds.  Commands that never touch it (the
+    # training service's client, `ringflow info`) should not pay for it, so
+    # when torch is not imported yet and will register the backend itself,
+    # registration waits for torch's import.
+    if "torch" not in sys.modules and _torch_registers_us_on_import():
+        return
     try:
         import torch.distributed  # noqa: F401
     except ImportError:
@@ -73,6 +96,14 @@ def _register_torch_backend() -> None:
     from . import backend, hooks  # noqa: F401 - ringflow.hooks: DDP communication hooks
 
     backend.register()
+
+
+def __getattr__(name: str):
+    # ringflow.backend and ringflow.hooks without importing them first, as
+    # when importing ringflow imported torch.
+    if name in ("backend", "hooks"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'ringflow' has no attribute {name!r}")
 
 
 _register_torch_backend()
