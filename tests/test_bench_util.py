@@ -82,8 +82,9 @@ def test_hugepage_buffers_are_advised_and_get_huge_pages():
     assert huge_page_fraction(x) > 0 or _thp_fallbacks() > fallbacks
     # The advice covers the tensor and no more: the byte after it is still in
     # the same anonymous mapping (hugepage_empty maps a huge page extra) and
-    # is not advised.  (Not a fresh torch tensor: malloc may place it in
-    # memory whose history this test does not know; CI once saw one advised.)
+    # is not advised.  (Not a fresh torch tensor: numpy advises its arrays of
+    # 4 MiB and more, and malloc may give that memory to torch once an
+    # earlier test in this process has freed them; CI once saw it.)
     after = smaps_fields(x.data_ptr() + x.numel() * x.element_size())
     assert after and "hg" not in after["VmFlags"].split(), after
 
