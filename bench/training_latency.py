@@ -173,14 +173,14 @@ def summarise(per_rank: list[dict]) -> list[dict]:
         for what in ("allreduce", "barrier"):
             calls = list(zip(*(r[backend][what] for r in per_rank)))  # per call: each rank's (start, end)
             slowest = [max(e - s for s, e in call) for call in calls]
-            # Where the slowest rank's time goes: waiting for the last rank
-            # to arrive, then the work after everyone is there.
-            skew = [max(s for s, _ in call) - min(s for s, _ in call) for call in calls]
-            after = [max(e for _, e in call) - max(s for s, _ in call) for call in calls]
             row[f"{what}_p50_us"] = statistics.median(slowest) * 1e6
             row[f"{what}_p90_us"] = measure.percentile(slowest, 90) * 1e6
             if backend == FLOOR:  # its ranks never meet: no skew, nothing after the last arrival
                 continue
+            # Where the slowest rank's time goes: waiting for the last rank
+            # to arrive, then the work after everyone is there.
+            skew = [max(s for s, _ in call) - min(s for s, _ in call) for call in calls]
+            after = [max(e for _, e in call) - max(s for s, _ in call) for call in calls]
             row[f"{what}_skew_p50_us"] = statistics.median(skew) * 1e6
             row[f"{what}_after_last_p50_us"] = statistics.median(after) * 1e6
             row[f"{what}_after_last_p90_us"] = measure.percentile(after, 90) * 1e6
