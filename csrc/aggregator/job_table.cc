@@ -71,18 +71,18 @@ bool NoticeLimiter::allow(const sockaddr_storage& to, socklen_t toLen,
   // The address's own window if it holds one, else the first free one.
   const size_t home = addressHash(to, toLen);
   Window* own = nullptr;
-  Window* free = nullptr;
+  Window* spare = nullptr;
   for (size_t i = 0; i < kProbes && !own; ++i) {
     Window& w = table_[(home + i) % table_.size()];
     if (w.used && sameAddress(w.addr, to)) own = &w;
-    else if (!free && (!w.used || now - w.since >= second)) free = &w;
+    else if (!spare && (!w.used || now - w.since >= second)) spare = &w;
   }
   if (!own) {
-    if (!free) return false;  // every neighbour is another address's second
-    *free = Window{};
-    std::memcpy(&free->addr, &to, toLen);
-    free->since = now, free->used = true;
-    own = free;
+    if (!spare) return false;  // every neighbour is another address's second
+    *spare = Window{};
+    std::memcpy(&spare->addr, &to, toLen);
+    spare->since = now, spare->used = true;
+    own = spare;
   } else if (now - own->since >= second) {
     own->since = now, own->sent = 0;
   }
